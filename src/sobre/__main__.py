@@ -1,0 +1,5 @@
+import sys
+
+from sobre.cli import main
+
+sys.exit(main())

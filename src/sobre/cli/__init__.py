@@ -1,0 +1,61 @@
+"""The ``sobre`` command line: one command with subcommands, thin over the Python API.
+
+Each subcommand lives in its own module of this package and exposes
+``register(subparsers)``; heavy imports happen inside the command functions so
+that ``sobre --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Sequence
+
+from sobre.errors import SobreError
+
+# Modules providing ``register(subparsers)``; add a line to add a command family.
+COMMAND_MODULES = [
+    "sobre.cli._workspace",   # init, ingest, info, export
+    "sobre.cli._cohort",      # cohort ..., dataset ...
+    "sobre.cli._samples",     # samples fetch|list, demo
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from sobre import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="sobre",
+        description="Sobre: frugal, on-premises medical-imaging AI.",
+    )
+    parser.add_argument("--version", action="version", version=f"sobre {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(args: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (0 ok, 2 bad input, 1 partial failure)."""
+    parser = build_parser()
+    ns = parser.parse_args(args)
+    if not getattr(ns, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        status = ns.func(ns)
+    except SobreError as exc:
+        if getattr(ns, "json", False):
+            print(json.dumps(exc.to_dict(), indent=2))
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(status or 0)
+
+
+def _entry() -> None:  # pragma: no cover
+    sys.exit(main())
