@@ -64,8 +64,12 @@ class SobreError(Exception):
         if self.tag:
             parts.append(f"{self.tag}: ")
         parts.append(self.what)
-        if self.expected is not None or self.found is not None:
+        if self.expected is not None and self.found is not None:
             parts.append(f" (expected {self.expected}; found {self.found})")
+        elif self.expected is not None:
+            parts.append(f" (expected {self.expected})")
+        elif self.found is not None:
+            parts.append(f" (found {self.found})")
         if self.fix:
             parts.append(f". {self.fix}")
         text = "".join(parts)

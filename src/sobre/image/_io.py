@@ -1,0 +1,131 @@
+"""``load``, ``load_all`` and ``save``: one entry point for every format."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from sobre.errors import InputError
+from sobre.image import _formats
+from sobre.image._dicom import read_dicom
+from sobre.image._image import Image
+
+
+def _walk(path: Path) -> list[Path]:
+    if path.is_dir():
+        files = []
+        for root, dirs, names in os.walk(path):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            files.extend(Path(root) / n for n in sorted(names) if not n.startswith("."))
+        return files
+    return [path]
+
+
+def load_all(paths: str | Path | Iterable[str | Path], *, on_warning=None) -> list[Image]:
+    """Read every image in ``paths`` (files or folders, walked recursively).
+
+    DICOM files are recognised by content and assembled into one Image per consistent volume;
+    NIfTI, NRRD/MetaImage and PNG/JPEG/TIFF files give one Image each. Files of unknown type inside
+    a folder are ignored (DICOMDIR index files too); a file named explicitly must be readable.
+
+    Returns
+    -------
+    list of Image
+        Lazily loaded: pixels are read on first access to ``.array``.
+    """
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    dicom: list[Path] = []
+    images: list[Image] = []
+    for p in paths:
+        p = Path(p)
+        if not p.exists():
+            raise InputError("no such file or folder", path=p)
+        explicit = p.is_file()
+        for f in _walk(p):
+            kind = _formats.sniff(f)
+            if kind == "dicom":
+                if f.name.upper() == "DICOMDIR":
+                    continue
+                dicom.append(f)
+            elif kind == "nifti":
+                images.append(_formats.read_nifti(f))
+            elif kind == "itk":
+                images.append(_formats.read_itk(f))
+            elif kind == "optical":
+                images.append(_formats.read_optical(f))
+            elif explicit:
+                if f.stat().st_size == 0:
+                    raise InputError("file is empty (0 bytes)", path=f, expected="an image file", found="0 bytes")
+                raise InputError("unrecognised file type", path=f,
+                                 expected="DICOM, NIfTI, NRRD/MetaImage, PNG, JPEG or TIFF content",
+                                 found="none of these", fix="check the file; types are recognised by content")
+    if dicom:
+        images[:0] = read_dicom(dicom, on_warning=on_warning)
+    return images
+
+
+def load(path: str | Path | Iterable[str | Path], *, series_uid: str | None = None, on_warning=None) -> Image:
+    """Read exactly one image (a file, a DICOM series folder, or a list of files).
+
+    Raises
+    ------
+    InputError
+        When nothing, or more than one volume, is found (the message lists them; pass
+        ``series_uid`` or use :func:`load_all`).
+
+    Examples
+    --------
+    >>> img = load("ct_series_dir")          # doctest: +SKIP
+    >>> img.shape, img.spacing, img.orientation  # doctest: +SKIP
+    ((512, 512, 300), (0.7, 0.7, 1.0), 'LPS')
+    """
+    images = load_all(path, on_warning=on_warning)
+    if series_uid is not None:
+        images = [im for im in images if im.metadata.get("series_uid") == series_uid]
+    where = path if isinstance(path, (str, Path)) else "the given files"
+    if not images:
+        raise InputError("no image found", path=where if isinstance(where, (str, Path)) else None,
+                         expected="at least one readable image", found="none")
+    if len(images) > 1:
+        listing = "; ".join(
+            f"{im.metadata.get('series_uid', im.sources[0])}"
+            f"{' [' + im.metadata['volume_label'] + ']' if im.metadata.get('volume_label') else ''} {im.shape}"
+            for im in images[:10]
+        )
+        raise InputError(f"{len(images)} volumes found where one was expected: {listing}",
+                         path=where if isinstance(where, (str, Path)) else None,
+                         fix="pass series_uid=..., or use sobre.load_all()")
+    return images[0]
+
+
+def save(image: Image, path: str | Path) -> Path:
+    """Write an image: ``.nii``/``.nii.gz`` (NIfTI, RAS on disk), ``.nrrd``/``.mha`` (LPS), ``.png``/``.jpg``.
+
+    The file is written to a temporary name and renamed into place, so a crash never leaves a
+    half-written file under the final name.
+    """
+    path = Path(path)
+    name = path.name.lower()
+    if name.endswith((".nii", ".nii.gz")):
+        writer = _formats.write_nifti
+    elif name.endswith((".nrrd", ".mha", ".mhd")):
+        writer = _formats.write_itk
+    elif name.endswith((".png", ".jpg", ".jpeg", ".tif", ".tiff")):
+        writer = _formats.write_optical
+    else:
+        raise InputError("unknown output format", path=path, expected=".nii.gz, .nii, .nrrd, .mha or .png",
+                         found=path.suffix or "no suffix", fix="for DICOM use sobre.write_dicom_series()")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes[-2:]) if name.endswith(".nii.gz") else path.suffix
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
+    try:
+        writer(image, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
