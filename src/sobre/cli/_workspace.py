@@ -1,2 +1,120 @@
-def register(sub) -> None:  # filled in below
-    pass
+"""``sobre init``, ``sobre ingest``, ``sobre info``, ``sobre export``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sobre.cli._common import add_json_arg, add_workspace_arg, emit_json, open_workspace, show_progress
+
+
+def register(sub) -> None:
+    p = sub.add_parser("init", help="create a workspace (folder + catalog database)")
+    p.add_argument("dir", help="workspace folder to create")
+    p.add_argument("--db", help="database URL (default: SQLite file in the folder; e.g. postgresql+psycopg://...)")
+    add_json_arg(p)
+    p.set_defaults(func=_init)
+
+    p = sub.add_parser("ingest", help="catalogue images (DICOM, NIfTI, NRRD, PNG/TIFF, BIDS) into the workspace")
+    p.add_argument("paths", nargs="+", help="files or folders (walked recursively)")
+    add_workspace_arg(p)
+    p.add_argument("--site", help="site name (default: InstitutionName of each file)")
+    p.add_argument("--clinical", help="clinical table (.csv, .tsv, .xlsx) joined by subject id")
+    p.add_argument("--copy", action="store_true", help="copy files into the workspace (content-addressed)")
+    p.add_argument("--workers", type=int, default=None, help="header-reading processes (default: 2)")
+    add_json_arg(p)
+    p.set_defaults(func=_ingest)
+
+    p = sub.add_parser("info", help="geometry and metadata of a file, folder or catalogued series")
+    p.add_argument("target", help="path, or a SeriesInstanceUID of the workspace (uid or uid#label)")
+    add_workspace_arg(p)
+    add_json_arg(p)
+    p.set_defaults(func=_info)
+
+    p = sub.add_parser("export", help="write a catalogued series (or a file/folder) as NIfTI/NRRD")
+    p.add_argument("target", help="SeriesInstanceUID (uid or uid#label) or a path")
+    p.add_argument("--to", required=True, help="output file: .nii.gz, .nii, .nrrd, .mha")
+    add_workspace_arg(p)
+    add_json_arg(p)
+    p.set_defaults(func=_export)
+
+
+def _init(ns) -> int:
+    from sobre.catalog import Workspace
+
+    ws = Workspace.init(ns.dir, ns.db)
+    info = ws.summary()
+    if ns.json:
+        emit_json(info)
+    else:
+        print(f"workspace ready: {ws.root} ({info['database']})")
+    return 0
+
+
+def _ingest(ns) -> int:
+    ws = open_workspace(ns)
+    report = ws.ingest(ns.paths, site=ns.site, clinical=ns.clinical, copy=ns.copy, progress=show_progress(ns),
+                       workers=ns.workers)
+    if ns.json:
+        emit_json(report.to_dict())
+    else:
+        print(f"files: {report.new} new, {report.known} already known, {report.changed} changed, "
+              f"{len(report.skipped)} skipped")
+        print(f"series: {report.series_new} new, {report.series_updated} updated, "
+              f"{len(report.problems)} with problems")
+        for path, reason in report.skipped[:20]:
+            print(f"  skipped {path}: {reason}")
+        if len(report.skipped) > 20:
+            print(f"  ... and {len(report.skipped) - 20} more skipped (see --json)")
+        for uid, problem in report.problems[:20]:
+            print(f"  problem in series {uid}: {problem}")
+        if report.clinical:
+            names = ", ".join(v["name"] for v in report.clinical["variables"])
+            print(f"clinical: {report.clinical['subjects']} subjects, variables: {names}")
+    if report.clinical_error:
+        import sys
+
+        print(f"error: {report.clinical_error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _info(ns) -> int:
+    import sobre
+
+    if Path(ns.target).exists():
+        images = sobre.load_all(ns.target, on_warning=lambda m: None)
+        out = [im.summary() for im in images]
+        out = out[0] if len(out) == 1 else out
+    else:
+        ws = open_workspace(ns)
+        rec = ws.series(ns.target)
+        out = rec
+        if rec["status"] == "ok":
+            out = dict(rec, image=ws.load(f"{rec['series_uid']}#{rec['label']}").summary())
+    if ns.json:
+        emit_json(out)
+    else:
+        for item in out if isinstance(out, list) else [out]:
+            img = item.get("image", item)
+            print(f"shape {img.get('shape')}  spacing {img.get('spacing')}  orientation {img.get('orientation')}  "
+                  f"modality {img.get('modality')}  dtype {img.get('dtype')}")
+            if "affine_lps" in img:
+                print("affine (LPS):")
+                for row in img["affine_lps"]:
+                    print("  " + "  ".join(f"{v:10.4f}" for v in row))
+    return 0
+
+
+def _export(ns) -> int:
+    import sobre
+
+    if Path(ns.target).exists():
+        img = sobre.load(ns.target)
+    else:
+        img = open_workspace(ns).load(ns.target)
+    out = sobre.save(img, ns.to)
+    if ns.json:
+        emit_json({"written": str(out), **img.summary()})
+    else:
+        print(f"wrote {out} ({img!r})")
+    return 0

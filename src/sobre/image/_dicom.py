@@ -110,7 +110,9 @@ def read_header(path: str | Path) -> Dataset:
             fix="the file is probably truncated or corrupted; re-export it from the source",
         ) from None
     if len(ds) == 0 or "SOPClassUID" not in ds and "Modality" not in ds:
-        raise InputError("DICOM file holds no dataset elements", path=path, found="an empty dataset")
+        raise InputError("DICOM dataset has neither a SOP Class UID nor a Modality: not an image object",
+                         path=path, tag=tag_name("SOPClassUID"), expected="a DICOM image object",
+                         found=f"{len(ds)} elements", fix="the file may be truncated or only a fragment")
     return ds
 
 
@@ -282,10 +284,10 @@ def _mosaic_geometry(ds: Dataset, path: Path) -> dict | None:
     """
     import warnings as _w
 
-    from nibabel.nicom import dicomwrappers
-
     with _w.catch_warnings():
         _w.simplefilter("ignore")
+        from nibabel.nicom import dicomwrappers
+
         try:
             wrapper = dicomwrappers.wrapper_from_data(ds)
             if type(wrapper).__name__ != "MosaicWrapper":

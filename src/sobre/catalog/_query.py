@@ -1,0 +1,140 @@
+"""A small, safe filter language over catalog metadata.
+
+Expressions use Python's comparison syntax but are never executed as code: they are parsed with
+:mod:`ast` and only these forms are accepted::
+
+    modality == "MR" and age >= 20 and age < 40 and diagnosis == "healthy"
+    20 <= age < 40                      # chained comparisons
+    site in ["paris", "lyon"]          # membership in a literal list
+    not (sex == "F") or bmi > 30
+
+Names are metadata fields; literals are strings, numbers, ``true``/``false`` and ``null``.
+A missing value (``null``) compares false with everything except ``== null`` / ``!= null``.
+
+>>> f = compile_filter('modality == "MR" and 20 <= age < 40', ["modality", "age"])
+>>> f({"modality": "MR", "age": 31}), f({"modality": "MR", "age": 41}), f({"modality": "MR", "age": None})
+(True, False, False)
+"""
+
+from __future__ import annotations
+
+import ast
+import operator
+from collections.abc import Callable, Iterable
+from difflib import get_close_matches
+
+from sobre.errors import ExpressionError
+
+_CMP = {
+    ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le,
+    ast.Gt: operator.gt, ast.GtE: operator.ge,
+}
+_CONSTANT_NAMES = {"true": True, "false": False, "null": None, "True": True, "False": False, "None": None}
+
+
+def _where(expr: str, node: ast.AST) -> str:
+    col = getattr(node, "col_offset", 0)
+    return f"{expr}\n{' ' * col}^"
+
+
+def compile_filter(expr: str, fields: Iterable[str]) -> Callable[[dict], bool]:
+    """Parse ``expr`` and return a predicate over a record dict.
+
+    Raises
+    ------
+    ExpressionError
+        On a syntax error (with the position), a construct that is not allowed (function calls,
+        attributes, arithmetic...), or an unknown field (listing the known ones).
+    """
+    known = sorted(set(fields))
+    if not expr or not expr.strip():
+        raise ExpressionError("empty filter expression", expected='e.g. modality == "MR" and age >= 20')
+    try:
+        tree = ast.parse(expr.strip(), mode="eval")
+    except SyntaxError as exc:
+        pos = (exc.offset or 1) - 1
+        raise ExpressionError(
+            f"syntax error in filter expression at column {pos + 1}: {exc.msg}\n  {expr.strip()}\n  {' ' * pos}^",
+            fix='write comparisons like: modality == "MR" and age >= 20 (strings in double quotes)',
+        ) from None
+
+    def literal(node: ast.AST):
+        if isinstance(node, ast.Constant) and isinstance(node.value, (str, int, float, bool, type(None))):
+            return node.value
+        if isinstance(node, ast.Name) and node.id in _CONSTANT_NAMES and node.id not in known:
+            return _CONSTANT_NAMES[node.id]
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub) and isinstance(node.operand, ast.Constant) \
+                and isinstance(node.operand.value, (int, float)):
+            return -node.operand.value
+        if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
+            return [literal(e) for e in node.elts]
+        raise _not_allowed(node)
+
+    def _not_allowed(node: ast.AST) -> ExpressionError:
+        what = type(node).__name__
+        text = ast.get_source_segment(expr.strip(), node) or what
+        return ExpressionError(
+            f"'{text}' is not allowed in a filter expression",
+            expected="field names, string/number literals, comparisons (== != < <= > >= in, not in), and/or/not",
+            found=what,
+        )
+
+    def operand(node: ast.AST) -> Callable[[dict], object]:
+        if isinstance(node, ast.Name) and (node.id in known or node.id not in _CONSTANT_NAMES):
+            name = node.id
+            if name not in known:
+                close = get_close_matches(name, known, n=3)
+                hint = f" Did you mean {', '.join(close)}?" if close else ""
+                raise ExpressionError(
+                    f"unknown field '{name}'.{hint}", expected="one of: " + ", ".join(known), found=name,
+                )
+            return lambda rec: rec.get(name)
+        value = literal(node)
+        return lambda rec: value
+
+    def compare(op: ast.cmpop, a, b) -> bool:
+        if isinstance(op, (ast.In, ast.NotIn)):
+            if not isinstance(b, list):
+                raise ExpressionError("'in' needs a list on its right, e.g. site in [\"a\", \"b\"]")
+            inside = a is not None and a in b
+            return inside if isinstance(op, ast.In) else not inside
+        if isinstance(op, (ast.Eq, ast.NotEq)):
+            return _CMP[type(op)](a, b)
+        if a is None or b is None:
+            return False
+        try:
+            return _CMP[type(op)](a, b)
+        except TypeError:
+            return False  # e.g. a text value compared with a number: no match
+
+    def build(node: ast.AST) -> Callable[[dict], bool]:
+        if isinstance(node, ast.Expression):
+            return build(node.body)
+        if isinstance(node, ast.BoolOp):
+            parts = [build(v) for v in node.values]
+            if isinstance(node.op, ast.And):
+                return lambda rec: all(p(rec) for p in parts)
+            return lambda rec: any(p(rec) for p in parts)
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+            inner = build(node.operand)
+            return lambda rec: not inner(rec)
+        if isinstance(node, ast.Compare):
+            for op in node.ops:
+                if type(op) not in _CMP and not isinstance(op, (ast.In, ast.NotIn)):
+                    raise _not_allowed(node)
+            terms = [operand(node.left)] + [operand(c) for c in node.comparators]
+            ops = list(node.ops)
+
+            def pred(rec: dict) -> bool:
+                vals = [t(rec) for t in terms]
+                return all(compare(op, vals[i], vals[i + 1]) for i, op in enumerate(ops))
+
+            return pred
+        if isinstance(node, ast.Name) and node.id in known:
+            name = node.id
+            return lambda rec: bool(rec.get(name))
+        if isinstance(node, ast.Name):
+            operand(node)  # raises "unknown field"
+        raise _not_allowed(node)
+
+    return build(tree)
