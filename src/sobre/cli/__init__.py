@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "sobre.cli._workspace",   # init, ingest, info, export
     "sobre.cli._cohort",      # cohort ..., dataset ...
     "sobre.cli._samples",     # samples fetch|list, demo
+    "sobre.cli._evaluate",
 ]
 
 
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Sobre: frugal, on-premises medical-imaging AI.",
     )
     parser.add_argument("--version", action="version", version=f"sobre {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks of internal errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
@@ -38,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(args: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit status (0 ok, 2 bad input, 1 partial failure)."""
+    """Run the CLI; returns the exit status (0 ok, 1 check failed, 2 bad input, 3 internal error)."""
     parser = build_parser()
     ns = parser.parse_args(args)
     if not getattr(ns, "func", None):
@@ -54,6 +56,13 @@ def main(args: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug, not bad input: say so plainly
+        if ns.debug:
+            raise
+        print(f"internal error: {type(exc).__name__}: {exc}\n"
+              "This is a bug in Sobre; please report it with the output of the same command run with "
+              "`sobre --debug ...`.", file=sys.stderr)
+        return 3
     return int(status or 0)
 
 
