@@ -17,6 +17,8 @@ from sobre.validate._estimate import Estimate, bootstrap, bootstrap_weights
 __all__ = [
     "AUCKernel",
     "auc",
+    "auc_ci",
+    "auc_statistic",
     "binary_metrics",
     "multiclass_metrics",
     "roc_curve_band",
@@ -47,7 +49,11 @@ class AUCKernel:
     def __init__(self, positive: np.ndarray, score: np.ndarray) -> None:
         positive = np.asarray(positive, dtype=bool)
         score = np.asarray(score, dtype=float)
+        self.positive = positive
+        self.score = score
         self.order = np.argsort(score, kind="mergesort")
+        # subjects already sorted by score (see binary_metrics): no gather per resample
+        self.sorted = bool(np.all(self.order == np.arange(len(score))))
         s = score[self.order]
         self.pos_sorted = positive[self.order].astype(float)
         self.neg_sorted = 1.0 - self.pos_sorted
@@ -55,19 +61,42 @@ class AUCKernel:
         self.starts = None if len(starts) == len(s) else starts
 
     def __call__(self, w: np.ndarray) -> np.ndarray:
-        ws = np.asarray(w, dtype=float)[:, self.order]
+        w = np.asarray(w, dtype=float)
+        ws = w if self.sorted else np.take(w, self.order, axis=1)
         wp = ws * self.pos_sorted
         wn = ws * self.neg_sorted
         if self.starts is not None:
             wp = np.add.reduceat(wp, self.starts, axis=1)
             wn = np.add.reduceat(wn, self.starts, axis=1)
         below = np.cumsum(wn, axis=1)
-        below -= 0.5 * wn  # negatives strictly below + half of the ties
+        wn *= 0.5
+        below -= wn  # negatives strictly below + half of the ties
         u = np.einsum("ij,ij->i", wp, below)
         p = wp.sum(axis=1)
-        q = wn.sum(axis=1)
+        q = 2.0 * wn.sum(axis=1)
         with np.errstate(divide="ignore", invalid="ignore"):
             return u / (p * q)
+
+    def placements(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per subject: for a positive, negatives below it (+ half the ties); for a negative,
+        positives above it (+ half the ties). Shape (n,) each; zero for the other class."""
+        pos = np.sort(self.score[self.positive])
+        neg = np.sort(self.score[~self.positive])
+        x = self.score
+        below = np.searchsorted(neg, x, side="left") + 0.5 * (np.searchsorted(neg, x, side="right")
+                                                                 - np.searchsorted(neg, x, side="left"))
+        above = (len(pos) - np.searchsorted(pos, x, side="right")) + 0.5 * (
+            np.searchsorted(pos, x, side="right") - np.searchsorted(pos, x, side="left"))
+        return np.where(self.positive, below, 0.0), np.where(~self.positive, above, 0.0)
+
+    def loo(self) -> np.ndarray:
+        """Leave-one-out AUCs, shape (n,), in closed form (no refit)."""
+        m = float(self.positive.sum())
+        n = float((~self.positive).sum())
+        below, above = self.placements()
+        u = below.sum()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(self.positive, (u - below) / ((m - 1) * n), (u - above) / (m * (n - 1)))
 
 
 def auc(positive: np.ndarray, score: np.ndarray) -> float:
@@ -79,6 +108,53 @@ def auc(positive: np.ndarray, score: np.ndarray) -> float:
     score : array of float, shape (n,)
     """
     return float(AUCKernel(positive, score)(np.ones((1, len(score))))[0])
+
+
+def auc_statistic(positive: np.ndarray, score: np.ndarray):
+    """Statistic function (for :func:`bootstrap`) of the AUC alone, with closed-form leave-one-out."""
+    kernel = AUCKernel(positive, score)
+
+    def stat(w: np.ndarray) -> dict:
+        return {"auc": kernel(w)}
+
+    stat.loo = lambda: {"auc": kernel.loo()}
+    return stat
+
+
+def auc_ci(
+    positive: np.ndarray,
+    score: np.ndarray,
+    *,
+    n_resamples: int = 2000,
+    method: str = "bca",
+    level: float = 0.95,
+    seed: int = 0,
+) -> Estimate:
+    """AUC with a subject-level bootstrap interval (percentile or BCa).
+
+    Parameters
+    ----------
+    positive : array of bool, shape (n,)
+    score : array of float, shape (n,)
+
+    Returns
+    -------
+    Estimate
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> y = np.r_[np.zeros(50, bool), np.ones(50, bool)]
+    >>> s = np.r_[np.linspace(0, 1, 50), np.linspace(0.5, 1.5, 50)]
+    >>> e = auc_ci(y, s, n_resamples=500)
+    >>> round(e.value, 3), e.ci_low < e.value < e.ci_high
+    (0.87, True)
+    """
+    positive = np.asarray(positive, dtype=bool)
+    score = np.asarray(score, dtype=float)
+    order = np.argsort(score, kind="mergesort")
+    stat = auc_statistic(positive[order], score[order])
+    return bootstrap(stat, len(score), n_resamples=n_resamples, method=method, level=level, seed=seed)["auc"]
 
 
 def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -99,12 +175,11 @@ def binary_statistic(positive: np.ndarray, score: np.ndarray, threshold: float):
     fp_v = (~positive & called).astype(float)
     kernel = AUCKernel(positive, score)
 
-    def stat(w: np.ndarray) -> dict:
-        tp, fn, tn, fp = w @ tp_v, w @ fn_v, w @ tn_v, w @ fp_v
+    def from_counts(tp, fn, tn, fp, auc_values) -> dict:
         sens = _ratio(tp, tp + fn)
         spec = _ratio(tn, tn + fp)
         return {
-            "auc": kernel(w),
+            "auc": auc_values,
             "balanced_accuracy": (sens + spec) / 2.0,
             "sensitivity": sens,
             "specificity": spec,
@@ -113,6 +188,14 @@ def binary_statistic(positive: np.ndarray, score: np.ndarray, threshold: float):
             "accuracy": _ratio(tp + tn, tp + tn + fp + fn),
         }
 
+    def stat(w: np.ndarray) -> dict:
+        return from_counts(w @ tp_v, w @ fn_v, w @ tn_v, w @ fp_v, kernel(w))
+
+    def loo() -> dict:
+        return from_counts(tp_v.sum() - tp_v, fn_v.sum() - fn_v, tn_v.sum() - tn_v, fp_v.sum() - fp_v,
+                           kernel.loo())
+
+    stat.loo = loo
     return stat
 
 
@@ -172,7 +255,10 @@ def binary_metrics(
     """
     positive = np.asarray(positive, dtype=bool)
     score = np.asarray(score, dtype=float)
-    stat = binary_statistic(positive, score, threshold)
+    # every metric is invariant to the order of subjects: sorting by score once spares the AUC
+    # kernel a gather per resample
+    order = np.argsort(score, kind="mergesort")
+    stat = binary_statistic(positive[order], score[order], threshold)
     metrics = bootstrap(stat, len(score), n_resamples=n_resamples, method=method, level=level, seed=seed)
     n_pos = int(positive.sum())
     n_neg = int((~positive).sum())
@@ -189,7 +275,30 @@ def binary_metrics(
         "tp": int((positive & called).sum()), "fn": int((positive & ~called).sum()),
         "tn": int((~positive & ~called).sum()), "fp": int((~positive & called).sum()),
     }
+    _exact_when_degenerate(metrics, counts, level)
     return ClassificationResult(metrics, float(threshold), counts)
+
+
+def _exact_when_degenerate(metrics: dict, c: dict, level: float) -> None:
+    """A proportion of 0 or 1 gives the same value in every resample: the bootstrap interval
+    collapses to a point. Use the exact (Clopper-Pearson) interval instead, and say so."""
+    from scipy import stats
+
+    fractions = {"sensitivity": (c["tp"], c["tp"] + c["fn"]), "specificity": (c["tn"], c["tn"] + c["fp"]),
+                 "ppv": (c["tp"], c["tp"] + c["fp"]), "npv": (c["tn"], c["tn"] + c["fn"]),
+                 "accuracy": (c["tp"] + c["tn"], c["n"])}
+    for name, (k, n) in fractions.items():
+        e = metrics.get(name)
+        if e is None or n == 0 or e.method == "none" or e.value not in (0.0, 1.0) or e.ci_low != e.ci_high:
+            continue
+        ci = stats.binomtest(int(k), int(n)).proportion_ci(confidence_level=level, method="exact")
+        metrics[name] = Estimate(e.value, float(ci.low), float(ci.high), "clopper-pearson", level, e.n,
+                                 f"bootstrap interval degenerate at {e.value:g}; exact interval on {n} subjects")
+    e = metrics.get("auc")
+    if e is not None and e.method != "none" and e.ci_low == e.ci_high and e.value in (0.0, 1.0):
+        metrics["auc"] = Estimate(e.value, e.ci_low, e.ci_high, e.method, level, e.n,
+                                  "perfect separation in every resample: the interval is degenerate and "
+                                  "over-confident; more subjects are needed to bound the AUC")
 
 
 def _nanmean_rows(a: np.ndarray) -> np.ndarray:
@@ -218,19 +327,24 @@ def multiclass_statistic(labels: np.ndarray, scores: np.ndarray):
     hit = [((labels == c) & (pred == c)).astype(float) for c in range(k)]
     correct = (pred == labels).astype(float)
 
-    def stat(w: np.ndarray) -> dict:
-        aucs = np.stack([kern(w) for kern in kernels], axis=1)
-        recalls = np.stack([_ratio(w @ h, w @ m) for h, m in zip(hit, member)], axis=1)
-        out = {
-            "macro_auc": _nanmean_rows(aucs),
-            "balanced_accuracy": _nanmean_rows(recalls),
-            "accuracy": (w @ correct) / w.sum(axis=1),
-        }
+    def assemble(aucs, recalls, acc) -> dict:
+        out = {"macro_auc": _nanmean_rows(aucs), "balanced_accuracy": _nanmean_rows(recalls), "accuracy": acc}
         for c in range(k):
             out[f"auc[{c}]"] = aucs[:, c]
             out[f"sensitivity[{c}]"] = recalls[:, c]
         return out
 
+    def stat(w: np.ndarray) -> dict:
+        aucs = np.stack([kern(w) for kern in kernels], axis=1)
+        recalls = np.stack([_ratio(w @ h, w @ m) for h, m in zip(hit, member)], axis=1)
+        return assemble(aucs, recalls, (w @ correct) / w.sum(axis=1))
+
+    def loo() -> dict:
+        aucs = np.stack([kern.loo() for kern in kernels], axis=1)
+        recalls = np.stack([_ratio(h.sum() - h, m.sum() - m) for h, m in zip(hit, member)], axis=1)
+        return assemble(aucs, recalls, (correct.sum() - correct) / (len(correct) - 1.0))
+
+    stat.loo = loo
     return stat
 
 

@@ -142,7 +142,7 @@ def _jackknife(statistic: Statistic, n: int, names: list[str], *, max_exact: int
         groups = [np.array([i]) for i in range(n)]
     else:
         perm = np.random.default_rng(seed).permutation(n)
-        groups = np.array_split(perm, max_exact)
+        groups = np.array_split(perm, max(max_exact // 4, 50))
     out: dict[str, list[np.ndarray]] = {k: [] for k in names}
     step = max(1, int(2_000_000 // max(n, 1)))
     for start in range(0, len(groups), step):
@@ -246,7 +246,9 @@ def bootstrap(
     statistic : callable
         ``statistic(w)`` with ``w`` of shape (b, n) (bootstrap counts per subject) returns a
         mapping ``{name: array of shape (b,)}``. It must give the full-sample estimate at
-        ``w = np.ones((1, n))``.
+        ``w = np.ones((1, n))``. If it has an attribute ``loo`` (a callable returning
+        ``{name: array of shape (n,)}``, the leave-one-out values in closed form), BCa uses it
+        instead of evaluating the statistic ``n`` times.
     n : int
         Number of subjects.
     n_resamples : int
@@ -260,8 +262,9 @@ def bootstrap(
     strata : array of shape (n,), optional
         Resample within strata (keeps e.g. the number of positives fixed).
     jackknife_max : int
-        BCa needs a jackknife: exact leave-one-out up to this many subjects, else a grouped
-        (delete-d) jackknife with this many groups.
+        BCa needs a jackknife: when the statistic has no closed-form ``loo``, exact
+        leave-one-out up to this many subjects, else a grouped (delete-d) jackknife with
+        ``jackknife_max // 4`` groups.
     return_replicates : bool
         Also return the replicates as ``{name: array of shape (n_resamples,)}``.
 
@@ -295,7 +298,11 @@ def bootstrap(
         jk = None
         if method == "bca":
             seed_jk = int(rng.integers(0, 2**31 - 1))
-            jk = _jackknife(statistic, n, names, max_exact=jackknife_max, seed=seed_jk)
+            loo = getattr(statistic, "loo", None)
+            if loo is not None:
+                jk = {k: np.asarray(v, dtype=float) for k, v in loo().items()}
+            else:
+                jk = _jackknife(statistic, n, names, max_exact=jackknife_max, seed=seed_jk)
     out = {
         k: interval_from_replicates(values[k], replicates[k], level=level, method=method,
                                     jackknife=None if jk is None else jk[k], n=n)

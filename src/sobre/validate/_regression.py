@@ -26,21 +26,24 @@ def regression_statistic(target: np.ndarray, prediction: np.ndarray):
     pc = p - p.mean()
     yy, pp, yp = yc ** 2, pc ** 2, yc * pc
 
-    def stat(w: np.ndarray) -> dict:
-        sw = w.sum(axis=1)
-        my, mp = (w @ yc) / sw, (w @ pc) / sw
-        cov = (w @ yp) / sw - my * mp
-        vy = (w @ yy) / sw - my ** 2
-        vp = (w @ pp) / sw - mp ** 2
+    def from_sums(sw, s_y, s_p, s_yp, s_yy, s_pp, s_abs, s_sq, s_e) -> dict:
+        my, mp = s_y / sw, s_p / sw
+        cov = s_yp / sw - my * mp
+        vy = s_yy / sw - my ** 2
+        vp = s_pp / sw - mp ** 2
         with np.errstate(divide="ignore", invalid="ignore"):
             r = np.where((vy > 0) & (vp > 0), cov / np.sqrt(np.abs(vy * vp)), np.nan)
-        return {
-            "mae": (w @ abs_e) / sw,
-            "rmse": np.sqrt((w @ sq_e) / sw),
-            "pearson_r": np.clip(r, -1.0, 1.0),
-            "bias": (w @ e) / sw,
-        }
+        return {"mae": s_abs / sw, "rmse": np.sqrt(s_sq / sw), "pearson_r": np.clip(r, -1.0, 1.0), "bias": s_e / sw}
 
+    columns = (yc, pc, yp, yy, pp, abs_e, sq_e, e)
+
+    def stat(w: np.ndarray) -> dict:
+        return from_sums(w.sum(axis=1), *(w @ c for c in columns))
+
+    def loo() -> dict:
+        return from_sums(len(y) - 1.0, *(c.sum() - c for c in columns))
+
+    stat.loo = loo
     return stat
 
 

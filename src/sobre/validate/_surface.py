@@ -101,8 +101,16 @@ def surface_distances(
     pr = _points(sr, spacing, offset)
     if len(pp) == 0 or len(pr) == 0:
         return np.full(len(pp), np.inf), np.full(len(pr), np.inf)
-    d_pr = cKDTree(pr, leafsize=32, balanced_tree=False).query(pp, k=1, workers=-1)[0]
-    d_rp = cKDTree(pp, leafsize=32, balanced_tree=False).query(pr, k=1, workers=-1)[0]
+    # surface voxels common to both surfaces are at distance 0: only the others are queried
+    shared = sp & sr
+    d_pr = np.zeros(len(pp))
+    d_rp = np.zeros(len(pr))
+    todo_p = ~shared[sp]
+    todo_r = ~shared[sr]
+    if todo_p.any():
+        d_pr[todo_p] = cKDTree(pr, leafsize=32, balanced_tree=False).query(pp[todo_p], k=1)[0]
+    if todo_r.any():
+        d_rp[todo_r] = cKDTree(pp, leafsize=32, balanced_tree=False).query(pr[todo_r], k=1)[0]
     return d_pr, d_rp
 
 
