@@ -13,7 +13,12 @@ The path of a DICOM file through this module:
    uneven spacing (missing slices) raises :class:`~sobre.errors.GeometryError`.
 4. :meth:`VolumePlan.image` returns an :class:`~sobre.image.Image` whose loader decodes pixels
    (any transfer syntax pydicom's plugins handle: JPEG, JPEG 2000, JPEG-LS, RLE, deflate) and
-   applies RescaleSlope / RescaleIntercept.
+   applies RescaleSlope / RescaleIntercept. Uncompressed grey-level frames are read straight from
+   the file at the offset :func:`read_header` found (no second parse), exactly as pydicom would
+   decode them; the array is Fortran-ordered so that each frame is one contiguous block.
+
+Files cut short are reported as such (:class:`~sobre.errors.InputError` naming the file and the
+element), not as a missing attribute: pydicom itself stops silently at the end of a file.
 """
 
 from __future__ import annotations
@@ -76,9 +81,11 @@ def looks_like_dicom(path: str | Path) -> bool:
     if len(head) >= 132 and head[128:132] == b"DICM":
         return True
     if len(head) >= 8:
-        group = int.from_bytes(head[0:2], "little")
-        elem = int.from_bytes(head[2:4], "little")
-        return group in (0x0002, 0x0008) and elem < 0x0100
+        for order in ("little", "big"):  # pre-Part-10 files: little- or big-endian group 0002/0008 first
+            group = int.from_bytes(head[0:2], order)
+            elem = int.from_bytes(head[2:4], order)
+            if group in (0x0002, 0x0008) and elem < 0x0100:
+                return True
     return False
 
 
@@ -109,6 +116,22 @@ def read_header(path: str | Path) -> Dataset:
             f"DICOM header cannot be parsed ({type(exc).__name__}: {exc})", path=path,
             fix="the file is probably truncated or corrupted; re-export it from the source",
         ) from None
+    if len(ds) == 0:
+        # pydicom returns an empty dataset (and warns) when an element of undefined length runs to
+        # the end of the file; that element is nearly always encapsulated (compressed) pixel data
+        try:
+            head = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        except Exception:  # noqa: BLE001 - any failure here means "no usable header" below
+            head = None
+        if head is not None and len(head) > 0:
+            raise InputError(
+                "pixel data is truncated: the compressed frames run past the end of the file",
+                path=path, tag=tag_name("PixelData"),
+                expected="a sequence delimiter (FFFE,E0DD) after the last fragment",
+                found=f"the end of the file after {size} bytes",
+                fix="the file was cut short (interrupted transfer or export); re-export or re-send it",
+            )
+    _check_complete(ds, path, size)
     if len(ds) == 0 or "SOPClassUID" not in ds and "Modality" not in ds:
         raise InputError("DICOM dataset has neither a SOP Class UID nor a Modality: not an image object",
                          path=path, tag=tag_name("SOPClassUID"), expected="a DICOM image object",
@@ -116,10 +139,42 @@ def read_header(path: str | Path) -> Dataset:
     return ds
 
 
+def _check_complete(ds: Dataset, path: Path, size: int) -> None:
+    """Raise :class:`InputError` when pydicom stopped early because the file is cut short.
+
+    pydicom silently returns the elements it could read when a file ends inside an element; the
+    symptom is then a confusing "no pixel data". The last element read tells: its value runs past
+    the end of the file, or (when no pixel data was reached) a few stray bytes follow it.
+    """
+    keys = list(ds.keys())
+    fm = getattr(ds, "file_meta", None)
+    if not keys or fm is not None and str(fm.get("TransferSyntaxUID", "")) == "1.2.840.10008.1.2.1.99":
+        return  # deflated: offsets count inflated bytes, not file bytes
+    last = ds.get_item(keys[-1], keep_deferred=True)
+    tell, length = getattr(last, "value_tell", None), getattr(last, "length", None)
+    if tell is None or length is None or length == 0xFFFFFFFF:
+        return
+    end = tell + length
+    from pydicom.datadict import keyword_for_tag
+
+    name = f"({last.tag >> 16:04X},{last.tag & 0xFFFF:04X}) {keyword_for_tag(last.tag) or 'private element'}"
+    fix = "the file was cut short (interrupted transfer or export); re-export or re-send it"
+    if end > size:
+        raise InputError("file is truncated inside an element", path=path, tag=name,
+                         expected=f"{length} bytes of value from byte {tell}",
+                         found=f"the end of the file at byte {size}", fix=fix)
+    if end < size and not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        raise InputError("file is truncated: it ends inside an element header", path=path,
+                         expected=f"a complete element after byte {end}",
+                         found=f"{size - end} stray byte(s) before the end of the file", fix=fix)
+
+
 # --------------------------------------------------------------------------- frames
 def _floats(value: Any, n: int, path: Path, keyword: str) -> np.ndarray | None:
     if value is None or value == "":
         return None
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        value = [value]  # a single value where several are due: reported below as the wrong count
     try:
         arr = np.array([float(v) for v in value], dtype=np.float64)
     except (TypeError, ValueError):
@@ -132,6 +187,68 @@ def _floats(value: Any, n: int, path: Path, keyword: str) -> np.ndarray | None:
             expected=f"{n} finite numbers", found=repr(list(value)),
         )
     return arr
+
+
+def _int(value: Any, default: int, path: Path, keyword: str) -> int:
+    """An integer header value (IS/US), or ``default`` when absent; InputError naming the tag if garbled."""
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        pass
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        f = float("nan")
+    if f.is_integer():
+        return int(f)
+    raise InputError("value is not an integer", path=path, tag=tag_name(keyword), expected="an integer",
+                     found=repr(str(value)), fix="the header is corrupted; re-export the file")
+
+
+_FAST_TEXT_VRS = frozenset({"IS", "DS", "CS", "UI"})
+_FAST_BINARY_VRS = {"US": "H", "SS": "h", "UL": "I", "SL": "i"}
+_TAGS: dict[str, int] = {}
+
+
+def _fast(ds: Dataset, keyword: str) -> Any:
+    """``ds.get(keyword)`` for numbers, code strings and UIDs, parsed straight from the raw bytes.
+
+    Returns None when the element is absent or empty, an ``int`` for binary integers, a ``str``
+    (or a list of ``str`` for several values) for IS/DS/CS/UI text. About 15× faster than pydicom's
+    value conversion, which matters when reading hundreds of headers; anything unusual (other VRs,
+    values already converted, odd lengths) goes through pydicom.
+    """
+    from pydicom.datadict import dictionary_VR, tag_for_keyword
+    from pydicom.dataelem import RawDataElement
+
+    tag = _TAGS.get(keyword)
+    if tag is None:
+        tag = _TAGS[keyword] = tag_for_keyword(keyword)
+    if tag not in ds:
+        return None
+    elem = ds.get_item(tag, keep_deferred=True)
+    if isinstance(elem, RawDataElement) and elem.value is not None:
+        vr = elem.VR or dictionary_VR(tag)
+        raw = elem.value
+        if vr in _FAST_TEXT_VRS:
+            text = raw.decode("latin-1").strip(" \x00")
+            if not text:
+                return None
+            if "\\" in text:
+                return [v.strip(" \x00") for v in text.split("\\")]
+            return text
+        if vr in _FAST_BINARY_VRS and len(raw) == 2 * (1 + (vr[1] == "L")):
+            return int.from_bytes(raw, "little" if elem.is_little_endian else "big", signed=vr[0] == "S")
+    value = ds.get(keyword)
+    return None if value is None or value == "" else value
+
+
+def _lenient_int(value: Any, default: int = 0) -> int:
+    """An integer used only for ordering (InstanceNumber): garbage gives ``default``, never an error."""
+    f = _float(value, default)
+    return int(f) if np.isfinite(f) else default
 
 
 def _float(value: Any, default: float) -> float:
@@ -164,6 +281,9 @@ class Frame:
     intercept: float = 0.0
     instance_number: int = 0
     soft: dict = field(default_factory=dict)  # echo, temporal position, acquisition, stack, image type
+    # uncompressed pixel data that can be read straight from the file, without pydicom:
+    # (offset of the (7FE0,0010) tag, offset of this frame's first byte, numpy dtype string); else None
+    native: tuple | None = None
 
     def hard_key(self) -> tuple:
         o = None if self.orientation is None else tuple(np.round(self.orientation, 4))
@@ -172,6 +292,55 @@ class Frame:
         mk = None if m is None else (m["n"], m["tile"], tuple(np.round(m["affine"], 3).ravel()))
         return (self.series_uid, self.rows, self.cols, self.samples, self.photometric,
                 self.bits_allocated, o, s, self.soft.get("stack"), mk)
+
+
+_NATIVE_SYNTAXES = {
+    "1.2.840.10008.1.2": True,  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.1": True,  # Explicit VR Little Endian
+    "1.2.840.10008.1.2.2": False,  # Explicit VR Big Endian
+}
+_PIXEL_TAG_BYTES = {True: b"\xe0\x7f\x10\x00", False: b"\x7f\xe0\x00\x10"}
+
+
+def _native_layout(ds: Dataset, path: Path, base: dict) -> tuple[int, int, str, int] | None:
+    """Where uncompressed grey-level pixel data lies in the file, to read it without pydicom.
+
+    Returns ``(tag offset, value offset, numpy dtype, bytes per frame)``, or None when pydicom must
+    decode (compressed or deflated data, colour, 1-bit, values not deferred by :func:`read_header`).
+    """
+    from pydicom.dataelem import RawDataElement
+
+    if base["samples"] != 1 or base["bits_allocated"] not in (8, 16, 32) \
+            or base["photometric"] not in ("MONOCHROME1", "MONOCHROME2"):
+        return None
+    fm = getattr(ds, "file_meta", None)
+    ts = str(fm.get("TransferSyntaxUID", "")) if fm is not None else ""
+    if ts not in _NATIVE_SYNTAXES or "PixelData" not in ds:
+        return None
+    fn = getattr(ds, "filename", None)
+    if not isinstance(fn, (str, os.PathLike)) or os.fspath(fn) != os.fspath(path):
+        return None
+    raw = ds.get_item("PixelData", keep_deferred=True)
+    if not isinstance(raw, RawDataElement) or raw.value_tell is None:
+        return None
+    little = bool(raw.is_little_endian)
+    if little != _NATIVE_SYNTAXES[ts] or (not little and base["bits_allocated"] == 8):
+        return None  # big-endian 8-bit data may be byte-swapped as OW: leave it to pydicom
+    itemsize = base["bits_allocated"] // 8
+    frame_bytes = base["rows"] * base["cols"] * itemsize
+    n = base["n_frames_in_file"]
+    if raw.length == 0xFFFFFFFF or raw.length < n * frame_bytes:
+        return None  # pydicom explains what is wrong
+    dtype = ("<" if little else ">") + ("i" if base["signed"] else "u") + str(itemsize)
+    header = 8 if raw.is_implicit_VR else 12
+    return raw.value_tell - header, raw.value_tell, dtype, frame_bytes
+
+
+def _frame_native(layout: tuple | None, i: int) -> tuple | None:
+    if layout is None:
+        return None
+    tag_offset, value_offset, dtype, frame_bytes = layout
+    return (tag_offset, value_offset + i * frame_bytes, dtype)
 
 
 def _fg(ds: Dataset, i: int, name: str):
@@ -194,21 +363,29 @@ def frames_of(ds: Dataset, path: str | Path) -> list[Frame]:
             raise InputError("image attribute missing", path=path, tag=tag_name(kw),
                              expected="an image object", found="no such element",
                              fix="this object holds no image (report, structure set, ...)")
-    n = int(ds.get("NumberOfFrames", 1) or 1)
+    n = _int(_fast(ds, "NumberOfFrames"), 1, path, "NumberOfFrames") or 1
+    rows = _int(_fast(ds, "Rows"), 0, path, "Rows")
+    cols = _int(_fast(ds, "Columns"), 0, path, "Columns")
+    if rows <= 0 or cols <= 0:
+        raise InputError("image has no pixels", path=path, tag=f"{tag_name('Rows')} / {tag_name('Columns')}",
+                         expected="positive Rows and Columns", found=f"{rows}×{cols}",
+                         fix="the header is corrupted; re-export the file")
+    bits_allocated = _int(_fast(ds, "BitsAllocated"), 16, path, "BitsAllocated") or 16
     base = dict(
         path=str(path),
         n_frames_in_file=n,
-        series_uid=str(ds.get("SeriesInstanceUID", "")) or f"file:{path}",
-        sop_uid=str(ds.get("SOPInstanceUID", "")),
-        rows=int(ds.Rows),
-        cols=int(ds.Columns),
-        samples=int(ds.get("SamplesPerPixel", 1) or 1),
-        photometric=str(ds.get("PhotometricInterpretation", "MONOCHROME2")),
-        bits_allocated=int(ds.get("BitsAllocated", 16) or 16),
-        bits_stored=int(ds.get("BitsStored", ds.get("BitsAllocated", 16)) or 16),
-        signed=bool(int(ds.get("PixelRepresentation", 0) or 0)),
-        instance_number=int(_float(ds.get("InstanceNumber"), 0)),
+        series_uid=str(_fast(ds, "SeriesInstanceUID") or "") or f"file:{path}",
+        sop_uid=str(_fast(ds, "SOPInstanceUID") or ""),
+        rows=rows,
+        cols=cols,
+        samples=_int(_fast(ds, "SamplesPerPixel"), 1, path, "SamplesPerPixel") or 1,
+        photometric=str(_fast(ds, "PhotometricInterpretation") or "MONOCHROME2").strip().upper(),
+        bits_allocated=bits_allocated,
+        bits_stored=_int(_fast(ds, "BitsStored"), bits_allocated, path, "BitsStored") or bits_allocated,
+        signed=bool(_int(_fast(ds, "PixelRepresentation"), 0, path, "PixelRepresentation")),
+        instance_number=_lenient_int(_fast(ds, "InstanceNumber")),
     )
+    native = _native_layout(ds, path, base)
     soft_common = {
         "echo": str(ds.get("EchoNumbers", "")),
         "temporal": str(ds.get("TemporalPositionIdentifier", "")),
@@ -224,18 +401,21 @@ def frames_of(ds: Dataset, path: str | Path) -> list[Frame]:
             soft = dict(soft_common, mosaic=mosaic)
             return [Frame(index=None, orientation=None, position=None, pixel_spacing=None,
                           slope=_float(ds.get("RescaleSlope"), 1.0), intercept=_float(ds.get("RescaleIntercept"), 0.0),
-                          soft=soft, **base)]
+                          soft=soft, native=_frame_native(native, 0), **base)]
     if not is_enhanced:
-        orientation = _floats(ds.get("ImageOrientationPatient"), 6, path, "ImageOrientationPatient")
-        position = _floats(ds.get("ImagePositionPatient"), 3, path, "ImagePositionPatient")
-        spacing = _floats(ds.get("PixelSpacing"), 2, path, "PixelSpacing")
+        orientation = _floats(_fast(ds, "ImageOrientationPatient"), 6, path, "ImageOrientationPatient")
+        position = _floats(_fast(ds, "ImagePositionPatient"), 3, path, "ImagePositionPatient")
+        spacing = _floats(_fast(ds, "PixelSpacing"), 2, path, "PixelSpacing")
         if spacing is None:
-            spacing = _floats(ds.get("ImagerPixelSpacing"), 2, path, "ImagerPixelSpacing")
+            spacing = _floats(_fast(ds, "ImagerPixelSpacing"), 2, path, "ImagerPixelSpacing")
         if spacing is not None and np.any(spacing <= 0):
             spacing = None  # e.g. '0\\0' written by some exporters: no usable physical size
-        slope = _float(ds.get("RescaleSlope"), 1.0)
-        intercept = _float(ds.get("RescaleIntercept"), 0.0)
+        slope = _float(_fast(ds, "RescaleSlope"), 1.0)
+        intercept = _float(_fast(ds, "RescaleIntercept"), 0.0)
         offsets = ds.get("GridFrameOffsetVector")  # RT dose: frames are parallel planes
+        if n > 1 and offsets is not None:
+            offsets = _floats(offsets, n, path, "GridFrameOffsetVector")
+            offsets = offsets - offsets[0]  # relative (type A, first 0) or absolute z (type B)
         for i in range(n):
             pos = position
             if n > 1 and offsets is not None and position is not None and orientation is not None:
@@ -245,7 +425,7 @@ def frames_of(ds: Dataset, path: str | Path) -> list[Frame]:
                 pos = None  # cine / NM frames share one plane: not a spatial stack
             frames.append(Frame(index=i if n > 1 else None, orientation=orientation, position=pos,
                                 pixel_spacing=spacing, slope=slope, intercept=intercept,
-                                soft=dict(soft_common), **base))
+                                soft=dict(soft_common), native=_frame_native(native, i), **base))
         return frames
     for i in range(n):
         po = _fg(ds, i, "PlaneOrientationSequence")
@@ -271,7 +451,7 @@ def frames_of(ds: Dataset, path: str | Path) -> list[Frame]:
             index=i, orientation=orientation, position=position, pixel_spacing=spacing,
             slope=_float(pv.get("RescaleSlope") if pv else ds.get("RescaleSlope"), 1.0),
             intercept=_float(pv.get("RescaleIntercept") if pv else ds.get("RescaleIntercept"), 0.0),
-            soft=soft, **base,
+            soft=soft, native=_frame_native(native, i), **base,
         ))
     return frames
 
@@ -416,13 +596,17 @@ def _channels(f: Frame) -> int:
     return 3 if f.photometric == "PALETTE COLOR" else f.samples
 
 
-def _split_duplicates(frames: list[Frame], normal: np.ndarray) -> list[tuple[str, list[Frame]]]:
-    """Split frames sharing slice positions by echo / temporal / acquisition / ...; dedupe copies."""
-    # identical instances (same SOP Instance UID and frame) read twice: keep one
+def _dedupe(frames: list[Frame]) -> list[Frame]:
+    """Identical instances (same SOP Instance UID, or same file, and frame) read twice: keep one."""
     seen: dict[tuple, Frame] = {}
     for f in frames:
-        seen.setdefault((f.sop_uid, f.index), f)
-    frames = list(seen.values())
+        seen.setdefault((f.sop_uid or f"file:{f.path}", f.index), f)
+    return list(seen.values())
+
+
+def _split_duplicates(frames: list[Frame], normal: np.ndarray) -> list[tuple[str, list[Frame]]]:
+    """Split frames sharing slice positions by echo / temporal / acquisition / ...; dedupe copies."""
+    frames = _dedupe(frames)
 
     def has_dups(fr: list[Frame]) -> bool:
         d = np.array([float(np.dot(f.position, normal)) for f in fr])
@@ -500,9 +684,35 @@ def _plan_stack(frames: list[Frame], label: str, header: Dataset | None) -> Volu
                       label=label, header=header)
 
 
+def _plan_stack_or_split(frames: list[Frame], label: str, header: Dataset | None, warn) -> list[VolumePlan]:
+    """One stack; or, when the frames are unevenly spaced as one stack but fall into groups by
+    acquisition / temporal position / echo that are each evenly spaced (e.g. two acquisitions
+    at different table positions in one series), one stack per group, with a warning."""
+    try:
+        return [_plan_stack(frames, label, header)]
+    except GeometryError as exc:
+        error = exc
+    for key in ("acquisition", "temporal", "echo", "dimension", "image_type", "trigger"):
+        groups: dict[str, list[Frame]] = defaultdict(list)
+        for f in frames:
+            groups[f.soft.get(key, "")].append(f)
+        if len(groups) < 2 or any(len(g) < 2 for g in groups.values()):
+            continue
+        try:
+            plans = [_plan_stack(g, ",".join(x for x in (label, f"{key}={k}") if x), header)
+                     for k, g in sorted(groups.items())]
+        except GeometryError:
+            continue
+        warn(f"series {frames[0].series_uid} is unevenly spaced as one stack but holds {len(groups)} "
+             f"evenly spaced stacks ({', '.join(f'{key}={k}' for k in sorted(groups))}); "
+             "each becomes its own volume")
+        return plans
+    raise error
+
+
 def _plan_flat(frames: list[Frame], label: str, header: Dataset | None) -> VolumePlan:
     """Frames without a patient position (radiographs, cine loops, NM, photographs)."""
-    frames = sorted(frames, key=lambda f: (f.instance_number, f.path, f.index or 0))
+    frames = sorted(_dedupe(frames), key=lambda f: (f.instance_number, f.path, f.index or 0))
     f0 = frames[0]
     affine = np.eye(4)
     coord = "pixel"
@@ -567,13 +777,35 @@ def assemble(frames: Iterable[Frame], headers: dict[str, Dataset] | None = None,
                          f"({', '.join(p for p, _ in parts)}); each becomes its own volume")
                 for plabel, pf in parts:
                     label = ",".join(x for x in (base_label, plabel) if x)
-                    plans.append(_plan_stack(pf, label, header))
+                    plans.extend(_plan_stack_or_split(pf, label, header, warn))
             else:
                 plans.append(_plan_flat(g, base_label, header))
     return plans
 
 
 # --------------------------------------------------------------------------- pixels
+def _little_endian_luts(ds: Dataset) -> None:
+    """Re-encode 16-bit palette LUT data of a big-endian file as little endian, in place.
+
+    pydicom 3.0's ``apply_color_lut`` reads (non-segmented) LUT data in the machine's byte order,
+    so the colours of an Explicit VR Big Endian palette image come out byte-swapped (e.g.
+    ``OBXXXX1A_expb.dcm``: 37 becomes 9472).
+    """
+    fm = getattr(ds, "file_meta", None)
+    ts = fm.get("TransferSyntaxUID") if fm is not None else None
+    little = ts.is_little_endian if ts is not None and ts.is_transfer_syntax else ds.original_encoding[1]
+    if little is not False or np.little_endian is False:
+        return
+    for colour in ("Red", "Green", "Blue", "Alpha"):
+        desc = ds.get(f"{colour}PaletteColorLookupTableDescriptor")
+        kw = f"{colour}PaletteColorLookupTableData"
+        if desc is None or kw not in ds:
+            continue
+        data = ds[kw].value
+        if len(data) == 2 * (int(desc[0]) or 2**16):
+            ds[kw].value = np.frombuffer(data, ">u2").astype("<u2").tobytes()
+
+
 def _decode_file(path: str, indices: list[int | None], palette: bool = False) -> dict[int | None, np.ndarray]:
     """Decode the requested frames of one file; returns {index: array (rows, cols[, samples])}."""
     from pydicom.pixels import apply_color_lut, pixel_array
@@ -599,6 +831,7 @@ def _decode_file(path: str, indices: list[int | None], palette: bool = False) ->
                 arr = arr[indices[0]]
         if palette:
             hdr = pydicom.dcmread(path, force=True) if ds is None else ds
+            _little_endian_luts(hdr)
             arr = apply_color_lut(arr, hdr)
         if indices == [None] or len(indices) == 1:
             return {indices[0]: arr}
@@ -611,9 +844,82 @@ def _decode_file(path: str, indices: list[int | None], palette: bool = False) ->
         ) from None
 
 
+def _read_native(path: str, entries: list[tuple[int, Frame]]) -> dict[int | None, np.ndarray]:
+    """Read uncompressed frames straight from the file: {index: array (rows, cols)} in native byte order.
+
+    Applies what pydicom would: values beyond BitsStored are masked (unsigned) or sign-extended (signed).
+    """
+    f0 = entries[0][1]
+    tag_offset, _, _ = f0.native
+    out: dict[int | None, np.ndarray] = {}
+    try:
+        with open(path, "rb", buffering=0) as fh:
+            fh.seek(tag_offset)
+            dtype = np.dtype(f0.native[2])
+            if fh.read(4) != _PIXEL_TAG_BYTES[dtype.byteorder != ">"]:
+                raise InputError(
+                    "file has changed since its header was read", path=path, tag=tag_name("PixelData"),
+                    expected=f"the pixel data element at byte {tag_offset}", found="something else",
+                    fix="read the file again",
+                )
+            for _, f in entries:
+                if f.index in out:
+                    continue
+                _, offset, dt = f.native
+                a = np.empty((f.rows, f.cols), dtype=dt)
+                fh.seek(offset)
+                got = fh.readinto(memoryview(a).cast("B"))
+                if got != a.nbytes:
+                    raise InputError(
+                        "pixel data is truncated", path=path, tag=tag_name("PixelData"),
+                        expected=f"{a.nbytes} bytes for frame {(f.index or 0) + 1} at byte {offset}",
+                        found=f"{got} bytes before the end of the file",
+                        fix="the file was cut short (interrupted transfer or export); re-export or re-send it",
+                    )
+                if not a.dtype.isnative:
+                    a = a.byteswap().view(a.dtype.newbyteorder())
+                shift = f.bits_allocated - f.bits_stored
+                if 0 < shift < f.bits_allocated:
+                    np.left_shift(a, shift, out=a)
+                    np.right_shift(a, shift, out=a)
+                out[f.index] = a
+    except OSError as exc:
+        raise InputError(f"cannot read pixel data: {exc.strerror}", path=path, tag=tag_name("PixelData")) from None
+    return out
+
+
+def _store(dst: np.ndarray, a: np.ndarray, f: Frame) -> None:
+    """``dst[...] = a * slope + intercept`` without an int64/float64 copy of the whole frame when it can."""
+    slope, intercept = f.slope, f.intercept
+    if slope == 1.0 and intercept == 0.0:
+        dst[...] = a
+        return
+    if dst.dtype.kind == "f":
+        dst[...] = a.astype(np.float64) * slope + intercept
+        return
+    s, c = int(slope), int(intercept)
+    bs = max(1, min(f.bits_stored, f.bits_allocated))
+    lo, hi = (-(2 ** (bs - 1)), 2 ** (bs - 1) - 1) if f.signed else (0, 2**bs - 1)
+    info = np.iinfo(dst.dtype)
+    if a.dtype.kind in "iu" and all(info.min <= v <= info.max for v in (lo, hi, s * lo, s * hi, c)):
+        dst[...] = a  # stored values fit the output type, and so does every intermediate
+        if s != 1:
+            dst *= dst.dtype.type(s)
+        if c != 0:
+            dst += dst.dtype.type(c)
+    else:
+        dst[...] = a.astype(np.int64) * s + c
+
+
 def load_pixels(plan: VolumePlan) -> np.ndarray:
-    """Decode and rescale the pixels of a plan into one array of ``plan.shape`` and ``plan.dtype``."""
-    out = np.empty(plan.shape, dtype=plan.dtype)
+    """Decode and rescale the pixels of a plan into one array of ``plan.shape`` and ``plan.dtype``.
+
+    The array is Fortran-ordered: the pixels of one frame (``[:, :, k]``) are contiguous, in the
+    order DICOM stores them, so frames are copied in one block each. Uncompressed grey-level frames
+    are read straight from the files (no pydicom decode, no second header parse); everything else
+    goes through pydicom's decoders.
+    """
+    out = np.empty(plan.shape, dtype=plan.dtype, order="F")
     by_file: dict[str, list[tuple[int, Frame]]] = defaultdict(list)
     for k, f in enumerate(plan.frames):
         by_file[f.path].append((k, f))
@@ -625,8 +931,11 @@ def load_pixels(plan: VolumePlan) -> np.ndarray:
         path, entries = item
         if not os.path.exists(path):
             raise InputError("file has disappeared since it was read", path=path)
-        decoded = _decode_file(path, [f.index for _, f in entries],
-                               palette=entries[0][1].photometric == "PALETTE COLOR")
+        if all(f.native is not None for _, f in entries):
+            decoded = _read_native(path, entries)
+        else:
+            decoded = _decode_file(path, [f.index for _, f in entries],
+                                   palette=entries[0][1].photometric == "PALETTE COLOR")
         for k, f in entries:
             a = decoded[f.index]
             if "mosaic" in f.soft:
@@ -643,17 +952,10 @@ def load_pixels(plan: VolumePlan) -> np.ndarray:
                 raise InputError("decoded frame has the wrong size", path=path, tag=tag_name("PixelData"),
                                  expected=f"{f.rows}×{f.cols}", found=f"{a.shape[:2]}")
             a = np.swapaxes(a, 0, 1)  # (rows, cols[, s]) -> (cols, rows[, s]) = (i, j[, s])
-            if f.slope != 1.0 or f.intercept != 0.0:
-                if out.dtype.kind == "f":
-                    a = a.astype(np.float64) * f.slope + f.intercept
-                else:
-                    a = a.astype(np.int64) * int(f.slope) + int(f.intercept)
-            if stack:
-                out[:, :, k, ...] = a
-            elif framed or n_frames > 1:
-                out[:, :, k, ...] = a
+            if stack or framed or n_frames > 1:
+                _store(out[:, :, k, ...], a, f)
             else:
-                out[...] = a
+                _store(out, a, f)
 
     items = list(by_file.items())
     if len(items) > 4:
@@ -721,9 +1023,11 @@ def check_image(ds: Dataset, path: str | Path) -> None:
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         sop = ds.get("SOPClassUID")
         name = getattr(sop, "name", None) or str(sop or "?")
+        fix = "reports, structure sets and plans are not images"
+        if "Image Storage" in name:
+            fix = "an image object without pixel data is usually a file cut short; re-export or re-send it"
         raise InputError("DICOM object holds no pixel data", path=path, tag=tag_name("PixelData"),
-                         expected="an image", found=f"SOP class {name}",
-                         fix="reports, structure sets and plans are not images")
+                         expected="an image", found=f"SOP class {name}", fix=fix)
 
 
 def read_dicom(paths: Iterable[str | Path], *, on_warning=None) -> list[Image]:

@@ -111,6 +111,21 @@ def write_dicom_series(
     -------
     list of Path
         The files, in slice order.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import sobre
+    >>> img = sobre.Image(np.arange(60, dtype=np.int16).reshape(4, 5, 3), np.diag([0.5, 0.6, 2.0, 1.0]),
+    ...                   modality="CT")
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     paths = write_dicom_series(img, tmp, uid_seed="example")
+    ...     back = sobre.load(tmp)
+    ...     same = bool((back.array == img.array).all())
+    >>> [p.name for p in paths]
+    ['IM0001.dcm', 'IM0002.dcm', 'IM0003.dcm']
+    >>> back.shape, back.spacing, back.orientation, same
+    ((4, 5, 3), (0.5, 0.6, 2.0), 'LPS', True)
     """
     if image.coordinate_system != "LPS":
         raise InputError("only images with a patient frame (LPS) can be written as a DICOM series",

@@ -66,32 +66,51 @@ def read_nifti(path: str | Path) -> Image:
         raise InputError(f"NIfTI file cannot be read ({type(exc).__name__}: {exc})", path=path,
                          fix="the file may be truncated; re-export it") from None
     shape = tuple(int(s) for s in nimg.shape)
-    if len(shape) > 4 and not all(s == 1 for s in shape[4:]):
-        raise InputError("NIfTI image has more than 4 dimensions", path=path, expected="2 to 4 dimensions",
+    # NIfTI keeps vector-valued voxels (channels) in the 5th dimension, after time (size 1 if none)
+    vector = len(shape) == 5 and shape[4] > 1
+    if len(shape) > 5 or len(shape) == 5 and not vector and not all(s == 1 for s in shape[4:]):
+        raise InputError("NIfTI image has more than 5 dimensions", path=path,
+                         expected="2 to 4 dimensions, or 5 with channels in the 5th",
                          found=str(shape))
-    shape = shape[:4]
+    if vector:
+        shape = shape[:3] + shape[4:] if shape[3] == 1 else shape
+    else:
+        shape = shape[:4]
     hdr = nimg.header
     raw_dtype = hdr.get_data_dtype()
-    slope, inter = hdr.get_slope_inter() if hasattr(hdr, "get_slope_inter") else (None, None)
-    scaled = slope not in (None, 1.0) or inter not in (None, 0.0)
+    # nibabel moves scl_slope / scl_inter from the header to the array proxy when it loads a file
+    slope = float(getattr(nimg.dataobj, "slope", 1.0))
+    inter = float(getattr(nimg.dataobj, "inter", 0.0))
+    scaled = slope != 1.0 or inter != 0.0
     rgb = raw_dtype.names is not None
     if rgb:
         dtype = np.dtype(np.uint8)
         shape = shape + (len(raw_dtype.names),)
+    elif scaled:
+        # float32 holds every scaled value of 8/16-bit storage; wider storage needs float64
+        dtype = np.dtype(np.float32 if raw_dtype.itemsize <= 2 else np.float64)
     else:
-        dtype = np.dtype(np.float32) if scaled else raw_dtype.newbyteorder("=")
+        dtype = raw_dtype.newbyteorder("=")
 
     def loader():
-        data = np.asanyarray(nimg.dataobj)
-        if len(data.shape) > 4:
+        try:
+            data = np.asanyarray(nimg.dataobj)
+        except Exception as exc:  # nibabel/gzip raise EOFError, OSError, zlib.error, ValueError ...
+            raise InputError(f"NIfTI pixel data cannot be read ({type(exc).__name__}: {exc})".replace("\n", " "),
+                             path=path, fix="the file is probably truncated; re-export it") from None
+        if vector:
+            data = data.reshape(shape)
+        elif len(data.shape) > 4:
             data = data.reshape(data.shape[:4])
         if rgb:
             return np.stack([data[n] for n in raw_dtype.names], axis=-1).astype(np.uint8)
         return data.astype(dtype, copy=False)
 
-    extra = ()
+    extra: tuple[str, ...] = ()
     spatial = min(len(shape), 3)
-    if len(nimg.shape[:4]) == 4:
+    if vector:
+        extra = ("channel",) if len(shape) == 4 else ("time", "channel")
+    elif len(nimg.shape[:4]) == 4:
         extra = ("time",)
     if rgb:
         extra = extra + ("channel",)
@@ -116,11 +135,47 @@ def read_nifti(path: str | Path) -> Image:
     )
 
 
+def _storable(arr: np.ndarray) -> np.ndarray:
+    """Lossless dtype changes for types NIfTI / NRRD cannot hold: bool -> uint8, float16 -> float32."""
+    if arr.dtype == np.bool_:
+        return arr.astype(np.uint8)
+    if arr.dtype == np.float16:
+        return arr.astype(np.float32)
+    return arr
+
+
 def write_nifti(image: Image, path: str | Path) -> None:
+    """Write NIfTI-1 with the RAS affine in both sform and qform (code 1, scanner).
+
+    Channels: 3- or 4-channel uint8 images become NIfTI RGB24/RGBA32 voxels; other channel images
+    keep their channels in the 5th dimension (the NIfTI vector convention, dimension 4 of size 1),
+    which :func:`read_nifti` reads back as a ``channel`` axis. A ``frame`` axis is written as the
+    4th (time) dimension. bool pixels are stored as uint8, float16 as float32.
+    """
     import nibabel as nib
 
-    arr = image.array
-    nimg = nib.Nifti1Image(arr, image.affine_ras)
+    arr = _storable(image.array)
+    nd = image.spatial_ndim
+    extra = image.extra_axes
+    spatial3 = arr.shape[:nd] + (1,) * (3 - nd)
+    n_time = arr.shape[nd] if extra and extra[0] in ("time", "frame") else None
+    vector = False
+    if "channel" in extra:
+        c = arr.shape[-1]
+        if arr.dtype == np.uint8 and c in (3, 4):
+            names = ("R", "G", "B", "A")[:c]
+            rgb = np.empty(spatial3 + (n_time,) if n_time else arr.shape[:-1], dtype=[(n, "u1") for n in names])
+            for i, n in enumerate(names):
+                rgb[n] = arr[..., i].reshape(rgb.shape)
+            arr = rgb
+        else:
+            arr = arr.reshape(spatial3 + (n_time or 1, c))
+            vector = True
+    elif n_time:
+        arr = arr.reshape(spatial3 + (n_time,))
+    nimg = nib.Nifti1Image(arr, image.affine_ras, dtype=arr.dtype)
+    if vector:
+        nimg.header.set_intent("vector")
     nimg.header.set_xyzt_units("mm", "sec")
     nimg.set_sform(image.affine_ras, code=1)
     nimg.set_qform(image.affine_ras, code=1)
@@ -188,11 +243,25 @@ def read_itk(path: str | Path) -> Image:
 
 
 def write_itk(image: Image, path: str | Path) -> None:
+    """Write NRRD / MetaImage (LPS, like DICOM). 2D or 3D, optionally with a channel axis.
+
+    A 2D image whose plane is not axial (its affine maps i, j outside the x-y plane, e.g. a sagittal
+    DICOM slice) is written as a 3D image of one slice, so that its orientation is kept.
+    """
     import SimpleITK as sitk
 
+    if any(ax != "channel" for ax in image.extra_axes):
+        raise InputError("NRRD/MetaImage files hold 2D or 3D images (with channels) only", path=path,
+                         expected="no time or frame axis", found=str(image.extra_axes),
+                         fix="save as NIfTI (.nii.gz), which has a time dimension")
     nd = image.spatial_ndim
-    arr = image.array
+    arr = _storable(image.array)
     vector = "channel" in image.extra_axes
+    a = image.affine
+    if nd == 2 and (np.any(np.abs(a[2, :2]) > 1e-9) or np.any(np.abs(a[:2, 2]) > 1e-9)
+                    or abs(a[2, 3]) > 1e-9):
+        arr = arr.reshape(arr.shape[:2] + (1,) + arr.shape[2:])
+        nd = 3
     axes = list(range(nd))[::-1] + list(range(nd, arr.ndim))
     simg = sitk.GetImageFromArray(np.ascontiguousarray(np.transpose(arr, axes)), isVector=vector)
     sp = np.linalg.norm(image.affine[:3, :3], axis=0)
@@ -210,7 +279,9 @@ def read_optical(path: str | Path) -> Image:
     meta: dict = {"format": path.suffix.lower().lstrip(".")}
     spacing = (1.0, 1.0)
     try:
-        if path.suffix.lower() in (".tif", ".tiff") or open(path, "rb").read(4) in (b"II*\x00", b"MM\x00*"):
+        with open(path, "rb") as fh:
+            tiff = fh.read(4) in (b"II*\x00", b"MM\x00*")
+        if path.suffix.lower() in (".tif", ".tiff") or tiff:
             import tifffile
 
             with tifffile.TiffFile(str(path)) as tf:
@@ -252,5 +323,16 @@ def write_optical(image: Image, path: str | Path) -> None:
     if image.spatial_ndim != 2:
         raise InputError("only 2D images can be written as PNG/JPEG", path=path,
                          expected="a 2D image", found=f"shape {image.shape}")
-    arr = np.swapaxes(image.array, 0, 1)
-    PILImage.fromarray(arr).save(path)
+    arr = _storable(image.array)
+    grey = arr.ndim == 2 and arr.dtype in (np.uint8, np.uint16)
+    colour = arr.ndim == 3 and arr.shape[2] in (3, 4) and arr.dtype == np.uint8
+    if not (grey or colour):
+        raise InputError("PNG/JPEG/TIFF hold 8- or 16-bit grey, or 8-bit RGB/RGBA pixels", path=path,
+                         expected="uint8/uint16 grey or uint8 with 3-4 channels",
+                         found=f"{arr.dtype} with shape {arr.shape}",
+                         fix="convert the pixels explicitly (no silent rescaling here), or save as NIfTI/NRRD")
+    jpeg_ok = arr.dtype == np.uint8 and (arr.ndim == 2 or arr.shape[2] == 3)
+    if str(path).lower().endswith((".jpg", ".jpeg")) and not jpeg_ok:
+        raise InputError("JPEG holds 8-bit grey or RGB pixels only", path=path,
+                         found=f"{arr.dtype} with shape {arr.shape}", fix="save as PNG")
+    PILImage.fromarray(np.ascontiguousarray(np.swapaxes(arr, 0, 1))).save(path)

@@ -49,7 +49,7 @@ class Image:
     >>> img = Image(np.zeros((4, 5, 6), np.int16), np.diag([0.5, 0.5, 2.0, 1.0]), modality="CT")
     >>> img
     Image(shape=(4, 5, 6), spacing=(0.5, 0.5, 2), orientation=LPS, dtype=int16, modality=CT, loaded)
-    >>> img.affine_ras[0, 0]
+    >>> float(img.affine_ras[0, 0])
     -0.5
     """
 

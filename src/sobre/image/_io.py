@@ -7,7 +7,7 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from sobre.errors import InputError
+from sobre.errors import InputError, SobreError
 from sobre.image import _formats
 from sobre.image._dicom import read_dicom
 from sobre.image._image import Image
@@ -123,7 +123,11 @@ def save(image: Image, path: str | Path) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     os.close(fd)
     try:
-        writer(image, tmp)
+        try:
+            writer(image, tmp)
+        except SobreError as exc:  # name the file the caller asked for, not the temporary one
+            raise type(exc)(exc.what, path=path, tag=exc.tag, expected=exc.expected, found=exc.found,
+                            fix=exc.fix) from None
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
