@@ -9,6 +9,7 @@ is an ISO date (YYYY-MM-DD), categorical otherwise. Missing values: empty, ``NA`
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +47,9 @@ def _read_frame(path: Path):
         if suffix in (".xlsx", ".xls"):
             return pd.read_excel(path, dtype=str, keep_default_na=False)
         sep = "\t" if suffix == ".tsv" else ","
-        return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, skipinitialspace=True)
+        # blank lines are kept (as empty rows, dropped later) so that row i is on line i + 2
+        return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, skipinitialspace=True,
+                           skip_blank_lines=False)
     except FileNotFoundError:
         raise InputError("no such file", path=path) from None
     except Exception as exc:  # pandas/openpyxl parser errors
@@ -64,10 +67,16 @@ def read_clinical(path: str | Path) -> ClinicalTable:
         raise InputError("no subject identifier column", path=path, expected="one of " + ", ".join(ID_COLUMNS),
                          found=", ".join(cols[:10]) or "no columns",
                          fix="rename the column holding subject identifiers to subject_id")
+    line_of = [i + 2 for i in range(len(df))]  # header = line 1 (XLSX: row numbers)
+    blank = df.fillna("").astype(str).apply(lambda c: c.str.strip().eq("")).all(axis=1) if len(df.columns) \
+        else []
+    keep = [i for i, b in enumerate(blank) if not b]
+    df = df.iloc[keep].reset_index(drop=True)
+    line_of = [line_of[i] for i in keep]
     ids = [str(v).strip() for v in df[id_col]]
     lines: dict[str, int] = {}
     for i, sid in enumerate(ids):
-        line = i + 2
+        line = line_of[i]
         if sid.lower() in MISSING:
             raise InputError("empty subject identifier", path=path, found=f"line {line}, column {id_col}")
         if sid in lines:
@@ -75,25 +84,38 @@ def read_clinical(path: str | Path) -> ClinicalTable:
                              found=f"lines {lines[sid]} and {line}", fix="keep one row per subject")
         lines[sid] = line
     columns: list[Column] = []
+    seen: dict[str, str] = {}
     for raw in cols:
         if raw == id_col:
             continue
         m = _UNIT.match(raw)
         name, unit = (m["name"].strip(), m["unit"].strip() or None) if m else (raw.strip(), None)
         name = re.sub(r"\W+", "_", name).strip("_").lower()
-        if not _NAME.match(name):
+        if not _NAME.match(name) or len(name) > 100 or (unit is not None and len(unit) > 32):
             raise InputError(f"column name '{raw}' cannot be used as a variable", path=path,
-                             expected="a name starting with a letter", found=raw)
+                             expected="a name starting with a letter (at most 100 characters; unit at most 32)",
+                             found=raw)
+        if name in seen:
+            raise InputError(f"columns '{seen[name]}' and '{raw}' both give the variable '{name}'", path=path,
+                             fix="rename one of them")
+        seen[name] = raw
         texts = [str(v).strip() for v in df[raw]]
         present = [(sid, t) for sid, t in zip(ids, texts) if t.lower() not in MISSING]
         numeric_ok, bad = [], []
         for sid, t in present:
             try:
-                numeric_ok.append((sid, float(t)))
+                v = float(t)
             except ValueError:
                 bad.append((sid, t))
+                continue
+            if math.isfinite(v):
+                numeric_ok.append((sid, v))
+            else:  # inf / infinity: not a measurement, and not storable in a dataset manifest
+                bad.append((sid, t))
         col = Column(name=name, kind="categorical", unit=unit)
-        if present and not bad:
+        if not present and unit is not None:  # a numeric column with no value yet
+            col.kind = "numeric"
+        elif present and not bad:
             col.kind = "numeric"
             col.values = dict(numeric_ok)
         elif unit is not None or (present and len(numeric_ok) >= 0.8 * len(present) and bad):

@@ -51,12 +51,22 @@ def compile_filter(expr: str, fields: Iterable[str]) -> Callable[[dict], bool]:
         raise ExpressionError("empty filter expression", expected='e.g. modality == "MR" and age >= 20')
     try:
         tree = ast.parse(expr.strip(), mode="eval")
+    except (RecursionError, MemoryError):
+        raise _too_deep() from None
     except SyntaxError as exc:
-        pos = (exc.offset or 1) - 1
+        text = expr.strip()
+        msg = exc.msg
+        if not exc.offset:  # Python reports offset 0 when the input ends in the middle of something
+            pos, msg = len(text), "the expression ends too early"
+        else:
+            pos = min(exc.offset - 1, len(text))
         raise ExpressionError(
-            f"syntax error in filter expression at column {pos + 1}: {exc.msg}\n  {expr.strip()}\n  {' ' * pos}^",
+            f"syntax error in filter expression at column {pos + 1}: {msg}\n  {text}\n  {' ' * pos}^",
             fix='write comparisons like: modality == "MR" and age >= 20 (strings in double quotes)',
         ) from None
+    except ValueError as exc:  # e.g. null bytes, on Python versions that do not call it a SyntaxError
+        raise ExpressionError(f"filter expression cannot be parsed ({exc})",
+                              fix='write comparisons like: modality == "MR" and age >= 20') from None
 
     def literal(node: ast.AST):
         if isinstance(node, ast.Constant) and isinstance(node.value, (str, int, float, bool, type(None))):
@@ -68,6 +78,12 @@ def compile_filter(expr: str, fields: Iterable[str]) -> Callable[[dict], bool]:
             return -node.operand.value
         if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
             return [literal(e) for e in node.elts]
+        if isinstance(node, ast.Name):
+            raise ExpressionError(
+                f"'{node.id}' inside a list is neither a string nor a number",
+                expected="literal values in lists, e.g. site in [\"paris\", \"lyon\"]", found=node.id,
+                fix=f'put text in double quotes: "{node.id}"',
+            )
         raise _not_allowed(node)
 
     def _not_allowed(node: ast.AST) -> ExpressionError:
@@ -124,6 +140,13 @@ def compile_filter(expr: str, fields: Iterable[str]) -> Callable[[dict], bool]:
                     raise _not_allowed(node)
             terms = [operand(node.left)] + [operand(c) for c in node.comparators]
             ops = list(node.ops)
+            for op, right in zip(ops, node.comparators):
+                if isinstance(op, (ast.In, ast.NotIn)) and not isinstance(right, (ast.List, ast.Tuple, ast.Set)):
+                    text = ast.get_source_segment(expr.strip(), right) or type(right).__name__
+                    raise ExpressionError(
+                        "'in' needs a list of values on its right", expected='e.g. site in ["paris", "lyon"]',
+                        found=text,
+                    )
 
             def pred(rec: dict) -> bool:
                 vals = [t(rec) for t in terms]
@@ -137,4 +160,12 @@ def compile_filter(expr: str, fields: Iterable[str]) -> Callable[[dict], bool]:
             operand(node)  # raises "unknown field"
         raise _not_allowed(node)
 
-    return build(tree)
+    try:
+        return build(tree)
+    except RecursionError:
+        raise _too_deep() from None
+
+
+def _too_deep() -> ExpressionError:
+    return ExpressionError("filter expression is nested too deeply",
+                           fix="simplify it: chain conditions with and/or instead of nesting them")

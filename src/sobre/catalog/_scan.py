@@ -20,6 +20,7 @@ BIDS_SUB = re.compile(r"^sub-[A-Za-z0-9]+$")
 BIDS_SES = re.compile(r"^ses-[A-Za-z0-9]+$")
 BIDS_MODALITY = {"T1w": "MR", "T2w": "MR", "FLAIR": "MR", "PD": "MR", "bold": "MR", "dwi": "MR", "T2starw": "MR",
                  "ct": "CT", "CT": "CT", "pet": "PT"}
+_DA = re.compile(r"^\d{8}$")
 IGNORED_NAMES = {"DICOMDIR", "participants.tsv", "participants.json", "dataset_description.json", "README",
                  "CHANGES", "LICENSE", ".DS_Store", "Thumbs.db"}
 
@@ -122,7 +123,15 @@ def scan_file(path: str) -> dict:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom/nibabel chatter; real problems come back as ``error``
-        return _scan_file(path)
+        try:
+            return _scan_file(path)
+        except Exception as exc:  # noqa: BLE001 - one bad file must never stop a batch
+            return {"path": str(path), "error": f"cannot read file ({type(exc).__name__}: {exc})"}
+
+
+def scan_many(paths: list[str]) -> list[dict]:
+    """:func:`scan_file` over several files (one task for a worker process)."""
+    return [scan_file(p) for p in paths]
 
 
 def _scan_file(path: str) -> dict:
@@ -147,11 +156,23 @@ def _scan_file(path: str) -> dict:
         if kind == "dicom":
             ds = read_header(p)
             check_image(ds, p)
+            cut = _pixel_data_truncated(ds, st.st_size)
+            if cut:
+                rec["error"] = cut
+                return rec
             frames = frames_of(ds, p)
-            meta = header_metadata(ds)
+            meta = _header_metadata(ds, header_metadata)
             meta["age_years"] = age_from_dicom(meta.get("patient_age"), meta.get("patient_birth_date"),
                                                meta.get("study_date"))
             meta.pop("patient_birth_date", None)  # used for age only; not kept in the catalog
+            if meta.get("study_date") and not _DA.match(meta["study_date"]):
+                meta["study_date"] = None  # not a DICOM date (YYYYMMDD)
+            if frames[0].series_uid.startswith("file:") or len(frames[0].series_uid) > 64:
+                # no (valid) SeriesInstanceUID: a UID derived from the content, like other formats,
+                # so that the same file gives the same series wherever it lies
+                uid = uid_from_hash(rec["sha256"])
+                for f in frames:
+                    f.series_uid = uid
             rec["series_uid"] = frames[0].series_uid
             rec["sop_uid"] = str(ds.get("SOPInstanceUID", "")) or None
             rec["frames"] = [_frame_json(f) for f in frames]
@@ -159,6 +180,11 @@ def _scan_file(path: str) -> dict:
         else:
             reader = {"nifti": _formats.read_nifti, "itk": _formats.read_itk, "optical": _formats.read_optical}[kind]
             img = reader(p)
+            cut = _gzip_intact(p) if p.name.lower().endswith(".gz") else (
+                _nifti_truncated(p, img, st.st_size) if kind == "nifti" else None)
+            if cut:
+                rec["error"] = cut
+                return rec
             bids = _bids_context(p)
             header = {
                 "format": img.metadata.get("format", kind), "shape": list(img.shape),
@@ -182,22 +208,142 @@ def _scan_file(path: str) -> dict:
     return rec
 
 
-def walk(paths) -> tuple[list[str], list[tuple[str, str]]]:
-    """Files below ``paths`` (sorted, hidden and index files left out) and the paths that do not exist."""
+# Elements that differ from slice to slice of a series and that ``header_metadata`` does not read
+# (tests/catalog/test_ingest.py checks that last part): left out of the cache key below.
+_PER_INSTANCE_TAGS = frozenset({
+    0x00080012, 0x00080013,  # InstanceCreationDate, InstanceCreationTime
+    0x00080018,  # SOPInstanceUID
+    0x00080032, 0x00080033, 0x0008002A,  # AcquisitionTime, ContentTime, AcquisitionDateTime
+    0x00181060,  # TriggerTime
+    0x00200013,  # InstanceNumber
+    0x00200032,  # ImagePositionPatient
+    0x00201041,  # SliceLocation
+    0x00280106, 0x00280107,  # Smallest/LargestImagePixelValue
+    0x00281050, 0x00281051,  # WindowCenter, WindowWidth
+    0x7FE00010, 0x7FE00008, 0x7FE00009,  # PixelData, FloatPixelData, DoubleFloatPixelData
+})
+_META_CACHE: dict = {}
+_META_CACHE_SIZE = 64
+
+
+def _header_key(ds) -> tuple | None:
+    """The raw bytes of every element that may matter to ``header_metadata``; None when some are unread."""
+    fm = getattr(ds, "file_meta", None)
+    parts: list = [str(fm.get("TransferSyntaxUID", "")) if fm is not None else ""]
+    for elem in ds.values():  # raw elements as read: nothing is converted or loaded here
+        tag = int(elem.tag)
+        if tag in _PER_INSTANCE_TAGS:
+            continue
+        value = elem.value
+        if value is None and getattr(elem, "length", 0):  # deferred (large) element: content unknown here
+            return None
+        parts.append((tag, elem.VR, value if isinstance(value, (bytes, str)) else repr(value)))
+    return tuple(parts)
+
+
+def _header_metadata(ds, header_metadata) -> dict:
+    """``header_metadata(ds)``, remembered for headers that differ only in per-slice elements.
+
+    Converting ~30 elements is most of the cost of reading a small DICOM header; the files of one
+    series share all of them except the per-slice ones, whose raw bytes are left out of the key.
+    """
+    try:
+        key = _header_key(ds)
+    except Exception:  # noqa: BLE001 - no key, no cache
+        key = None
+    if key is not None:
+        hit = _META_CACHE.get(key)
+        if hit is not None:
+            return dict(hit)
+    meta = header_metadata(ds)
+    if key is not None:
+        if len(_META_CACHE) >= _META_CACHE_SIZE:
+            _META_CACHE.pop(next(iter(_META_CACHE)))
+        _META_CACHE[key] = dict(meta)
+    return meta
+
+
+def _pixel_data_truncated(ds, size: int) -> str | None:
+    """Reason when the native (uncompressed) pixel data runs past the end of the file, else None."""
+    for kw in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+        if kw not in ds:
+            continue
+        elem = ds.get_item(kw, keep_deferred=True)  # never read the pixels themselves
+        length = getattr(elem, "length", None)
+        tell = getattr(elem, "value_tell", None)
+        if length is None or tell is None or length == 0xFFFFFFFF:  # encapsulated: checked on decoding
+            return None
+        if tell + length > size:
+            from sobre.image._dicom import tag_name
+
+            return (f"{tag_name(kw)}: pixel data is truncated (expected {length} bytes of pixel data; found "
+                    f"{max(size - tell, 0)} before the end of the file). the file was cut short "
+                    f"(interrupted transfer or export); re-export or re-send it")
+        return None
+    return None
+
+
+def _nifti_truncated(path: Path, img, size: int) -> str | None:
+    """Reason when an uncompressed NIfTI file is shorter than its header says, else None."""
+    if path.name.lower().endswith(".gz") or img.metadata.get("format") not in (None, "nifti", "nifti1", "nifti2"):
+        return None
+    try:
+        import nibabel as nib
+
+        hdr = nib.load(str(path)).header
+        offset = int(hdr.get_data_offset())
+        need = offset + int(np.prod(hdr.get_data_shape())) * np.dtype(hdr.get_data_dtype()).itemsize
+    except Exception:  # noqa: BLE001 - the reader already accepted the header; leave it to it
+        return None
+    if path.suffix.lower() == ".hdr" or need <= size:
+        return None
+    return (f"NIfTI voxel data is truncated (expected {need} bytes; found {size}). "
+            f"the file was cut short; re-export or re-send it")
+
+
+def _gzip_intact(path: Path) -> str | None:
+    """Reason when a gzip stream is cut short or corrupted (checked by decompressing it), else None."""
+    import zlib
+
+    d = zlib.decompressobj(wbits=31)
+    try:
+        with open(path, "rb") as fh:
+            while not d.eof and (chunk := fh.read(1 << 20)):
+                while chunk and not d.eof:  # bounded output: a mask of zeros inflates ~1000-fold
+                    d.decompress(chunk, 1 << 24)
+                    chunk = d.unconsumed_tail
+    except zlib.error as exc:
+        return f"compressed data is corrupted ({exc}); re-export or re-send the file"
+    if not d.eof:
+        return "compressed data ends early: the file was cut short; re-export or re-send it"
+    return None
+
+
+def walk(paths, exclude=()) -> tuple[list[str], list[tuple[str, str]]]:
+    """Files below ``paths`` (sorted, hidden and index files left out) and the paths that do not exist.
+
+    Folders in ``exclude`` (e.g. the workspace itself, when it lies inside the folder ingested) are
+    not walked.
+    """
     files: list[str] = []
     missing: list[tuple[str, str]] = []
+    skip_suffixes = (".json", ".tsv", ".csv", ".txt", ".md")
+    excluded = {os.path.abspath(os.fspath(e)) for e in exclude}
     for raw in paths:
-        p = Path(raw).absolute()
-        if not p.exists():
-            missing.append((str(p), "no such file or folder"))
+        p = os.path.abspath(os.fspath(raw))
+        if not os.path.exists(p):
+            missing.append((p, "no such file or folder"))
             continue
-        if p.is_file():
-            files.append(str(p))
+        if os.path.isfile(p):
+            files.append(p)
             continue
         for root, dirs, names in os.walk(p):
+            if root in excluded:
+                dirs[:] = []
+                continue
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             for n in sorted(names):
-                if n.startswith(".") or n in IGNORED_NAMES or n.endswith((".json", ".tsv", ".csv", ".txt", ".md")):
+                if n.startswith(".") or n in IGNORED_NAMES or n.endswith(skip_suffixes):
                     continue
-                files.append(str(Path(root) / n))
+                files.append(os.path.join(root, n))
     return files, missing

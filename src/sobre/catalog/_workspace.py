@@ -11,6 +11,7 @@ Layout::
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sqlalchemy import create_engine, delete, event, select
+from sqlalchemy import bindparam, create_engine, delete, event, func, insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -131,6 +132,22 @@ def _migrate(engine: Engine) -> None:
         command.upgrade(cfg, "head")
 
 
+def _safe_url(url: str) -> str:
+    """The URL with its password hidden (for messages)."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001
+        return "(unparseable URL)"
+
+
+def _db_problem(exc: Exception) -> str:
+    """First line of a driver error, without SQLAlchemy's background link."""
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
 def _engine(url: str) -> Engine:
     engine = create_engine(url, future=True)
     if url.startswith("sqlite"):
@@ -162,9 +179,9 @@ class Workspace:
         cfg = root / CONFIG_NAME
         if cfg.exists():
             ws = cls.open(root)
-            if db_url and db_url != ws.db_url:
+            if db_url and cls._resolve_url(root, db_url) != ws.db_url:
                 raise CatalogError("workspace already exists with another database", path=cfg,
-                                   expected=db_url, found=ws.db_url)
+                                   expected=_safe_url(db_url), found=_safe_url(ws.db_url))
             return ws
         if root.exists() and any(root.iterdir()):
             raise CatalogError("folder is not empty and is not a Sobre workspace", path=root,
@@ -177,11 +194,12 @@ class Workspace:
         except SobreError:
             raise
         except Exception as exc:
-            raise CatalogError(f"cannot create the catalog database ({type(exc).__name__}: {exc})",
-                               found=url, fix="check the database URL and that the server is reachable") from None
+            raise CatalogError(f"cannot create the catalog database ({_db_problem(exc)})",
+                               found=_safe_url(url), fix="check the database URL and that the server is reachable"
+                               ) from None
         text = (
             "# Sobre workspace settings\n[workspace]\nformat = 1\n"
-            f'database = "{url}"\ncreated = "{datetime.now(timezone.utc).isoformat(timespec="seconds")}"\n'
+            f'database = {json.dumps(url)}\ncreated = "{datetime.now(timezone.utc).isoformat(timespec="seconds")}"\n'
         )
         _atomic_write(cfg, text.encode())
         for sub in ("files", "datasets"):
@@ -212,7 +230,13 @@ class Workspace:
         except (tomllib.TOMLDecodeError, KeyError) as exc:
             raise CatalogError(f"workspace settings are unreadable ({exc})", path=root / CONFIG_NAME) from None
         ws = cls(root, cls._resolve_url(root, url))
-        _migrate(ws.engine)  # no-op when up to date; upgrades older workspaces
+        try:
+            _migrate(ws.engine)  # no-op when up to date; upgrades older workspaces
+        except Exception as exc:
+            ws.close()
+            raise CatalogError(f"cannot open the catalog database ({_db_problem(exc)})", path=root / CONFIG_NAME,
+                               found=_safe_url(url), fix="check that the database server is running and reachable"
+                               ) from None
         return ws
 
     def session(self) -> Session:
@@ -231,8 +255,9 @@ class Workspace:
         return f"Workspace({str(self.root)!r}, db={self.db_url.split('://')[0]})"
 
     # ------------------------------------------------------------------ ingest
-    def ingest(self, paths: Iterable[str | Path], *, site: str | None = None, clinical: str | Path | None = None,
-               copy: bool = False, progress: bool = False, workers: int | None = None) -> IngestReport:
+    def ingest(self, paths: str | Path | Iterable[str | Path], *, site: str | None = None,
+               clinical: str | Path | None = None, copy: bool = False, progress: bool = False,
+               workers: int | None = None) -> IngestReport:
         """Catalogue every image below ``paths``; idempotent and crash-safe.
 
         Files are hashed and their headers read (no pixels) in worker processes; results are
@@ -240,121 +265,223 @@ class Workspace:
         *pending*. Volumes are then (re)assembled per series in one transaction each, which clears
         its pending mark. A run killed at any point leaves a consistent catalog; the next run
         finds the files already recorded and finishes the pending series.
+
+        A file that cannot be read is skipped and reported (``report.skipped``: path, reason); it
+        never stops the others. A file with the same content as one already catalogued (at another
+        path) is skipped as a duplicate.
+
+        A path that does not exist is reported in ``report.skipped`` too (``sobre ingest`` refuses it
+        before starting).
+
+        Raises
+        ------
+        InputError
+            Before anything is written, when the clinical table cannot be read or holds an
+            unparseable value (named by line and column). Unknown subject identifiers in the
+            clinical table are only known after the images are catalogued: they leave the table out
+            (``report.clinical_error``), not the images.
         """
         report = IngestReport()
-        files, missing = _scan.walk(paths)
+        paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+        table = read_clinical(clinical) if clinical is not None else None
+        files, missing = _scan.walk(paths, exclude=[self.root])
         report.skipped.extend(missing)
-        with self.session() as s:
-            known = {row.source_path: (row.size, row.mtime_ns) for row in s.execute(
-                select(File.source_path, File.size, File.mtime_ns)).all()}
+        with self.engine.connect() as conn:
+            known = {sp: (size, mt) for sp, size, mt in conn.execute(
+                select(File.source_path, File.size, File.mtime_ns))}
         todo: list[str] = []
         for f in files:
             k = known.get(f)
             if k is not None:
                 try:
                     st = os.stat(f)
-                except OSError:
-                    report.skipped.append((f, "cannot stat file"))
+                except OSError as exc:
+                    report.skipped.append((f, f"cannot read file ({exc.strerror})"))
                     continue
                 if (st.st_size, st.st_mtime_ns) == k:
                     report.known += 1
                     continue
             todo.append(f)
+        del known
         bar = _progress(len(todo), "reading headers", progress)
-        for chunk_start in range(0, len(todo), BATCH * 4):
-            chunk = todo[chunk_start:chunk_start + BATCH * 4]
-            for batch_start in range(0, len(chunk), BATCH):
-                batch = chunk[batch_start:batch_start + BATCH]
-                records = _scan_many(batch, workers)
-                self._write_batch(records, report, site=site, copy=copy)
-                bar.update(len(batch))
+        cache = _IngestCache()
+        for records in _scan_stream(todo, workers, BATCH):
+            self._write_batch(records, report, site=site, copy=copy, cache=cache)
+            bar.update(len(records))
         bar.close()
         self._assemble_pending(report, progress=progress)
-        if clinical is not None:
-            try:
-                report.clinical = self.add_clinical(clinical)
-            except SobreError as exc:
-                report.clinical_error = str(exc)
+        tables: list[tuple[Path, object]] = []
+        if table is not None:
+            tables.append((Path(clinical), table))
         else:
-            for root in sorted({r for r in self._bids_roots()}):
+            given = [os.path.abspath(os.fspath(p)) for p in paths]
+            for root in sorted(r for r in self._bids_roots()  # only BIDS datasets this ingest looked at
+                               if any(g == r or g.startswith(r + os.sep) or r.startswith(g + os.sep) for g in given)):
                 tsv = Path(root) / "participants.tsv"
                 if tsv.exists():
-                    try:
-                        report.clinical = self.add_clinical(tsv)
-                    except SobreError as exc:
-                        report.clinical_error = str(exc)
+                    tables.append((tsv, None))
+        for path, tab in tables:
+            try:
+                report.clinical = self._add_table(tab if tab is not None else read_clinical(path), path)
+            except SobreError as exc:
+                report.clinical_error = str(exc)
         return report
 
     def _bids_roots(self) -> set[str]:
-        with self.session() as s:
+        with self.engine.connect() as conn:
             roots = set()
-            for (h,) in s.execute(select(File.header).where(File.kind != "dicom")).all():
+            for (h,) in conn.execute(select(File.header).where(File.kind != "dicom")):
                 if h and h.get("bids_root"):
                     roots.add(h["bids_root"])
         return roots
 
-    def _get_site(self, s: Session, name: str | None, cache: dict) -> int | None:
-        if not name:
-            return None
-        if name in cache:
-            return cache[name]
-        row = s.execute(select(Site).where(Site.name == name)).scalar_one_or_none()
-        if row is None:
-            row = Site(name=name)
-            s.add(row)
-            s.flush()
-        cache[name] = row.id
-        return row.id
-
-    def _write_batch(self, records: list[dict], report: IngestReport, *, site: str | None, copy: bool) -> None:
-        with self.session() as s, s.begin():
-            site_cache: dict = {}
-            by_sha = defaultdict(list)
-            for rec in records:
-                if rec.get("sha256"):
-                    by_sha[rec["sha256"]].append(rec)
-            existing = {}
-            if by_sha:
-                for row in s.execute(select(File).where(File.sha256.in_(list(by_sha)))).scalars():
-                    existing.setdefault(row.sha256, row)
-            pending: set[str] = set()
-            for rec in records:
-                if rec.get("error"):
-                    report.skipped.append((rec["path"], rec["error"]))
-                    continue
-                prev_same_path = s.execute(select(File).where(File.source_path == rec["path"])).scalar_one_or_none()
-                dup = existing.get(rec["sha256"])
-                if dup is not None and dup.source_path != rec["path"] and prev_same_path is None:
-                    report.duplicates += 1
-                    report.skipped.append((rec["path"], f"same content as {dup.source_path} (already catalogued)"))
-                    continue
-                header = rec["header"]
-                stored = rec["path"]
-                if copy:
-                    stored = self._store_copy(rec["path"], rec["sha256"])
-                sub_pk = self._upsert_subject_study(s, rec, site or header.get("institution"), site_cache)
-                if prev_same_path is not None:
-                    if prev_same_path.sha256 == rec["sha256"]:
-                        prev_same_path.size, prev_same_path.mtime_ns = rec["size"], rec["mtime_ns"]
+    def _write_batch(self, records: list[dict], report: IngestReport, *, site: str | None, copy: bool,
+                     cache: _IngestCache) -> None:
+        """Write one batch of scan results in one transaction (bulk statements, no per-file queries)."""
+        good = []
+        for rec in records:
+            if rec.get("error"):
+                report.skipped.append((rec["path"], rec["error"]))
+            else:
+                good.append(rec)
+        if not good:
+            return
+        ft = File.__table__
+        try:
+            with self.engine.begin() as conn:
+                prev = {row.source_path: row for row in conn.execute(
+                    select(ft.c.id, ft.c.source_path, ft.c.sha256, ft.c.series_uid)
+                    .where(ft.c.source_path.in_([r["path"] for r in good])))}
+                # files of this batch whose content changed: their old records go, so they hold nothing
+                leaving = {r["path"] for r in good if r["path"] in prev and prev[r["path"]].sha256 != r["sha256"]}
+                holder: dict[str, str] = {}  # sha256 -> the path that already holds this content
+                for sha, sp in conn.execute(select(ft.c.sha256, ft.c.source_path)
+                                            .where(ft.c.sha256.in_(sorted({r["sha256"] for r in good})))
+                                            .order_by(ft.c.id)):
+                    if sp not in leaving:
+                        holder.setdefault(sha, sp)
+                pending: set[str] = set()
+                touched, gone, inserts = [], [], []
+                for rec in good:
+                    path, sha = rec["path"], rec["sha256"]
+                    old = prev.get(path)
+                    if old is not None and old.sha256 == sha:  # touched, same bytes
+                        touched.append({"b_id": old.id, "b_size": rec["size"], "b_mtime": rec["mtime_ns"]})
                         report.known += 1
                         continue
-                    pending.add(prev_same_path.series_uid)
-                    s.delete(prev_same_path)
-                    s.flush()
-                    report.changed += 1
-                else:
-                    report.new += 1
-                s.add(File(
-                    path=stored, source_path=rec["path"], sha256=rec["sha256"], size=rec["size"],
-                    mtime_ns=rec["mtime_ns"], kind=rec["kind"], series_uid=rec["series_uid"],
-                    sop_uid=rec.get("sop_uid"), frames=rec.get("frames"),
-                    header=dict(header, _site=site or header.get("institution"), _study_pk=sub_pk),
-                    stored_copy=copy,
-                ))
-                pending.add(rec["series_uid"])
-            for uid in pending:
-                if s.get(PendingSeries, uid) is None:
-                    s.add(PendingSeries(series_uid=uid))
+                    if old is not None:  # changed at the same path: the old record goes
+                        gone.append(old.id)
+                        pending.add(old.series_uid)
+                    first = holder.get(sha)
+                    if first is not None and first != path:
+                        report.duplicates += 1
+                        report.skipped.append((path, f"same content as {first} (already catalogued)"))
+                        continue
+                    holder[sha] = path
+                    if old is not None:
+                        report.changed += 1
+                    else:
+                        report.new += 1
+                    inserts.append(rec)
+                if touched:
+                    conn.execute(update(ft).where(ft.c.id == bindparam("b_id"))
+                                 .values(size=bindparam("b_size"), mtime_ns=bindparam("b_mtime")), touched)
+                for i in range(0, len(gone), 500):
+                    conn.execute(delete(ft).where(ft.c.id.in_(gone[i:i + 500])))
+                if inserts:
+                    study_pks = self._subjects_and_studies(conn, inserts, site, cache)
+                    rows = []
+                    for rec, study_pk in zip(inserts, study_pks):
+                        h = rec["header"]
+                        site_name = site or h.get("institution")
+                        rows.append(_clip(ft, {
+                            "path": self._store_copy(rec["path"], rec["sha256"]) if copy else rec["path"],
+                            "source_path": rec["path"], "sha256": rec["sha256"], "size": rec["size"],
+                            "mtime_ns": rec["mtime_ns"], "kind": rec["kind"], "series_uid": rec["series_uid"],
+                            "sop_uid": rec.get("sop_uid"), "series_pk": None, "frames": rec.get("frames"),
+                            "header": dict(h, _site=site_name, _study_pk=study_pk), "stored_copy": copy,
+                        }))
+                        pending.add(rec["series_uid"])
+                    conn.execute(insert(ft), rows)
+                if pending:
+                    have = set(conn.execute(select(PendingSeries.series_uid)
+                                            .where(PendingSeries.series_uid.in_(sorted(pending)))).scalars())
+                    new = sorted(pending - have)
+                    if new:
+                        conn.execute(insert(PendingSeries), [{"series_uid": u} for u in new])
+        except BaseException:
+            cache.clear()  # ids seen inside a rolled-back transaction must not be reused
+            raise
+
+    def _subjects_and_studies(self, conn, recs: list[dict], site: str | None, cache: _IngestCache) -> list[int]:
+        """Find or create the subject and study of each record (a few bulk statements); their study pks."""
+        keys = []
+        for rec in recs:
+            h = rec["header"]
+            sid = h.get("patient_id") or f"unknown-{rec['series_uid'][-12:]}"
+            if rec["kind"] == "dicom":
+                study_uid = h.get("study_uid") or f"study-of-{rec['series_uid']}"
+            else:
+                study_uid = f"bids:{sid}:{h.get('session') or 'nosession'}" if h.get("bids_root") else \
+                    f"file-study:{rec['series_uid']}"
+            site_name = (site or h.get("institution") or "")[:_SITE_LEN] or None
+            keys.append((sid[:_SUBJECT_ID_LEN], study_uid[:_STUDY_UID_LEN], site_name))
+        # sites
+        for name in sorted({k[2] for k in keys if k[2] and k[2] not in cache.sites}):
+            pk = conn.execute(select(Site.id).where(Site.name == name)).scalar_one_or_none()
+            if pk is None:
+                pk = conn.execute(insert(Site).values(name=name)).inserted_primary_key[0]
+            cache.sites[name] = pk
+        # subjects
+        first_of: dict[str, tuple[dict, str | None]] = {}
+        for rec, (sid, _, site_name) in zip(recs, keys):
+            first_of.setdefault(sid, (rec, site_name))
+        st = Subject.__table__
+        missing = [sid for sid in first_of if sid not in cache.subjects]
+        if missing:
+            for pk, sid, sex in conn.execute(select(st.c.id, st.c.subject_id, st.c.sex)
+                                             .where(st.c.subject_id.in_(missing))):
+                cache.subjects[sid] = [pk, sex]
+            new = [sid for sid in missing if sid not in cache.subjects]
+            if new:
+                conn.execute(insert(st), [_clip(st, {
+                    "subject_id": sid, "sex": _scan.normalise_sex(first_of[sid][0]["header"].get("patient_sex")),
+                    "site_id": cache.sites.get(first_of[sid][1]),
+                }) for sid in new])
+                for pk, sid, sex in conn.execute(select(st.c.id, st.c.subject_id, st.c.sex)
+                                                 .where(st.c.subject_id.in_(new))):
+                    cache.subjects[sid] = [pk, sex]
+        for rec, (sid, _, _) in zip(recs, keys):  # sex learnt from a later file of the subject
+            entry = cache.subjects[sid]
+            sex = _scan.normalise_sex(rec["header"].get("patient_sex"))
+            if entry[1] is None and sex is not None:
+                conn.execute(update(st).where(st.c.id == entry[0]).values(sex=sex))
+                entry[1] = sex
+        # studies
+        sdt = Study.__table__
+        first_study: dict[str, tuple[dict, str]] = {}
+        for rec, (sid, study_uid, _) in zip(recs, keys):
+            first_study.setdefault(study_uid, (rec, sid))
+        missing = [u for u in first_study if u not in cache.studies]
+        if missing:
+            for pk, uid in conn.execute(select(sdt.c.id, sdt.c.study_uid).where(sdt.c.study_uid.in_(missing))):
+                cache.studies[uid] = pk
+            new = [u for u in missing if u not in cache.studies]
+            if new:
+                rows = []
+                for u in new:
+                    rec, sid = first_study[u]
+                    h = rec["header"]
+                    height, weight = h.get("patient_size_m"), h.get("patient_weight_kg")
+                    bmi = round(weight / height**2, 2) if height and weight and height > 0.3 else None
+                    rows.append(_clip(sdt, {
+                        "study_uid": u, "subject_pk": cache.subjects[sid][0], "study_date": h.get("study_date"),
+                        "age_years": h.get("age_years"), "height_m": height, "weight_kg": weight, "bmi": bmi,
+                        "description": None}))
+                conn.execute(insert(sdt), rows)
+                for pk, uid in conn.execute(select(sdt.c.id, sdt.c.study_uid).where(sdt.c.study_uid.in_(new))):
+                    cache.studies[uid] = pk
+        return [cache.studies[k[1]] for k in keys]
 
     def _store_copy(self, src: str, sha: str) -> str:
         suffix = "".join(Path(src).suffixes[-2:]) if src.endswith(".nii.gz") else Path(src).suffix
@@ -372,91 +499,72 @@ class Workspace:
                     os.unlink(tmp)
         return str(dest)
 
-    def _upsert_subject_study(self, s: Session, rec: dict, site_name: str | None, site_cache: dict) -> int:
-        h = rec["header"]
-        site_pk = self._get_site(s, site_name, site_cache)
-        sid = h.get("patient_id") or f"unknown-{rec['series_uid'][-12:]}"
-        subj = s.execute(select(Subject).where(Subject.subject_id == sid)).scalar_one_or_none()
-        if subj is None:
-            subj = Subject(subject_id=sid, sex=_scan.normalise_sex(h.get("patient_sex")), site_id=site_pk)
-            s.add(subj)
-            s.flush()
-        elif subj.sex is None and h.get("patient_sex"):
-            subj.sex = _scan.normalise_sex(h.get("patient_sex"))
-        if rec["kind"] == "dicom":
-            study_uid = h.get("study_uid") or f"study-of-{rec['series_uid']}"
-        else:
-            study_uid = f"bids:{sid}:{h.get('session') or 'nosession'}" if h.get("bids_root") else \
-                f"file-study:{rec['series_uid']}"
-        study = s.execute(select(Study).where(Study.study_uid == study_uid)).scalar_one_or_none()
-        if study is None:
-            height, weight = h.get("patient_size_m"), h.get("patient_weight_kg")
-            bmi = round(weight / height**2, 2) if height and weight and height > 0.3 else None
-            study = Study(study_uid=study_uid, subject_pk=subj.id, study_date=h.get("study_date"),
-                          age_years=h.get("age_years"), height_m=height, weight_kg=weight, bmi=bmi,
-                          description=None)
-            s.add(study)
-            s.flush()
-        return study.id
-
     def _assemble_pending(self, report: IngestReport, *, progress: bool = False) -> None:
-        from sobre.errors import GeometryError
-        from sobre.image._dicom import assemble
-
-        with self.session() as s:
-            uids = [u for (u,) in s.execute(select(PendingSeries.series_uid)).all()]
+        with self.engine.connect() as conn:
+            uids = list(conn.execute(select(PendingSeries.series_uid).order_by(PendingSeries.series_uid)).scalars())
         bar = _progress(len(uids), "assembling series", progress)
+        sites: dict[str, int | None] = {}
         for uid in uids:
-            with self.session() as s, s.begin():
-                files = s.execute(select(File).where(File.series_uid == uid)).scalars().all()
-                old = s.execute(select(Series).where(Series.series_uid == uid)).scalars().all()
-                had = len(old)
-                for f in files:
-                    f.series_pk = None
-                s.flush()
-                for o in old:
-                    s.delete(o)
-                s.flush()
-                volumes: list[tuple[Series, list[File]]] = []
-                if files and files[0].kind == "dicom":
-                    frames = []
-                    by_path = {}
-                    for f in files:
-                        by_path[f.path] = f
-                        for fj in f.frames or []:
-                            fr = _scan.frame_from_json(fj)
-                            fr.path = f.path  # a copy may live elsewhere than the source
-                            frames.append(fr)
-                    try:
-                        plans = assemble(frames, on_warning=lambda m: None)
-                        for plan in plans:
-                            pf = [by_path[p] for p in plan.paths]
-                            volumes.append((self._series_row(uid, plan.label, pf[0], pf, plan=plan), pf))
-                    except GeometryError as exc:
-                        row = self._series_row(uid, "", files[0], files, problem=str(exc))
-                        volumes.append((row, files))
-                        report.problems.append((uid, str(exc)))
-                elif files:
-                    f = files[0]
-                    volumes.append((self._series_row(uid, "", f, files), files))
-                for row, vf in volumes:
-                    s.add(row)
-                    s.flush()
-                    for f in vf:
-                        f.series_pk = row.id
-                if volumes:
-                    if had:
-                        report.series_updated += 1
-                    else:
-                        report.series_new += 1
-                s.execute(delete(PendingSeries).where(PendingSeries.series_uid == uid))
+            with self.engine.begin() as conn:
+                self._assemble_one(conn, uid, report, sites)
             bar.update(1)
         bar.close()
 
+    def _assemble_one(self, conn, uid: str, report: IngestReport, sites: dict) -> None:
+        """(Re)build the Series rows of one SeriesInstanceUID from its File rows; clears its pending mark."""
+        from sobre.errors import GeometryError
+        from sobre.image._dicom import assemble
+
+        ft, sr = File.__table__, Series.__table__
+        files = conn.execute(select(ft.c.id, ft.c.path, ft.c.kind, ft.c.frames)
+                             .where(ft.c.series_uid == uid).order_by(ft.c.path)).all()
+        had = conn.execute(select(func.count()).select_from(sr).where(sr.c.series_uid == uid)).scalar_one()
+        if had:
+            conn.execute(update(ft).where(ft.c.series_uid == uid).values(series_pk=None))
+            conn.execute(delete(sr).where(sr.c.series_uid == uid))
+
+        def header(f) -> dict:  # only the first file of each volume's header is needed
+            return conn.execute(select(ft.c.header).where(ft.c.id == f.id)).scalar_one() or {}
+
+        volumes: list[tuple[dict, list]] = []
+        if files and files[0].kind == "dicom":
+            frames = []
+            by_path = {}
+            for f in files:
+                by_path[f.path] = f
+                for fj in f.frames or []:
+                    fr = _scan.frame_from_json(fj)
+                    fr.path = f.path  # a copy may live elsewhere than the source
+                    frames.append(fr)
+            try:
+                for plan in assemble(frames, on_warning=lambda m: None):
+                    pf = [by_path[p] for p in plan.paths]
+                    volumes.append((self._series_row(uid, plan.label, pf[0].kind, header(pf[0]), pf, plan=plan), pf))
+            except GeometryError as exc:
+                volumes.append((self._series_row(uid, "", files[0].kind, header(files[0]), files,
+                                                 problem=str(exc)), files))
+                report.problems.append((uid, str(exc)))
+        elif files:
+            volumes.append((self._series_row(uid, "", files[0].kind, header(files[0]), files), files))
+        for row, vf in volumes:
+            name = (row["meta"].get("site") or "")[:_SITE_LEN]
+            if name and name not in sites:
+                sites[name] = conn.execute(select(Site.id).where(Site.name == name)).scalar_one_or_none()
+            row["site_pk"] = sites.get(name) if name else None
+            pk = conn.execute(insert(sr).values(**_clip(sr, row))).inserted_primary_key[0]
+            ids = [f.id for f in vf]
+            for i in range(0, len(ids), 5000):
+                conn.execute(update(ft).where(ft.c.id.in_(ids[i:i + 5000])).values(series_pk=pk))
+        if volumes:
+            if had:
+                report.series_updated += 1
+            else:
+                report.series_new += 1
+        conn.execute(delete(PendingSeries).where(PendingSeries.series_uid == uid))
+
     @staticmethod
-    def _series_row(uid: str, label: str, first: File, files: list[File], *, plan=None,
-                    problem: str | None = None) -> Series:
-        h = first.header or {}
+    def _series_row(uid: str, label: str, kind: str, h: dict, files: list, *, plan=None,
+                    problem: str | None = None) -> dict:
         if plan is not None:
             from sobre.image import _geometry as geo
 
@@ -467,10 +575,10 @@ class Workspace:
         else:
             shape, affine, spacing = h.get("shape"), h.get("affine"), h.get("spacing")
             orient, dtype = h.get("orientation"), h.get("dtype")
-        fmt = first.kind if first.kind != "itk" else (h.get("format") or "nrrd")
-        if first.kind == "optical":
+        fmt = kind if kind != "itk" else (h.get("format") or "nrrd")
+        if kind == "optical":
             fmt = h.get("format") or "optical"
-        return Series(
+        return dict(
             series_uid=uid, label=label, study_pk=h.get("_study_pk"), site_pk=None,
             status="error" if problem else "ok", problem=problem, format=fmt,
             modality=h.get("modality"), manufacturer=h.get("manufacturer"), model=h.get("model"),
@@ -491,7 +599,9 @@ class Workspace:
         Raises :class:`InputError` if a subject id is unknown or a value unparseable; the catalog is
         then unchanged.
         """
-        table = read_clinical(path)
+        return self._add_table(read_clinical(path), path)
+
+    def _add_table(self, table, path: str | Path) -> dict:
         with self.session() as s, s.begin():
             subjects = {sid: pk for pk, sid in s.execute(select(Subject.id, Subject.subject_id)).all()}
             unknown = [sid for sid in table.subject_lines if sid not in subjects]
@@ -499,31 +609,43 @@ class Workspace:
                 lines = ", ".join(f"'{u}' (line {table.subject_lines[u]})" for u in unknown[:5])
                 more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
                 raise InputError(
-                    f"{len(unknown)} subject id(s) are not in the catalog: {lines}{more}", path=path,
+                    f"{len(unknown)} subject id(s) in column '{table.id_column}' are not in the catalog: "
+                    f"{lines}{more}", path=path,
                     expected="identifiers of ingested subjects (PatientID, or sub-XX for BIDS)",
                     fix="ingest the images first, or correct the identifiers; nothing from this table was stored",
                 )
+            vt = SubjectValue.__table__
             for col in table.columns:
                 var = s.execute(select(Variable).where(Variable.name == col.name)).scalar_one_or_none()
                 if var is None:
                     if col.name in BASE_FIELDS and col.name not in ("age", "sex", "bmi", "height", "weight"):
                         raise InputError(f"column '{col.name}' would shadow a built-in field", path=path,
-                                         fix="rename the column")
+                                         expected="a name other than: " + ", ".join(sorted(BASE_FIELDS)),
+                                         fix="rename the column; nothing from this table was stored")
                     var = Variable(name=col.name, kind=col.kind, unit=col.unit, source=str(path))
                     s.add(var)
                     s.flush()
                 elif var.kind != col.kind:
                     raise InputError(f"column '{col.name}' changes type", path=path,
-                                     expected=f"{var.kind} (as stored from {var.source})", found=col.kind)
+                                     expected=f"{var.kind} (as stored from {var.source})", found=col.kind,
+                                     fix="correct the column's values; nothing from this table was stored")
+                existing = {spk: (pk, num, text) for pk, spk, num, text in s.execute(
+                    select(vt.c.id, vt.c.subject_pk, vt.c.num, vt.c.text).where(vt.c.variable_pk == var.id))}
+                inserts, updates = [], []
                 for sid, value in col.values.items():
                     spk = subjects[sid]
-                    row = s.execute(select(SubjectValue).where(
-                        SubjectValue.subject_pk == spk, SubjectValue.variable_pk == var.id)).scalar_one_or_none()
-                    if row is None:
-                        row = SubjectValue(subject_pk=spk, variable_pk=var.id)
-                        s.add(row)
-                    row.num = value if col.kind == "numeric" else None
-                    row.text = None if col.kind == "numeric" or value is None else str(value)
+                    num = value if col.kind == "numeric" else None
+                    text = None if col.kind == "numeric" or value is None else str(value)
+                    old = existing.get(spk)
+                    if old is None:
+                        inserts.append({"subject_pk": spk, "variable_pk": var.id, "num": num, "text": text})
+                    elif (old[1], old[2]) != (num, text):
+                        updates.append({"b_id": old[0], "b_num": num, "b_text": text})
+                if inserts:
+                    s.execute(insert(vt), inserts)
+                if updates:
+                    s.connection().execute(update(vt).where(vt.c.id == bindparam("b_id"))
+                                           .values(num=bindparam("b_num"), text=bindparam("b_text")), updates)
         return {"path": str(path), "subjects": len(table.subject_lines),
                 "variables": [{"name": c.name, "kind": c.kind, "unit": c.unit} for c in table.columns]}
 
@@ -539,6 +661,7 @@ class Workspace:
         """One dict per catalogued volume with every queryable field (base fields + clinical variables)."""
         with self.session() as s:
             variables = {v.id: v for v in s.execute(select(Variable)).scalars()}
+            var_names = sorted(v.name for v in variables.values())
             values: dict[int, dict] = defaultdict(dict)
             for row in s.execute(select(SubjectValue)).scalars():
                 var = variables[row.variable_pk]
@@ -569,8 +692,8 @@ class Workspace:
                     "status": ser.status, "problem": ser.problem,
                     "shape": ser.shape, "spacing": ser.spacing, "orientation": ser.orientation,
                 }
-                for k, v in clin.items():
-                    rec.setdefault(k, v)
+                for name in var_names:  # every clinical variable, None where the subject has no value
+                    rec.setdefault(name, clin.get(name))
                 out.append(rec)
         return out
 
@@ -622,8 +745,10 @@ class Workspace:
 
     # ------------------------------------------------------------------ cohorts
     def cohort_create(self, name: str, where: str, *, replace: bool = False) -> dict:
-        if not name or not all(c.isalnum() or c in "-_." for c in name):
-            raise CatalogError(f"invalid cohort name '{name}'", expected="letters, digits, '-', '_' or '.'")
+        if not name or len(name) > 100 or not all(c.isascii() and (c.isalnum() or c in "-_.") for c in name) \
+                or name.startswith("."):
+            raise CatalogError(f"invalid cohort name '{name}'",
+                               expected="1 to 100 ASCII letters, digits, '-', '_' or '.' (not first)")
         compile_filter(where, self.fields())  # validate now
         with self.session() as s, s.begin():
             row = s.execute(select(Cohort).where(Cohort.name == name)).scalar_one_or_none()
@@ -726,10 +851,20 @@ class Workspace:
                 "locations": locations, "content": content,
             }
             mpath = self.root / "datasets" / name / f"v{version}.json"
-            if mpath.exists():
-                raise CatalogError("manifest already exists for a version the catalog does not know", path=mpath,
-                                   fix="the catalog and datasets/ folder disagree; restore the catalog backup")
-            _atomic_write(mpath, json.dumps(manifest, indent=1, sort_keys=True).encode(), mode=0o444)
+            if mpath.exists():  # left by a freeze killed between writing it and recording it
+                try:
+                    prior = json.loads(mpath.read_text())
+                    same = prior["content_hash"] == content_hash and \
+                        __import__("hashlib").sha256(canonical_json(prior["content"])).hexdigest() == content_hash
+                    prior_created = datetime.fromisoformat(str(prior["created_at"]).removesuffix("Z"))
+                except (OSError, ValueError, TypeError, KeyError):
+                    same = False
+                if same:  # the same version: record it as it was written
+                    manifest, created = prior, prior_created
+                else:  # another content: keep it aside, never overwrite it
+                    os.replace(mpath, mpath.with_name(f"{mpath.name}.orphaned"))
+            if not mpath.exists():
+                _atomic_write(mpath, json.dumps(manifest, indent=1, sort_keys=True).encode(), mode=0o444)
             row = DatasetVersion(cohort_pk=crow.id, version=version, content_hash=content_hash,
                                  manifest_path=str(mpath.relative_to(self.root)), n_series=manifest["n_series"],
                                  n_files=n_files, n_subjects=manifest["n_subjects"], created_at=created)
@@ -797,19 +932,143 @@ class Workspace:
                                                       .where(Series.status != "ok")).scalar_one()}
 
 
-def _scan_many(paths: list[str], workers: int | None) -> list[dict]:
-    workers = workers if workers is not None else min(2, os.cpu_count() or 1)
-    if workers <= 1 or len(paths) < 16:
-        return [_scan.scan_file(p) for p in paths]
+_SUBJECT_ID_LEN = Subject.__table__.c.subject_id.type.length
+_STUDY_UID_LEN = Study.__table__.c.study_uid.type.length
+_SITE_LEN = Site.__table__.c.name.type.length
+
+
+_TEXT_LIMITS: dict[str, list[tuple[str, int]]] = {}
+
+
+def _clip(table, row: dict) -> dict:
+    """Cut text values to their column's length (PostgreSQL enforces VARCHAR lengths; SQLite does not)."""
+    limits = _TEXT_LIMITS.get(table.name)
+    if limits is None:
+        limits = _TEXT_LIMITS[table.name] = [(c.name, c.type.length) for c in table.columns
+                                             if getattr(c.type, "length", None)]
+    for name, n in limits:
+        v = row.get(name)
+        if isinstance(v, str) and len(v) > n:
+            row[name] = v[:n]
+    return row
+
+
+class _IngestCache:
+    """Primary keys of sites, subjects and studies seen during one ingest (saves per-file queries)."""
+
+    def __init__(self) -> None:
+        self.sites: dict[str, int] = {}
+        self.subjects: dict[str, list] = {}  # subject_id -> [pk, sex]
+        self.studies: dict[str, int] = {}
+
+    def clear(self) -> None:
+        self.sites.clear()
+        self.subjects.clear()
+        self.studies.clear()
+
+
+# --------------------------------------------------------------------------- header-reading processes
+_CHUNK = 32  # files per task sent to a worker
+_POOL: tuple[int, object] | None = None
+
+
+def _worker_init(parent: int) -> None:  # pragma: no cover - runs in the worker processes
+    """Leave when the ingesting process is gone (killed, crashed): never linger as an orphan."""
+    import threading
+    import time
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os._exit(0)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _pool(workers: int, *, fresh: bool = False):
+    global _POOL
     from concurrent.futures import ProcessPoolExecutor
 
+    if fresh or _POOL is None or _POOL[0] != workers:
+        _shutdown_pool()
+        _POOL = (workers, ProcessPoolExecutor(max_workers=workers, initializer=_worker_init,
+                                              initargs=(os.getpid(),)))
+    return _POOL[1]
+
+
+def _shutdown_pool(wait: bool = False) -> None:
+    """Stop the header-reading processes (they are started again on demand)."""
     global _POOL
-    if _POOL is None or _POOL[0] != workers:
-        _POOL = (workers, ProcessPoolExecutor(max_workers=workers))
-    return list(_POOL[1].map(_scan.scan_file, paths, chunksize=16))
+    if _POOL is not None:
+        _POOL[1].shutdown(wait=wait, cancel_futures=True)
+        _POOL = None
 
 
-_POOL = None
+atexit.register(_shutdown_pool)
+
+
+def _crashed(path: str) -> dict:
+    return {"path": path, "error": "reading this file crashed the header-reading process "
+                                   "(corrupted or hostile content); it was left out"}
+
+
+def _scan_isolated(paths: list[str], workers: int) -> list[dict]:
+    """Scan files one task each, after a worker died: the file that kills a worker is the one reported."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    out = []
+    for p in paths:
+        try:
+            out.extend(_pool(workers).submit(_scan.scan_many, [p]).result())
+        except BrokenProcessPool:
+            _pool(workers, fresh=True)
+            out.append(_crashed(p))
+    return out
+
+
+def _scan_stream(paths: list[str], workers: int | None, batch: int):
+    """Yield the scan records of ``paths`` in order, ``batch`` at a time, reading ahead in worker processes.
+
+    While the caller writes one batch to the catalog, the workers read the next files. A worker
+    that dies on a file (segfault, out of memory) costs that file only: the in-flight files are
+    re-read one by one in fresh workers and the culprit is reported as skipped.
+    """
+    workers = workers if workers is not None else min(2, os.cpu_count() or 1)
+    if workers <= 1 or len(paths) < 2 * _CHUNK:
+        for i in range(0, len(paths), batch):
+            yield _scan.scan_many(paths[i:i + batch])
+        return
+    from collections import deque
+    from concurrent.futures.process import BrokenProcessPool
+
+    chunks = iter([paths[i:i + _CHUNK] for i in range(0, len(paths), _CHUNK)])
+    window: deque = deque()
+
+    def fill(pool) -> None:
+        while len(window) < workers * 4:
+            c = next(chunks, None)
+            if c is None:
+                return
+            window.append((c, pool.submit(_scan.scan_many, c)))
+
+    fill(_pool(workers))
+    buf: list[dict] = []
+    while window:
+        chunk, fut = window.popleft()
+        try:
+            buf.extend(fut.result())
+        except BrokenProcessPool:
+            lost = chunk + [p for c, _ in window for p in c]
+            window.clear()
+            _pool(workers, fresh=True)
+            buf.extend(_scan_isolated(lost, workers))
+        fill(_pool(workers))
+        while len(buf) >= batch:
+            yield buf[:batch]
+            buf = buf[batch:]
+    if buf:
+        yield buf
 
 
 class _NoBar:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from sobre.cli._common import add_json_arg, add_workspace_arg, emit_json, open_workspace, show_progress
@@ -51,6 +52,14 @@ def _init(ns) -> int:
 
 
 def _ingest(ns) -> int:
+    from sobre.errors import InputError
+
+    missing = [p for p in ns.paths if not Path(p).exists()]
+    if missing:  # refused before anything is read or written
+        raise InputError("no such file or folder", path=missing[0],
+                         found=("also missing: " + ", ".join(missing[1:6]) + (" ..." if len(missing) > 6 else ""))
+                         if len(missing) > 1 else None,
+                         fix="check the path; nothing was ingested")
     ws = open_workspace(ns)
     report = ws.ingest(ns.paths, site=ns.site, clinical=ns.clinical, copy=ns.copy, progress=show_progress(ns),
                        workers=ns.workers)
@@ -78,6 +87,21 @@ def _ingest(ns) -> int:
     return 0
 
 
+_UID_LIKE = re.compile(r"^[0-9][0-9.]*(#.*)?$")
+
+
+def _catalogued(ns):
+    """The workspace, for a target that is not an existing path: it must then look like a UID."""
+    from sobre.errors import InputError
+
+    if not _UID_LIKE.match(ns.target):
+        raise InputError("no such file or folder", path=ns.target,
+                         expected="an existing file or folder, or a SeriesInstanceUID (digits and dots) "
+                                  "of the workspace",
+                         fix="check the path")
+    return open_workspace(ns)
+
+
 def _info(ns) -> int:
     import sobre
 
@@ -86,7 +110,7 @@ def _info(ns) -> int:
         out = [im.summary() for im in images]
         out = out[0] if len(out) == 1 else out
     else:
-        ws = open_workspace(ns)
+        ws = _catalogued(ns)
         rec = ws.series(ns.target)
         out = rec
         if rec["status"] == "ok":
@@ -111,7 +135,7 @@ def _export(ns) -> int:
     if Path(ns.target).exists():
         img = sobre.load(ns.target)
     else:
-        img = open_workspace(ns).load(ns.target)
+        img = _catalogued(ns).load(ns.target)
     out = sobre.save(img, ns.to)
     if ns.json:
         emit_json({"written": str(out), **img.summary()})
