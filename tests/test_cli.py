@@ -285,3 +285,43 @@ def test_export_series_to_nifti(ws, tmp_path, capsys):
     np.testing.assert_array_equal(img.array, make_image(seed=SEED).array)
     status, _, err = run(capsys, "export", uid, "--to", tmp_path / "x.txt", "-w", ws)
     assert status == 2 and "unknown output format" in one_error(err)
+
+
+# --------------------------------------------------------------------------- ingest --deidentify
+def test_ingest_deidentify_keeps_no_identifier_and_joins_clinical(tmp_path, data, capsys):
+    root = tmp_path / "ws"
+    assert main(["init", str(root)]) == 0
+    csv = tmp_path / "clinical.csv"
+    csv.write_text(CLINICAL_CSV)  # keyed by the original PatientIDs S01..S05
+    status, out, err = run(capsys, "ingest", data, "-w", root, "--deidentify", "--clinical", csv, "--site", "north")
+    assert status == 0, err
+    assert "files: 30 new" in out
+    ws = Workspace.open(root)
+    try:
+        recs = ws.records()
+    finally:
+        ws.close()
+    assert len(recs) == 5
+    ids = {r["subject_id"] for r in recs}
+    assert not ids & {"S01", "S02", "S03", "S04", "S05"}
+    assert all(i.startswith("SUBJ-") for i in ids)
+    # clinical values arrived through the keyed pseudonyms, age and sex were retained
+    assert sorted(r["diagnosis"] for r in recs) == ["healthy", "healthy", "healthy", "patient", "patient"]
+    assert sorted(r["sex"] for r in recs) == ["F", "F", "F", "M", "M"]
+    assert {round(r["age"]) for r in recs if r["age"] is not None} >= {25, 30, 45, 50}
+    # nothing identifying in the catalog database or the stored files
+    blob = (root / "catalog.sqlite").read_bytes()
+    for f in (root / "incoming").rglob("*.dcm"):
+        blob += f.read_bytes()
+    for needle in (b"Hopital Nord", b"Clinique Sud", b"19880301"):
+        assert needle not in blob
+    # the key stays private to the owner
+    assert oct((root / "secrets" / "project.key").stat().st_mode & 0o777) == "0o600"
+
+
+def test_ingest_deidentify_refuses_copy(tmp_path, data, capsys):
+    root = tmp_path / "ws"
+    assert main(["init", str(root)]) == 0
+    status, out, err = run(capsys, "ingest", data, "-w", root, "--deidentify", "--copy")
+    assert status == 2
+    assert "--copy and --deidentify" in one_error(err)

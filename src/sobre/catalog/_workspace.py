@@ -593,13 +593,21 @@ class Workspace:
         )
 
     # ------------------------------------------------------------------ clinical
-    def add_clinical(self, path: str | Path) -> dict:
+    def add_clinical(self, path: str | Path, *, subject_map=None) -> dict:
         """Join a clinical table to known subjects, all rows or none (one transaction).
+
+        ``subject_map`` translates the table's identifiers into catalog subject ids (e.g. the
+        keyed pseudonyms of a de-identified workspace).
 
         Raises :class:`InputError` if a subject id is unknown or a value unparseable; the catalog is
         then unchanged.
         """
-        return self._add_table(read_clinical(path), path)
+        table = read_clinical(path)
+        if subject_map is not None:
+            table.subject_lines = {subject_map(k): v for k, v in table.subject_lines.items()}
+            for col in table.columns:
+                col.values = {subject_map(k): v for k, v in col.values.items()}
+        return self._add_table(table, path)
 
     def _add_table(self, table, path: str | Path) -> dict:
         with self.session() as s, s.begin():

@@ -21,6 +21,9 @@ def register(sub) -> None:
     p.add_argument("--site", help="site name (default: InstitutionName of each file)")
     p.add_argument("--clinical", help="clinical table (.csv, .tsv, .xlsx) joined by subject id")
     p.add_argument("--copy", action="store_true", help="copy files into the workspace (content-addressed)")
+    p.add_argument("--deidentify", action="store_true",
+                   help="de-identify DICOM files first (PS3.15 basic profile + the workspace's [privacy] options); "
+                        "always on when sobre.toml says [privacy] deidentify = true")
     p.add_argument("--workers", type=int, default=None, help="header-reading processes (default: 2)")
     add_json_arg(p)
     p.set_defaults(func=_ingest)
@@ -61,8 +64,15 @@ def _ingest(ns) -> int:
                          if len(missing) > 1 else None,
                          fix="check the path; nothing was ingested")
     ws = open_workspace(ns)
-    report = ws.ingest(ns.paths, site=ns.site, clinical=ns.clinical, copy=ns.copy, progress=show_progress(ns),
-                       workers=ns.workers)
+    from sobre.privacy import workspace_privacy
+
+    privacy = workspace_privacy(ws.root)
+    pixel_review = None
+    if ns.deidentify or privacy.required:
+        report, pixel_review = _ingest_deidentified(ws, privacy, ns)
+    else:
+        report = ws.ingest(ns.paths, site=ns.site, clinical=ns.clinical, copy=ns.copy,
+                           progress=show_progress(ns), workers=ns.workers)
     if ns.json:
         emit_json(report.to_dict())
     else:
@@ -76,6 +86,9 @@ def _ingest(ns) -> int:
             print(f"  ... and {len(report.skipped) - 20} more skipped (see --json)")
         for uid, problem in report.problems[:20]:
             print(f"  problem in series {uid}: {problem}")
+        if pixel_review:
+            print(f"  {pixel_review} de-identified instance(s) may carry burned-in text: review their pixels "
+                  "(see `sobre deid --json` for the list)")
         if report.clinical:
             names = ", ".join(v["name"] for v in report.clinical["variables"])
             print(f"clinical: {report.clinical['subjects']} subjects, variables: {names}")
@@ -100,6 +113,42 @@ def _catalogued(ns):
                                   "of the workspace",
                          fix="check the path")
     return open_workspace(ns)
+
+
+def _ingest_deidentified(ws, privacy, ns):
+    """De-identify into the workspace (incoming/deidentified/...) and ingest the outputs batch by batch.
+
+    Clinical tables keep the original identifiers; they are translated into the same keyed pseudonyms
+    the de-identification wrote, so the join still works and no original id enters the catalog.
+    """
+    from sobre.catalog import IngestReport
+    from sobre.errors import SobreError
+
+    if ns.copy:
+        from sobre.errors import InputError
+
+        raise InputError("--copy and --deidentify together", expected="one of them",
+                         fix="de-identified files are already written inside the workspace; drop --copy")
+    parts: list[IngestReport] = []
+    deid = privacy.deidentify_into(
+        ns.paths, on_files=lambda files: parts.append(ws.ingest(files, site=ns.site, progress=False,
+                                                                workers=ns.workers)))
+    report = IngestReport()
+    for part in parts:
+        for name in ("new", "known", "changed", "duplicates", "series_new", "series_updated"):
+            setattr(report, name, getattr(report, name) + getattr(part, name))
+        report.skipped.extend(part.skipped)
+        report.problems.extend(part.problems)
+    report.skipped.extend((p, f"not de-identified: {r}") for p, r in deid.skipped)
+    if ns.clinical:
+        key = privacy.key()
+        prefix = privacy.profile.pseudonym_prefix
+        try:
+            report.clinical = ws.add_clinical(ns.clinical,
+                                              subject_map=lambda sid: key.pseudonym("id:" + sid.strip(), prefix))
+        except SobreError as exc:
+            report.clinical_error = str(exc)
+    return report, len(deid.pixel_review)
 
 
 def _info(ns) -> int:

@@ -1,0 +1,210 @@
+"""The C-STORE listener with real senders (dcmtk's storescu/echoscu) and with bad input from pynetdicom."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pydicom
+import pytest
+from pacs_helpers import PHI, make_study
+
+from sobre.pacs import STATUS, Listener
+from sobre.pacs._peers import free_port
+from sobre.privacy import Deidentifier, DeidProfile, SafePrivateTag
+
+
+@pytest.fixture
+def listener(tmp_path, key):
+    got: list[list[str]] = []
+    lst = Listener(tmp_path / "store", port=free_port(), deidentifier=Deidentifier(key, DeidProfile()),
+                   on_files=got.append, batch_seconds=0.2)
+    lst.got = got
+    lst.start()
+    yield lst
+    lst.stop(grace=2)
+
+
+def _echo(echoscu, port, aec="SOBRE"):
+    return subprocess.run([echoscu, "-aet", "TESTSCU", "-aec", aec, "127.0.0.1", str(port)],
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_dcmtk_echo_and_store_are_deidentified_and_handed_over(listener, echoscu, storescu, tmp_path):
+    assert _echo(echoscu, listener.port).returncode == 0
+    _, files = make_study(tmp_path / "src", 3)
+    run = subprocess.run([storescu, "-aet", "TESTSCU", "-aec", "SOBRE", "127.0.0.1", str(listener.port),
+                          *map(str, files)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    stats = listener.stop(grace=2)
+    assert stats.received == 3 and stats.failed == 0 and stats.ingested == 3
+    handed = [p for batch in listener.got for p in batch]
+    assert len(handed) == 3
+    originals = {pydicom.dcmread(f).PixelData for f in files}
+    for path in handed:
+        data = open(path, "rb").read()
+        for value in PHI:
+            assert value.encode() not in data, value
+        ds = pydicom.dcmread(path)
+        assert ds.PatientID.startswith("SUBJ-") and ds.PixelData in originals
+    assert not (listener.store_dir / ".listener-dirty").exists()  # clean stop
+    assert not list(listener.store_dir.rglob("*.tmp"))
+
+
+def test_wrong_called_ae_title_is_rejected_and_service_goes_on(listener, echoscu):
+    bad = _echo(echoscu, listener.port, aec="NOT_SOBRE")
+    assert bad.returncode != 0
+    assert "Called AE Title Not Recognized" in bad.stdout + bad.stderr
+    assert _echo(echoscu, listener.port).returncode == 0
+
+
+def _assoc(port, contexts):
+    from pynetdicom import AE
+
+    ae = AE(ae_title="TESTSCU")
+    for abstract, syntaxes in contexts:
+        ae.add_requested_context(abstract, syntaxes)
+    return ae.associate("127.0.0.1", port, ae_title="SOBRE")
+
+
+def test_bad_instances_get_failure_status_and_nothing_is_kept(listener, tmp_path):
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+    from pynetdicom import _config
+
+    _, files = make_study(tmp_path / "src", 2)
+    assoc = _assoc(listener.port, [(CTImageStorage, [ExplicitVRLittleEndian])])
+    assert assoc.is_established
+    try:
+        # truncated pixel data
+        ds = pydicom.dcmread(files[0])
+        ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]
+        status = assoc.send_c_store(ds)
+        assert status.Status == STATUS["incomplete"] == 0xC211
+        # a non-DICOM payload behind a valid file meta (sent raw, without decoding)
+        from pynetdicom.dsutils import split_dataset
+
+        junk = tmp_path / "junk.dcm"
+        good = pydicom.dcmread(files[1])
+        _, offset = split_dataset(files[1])  # end of the file meta group
+        junk.write_bytes(open(files[1], "rb").read()[:offset] + b"\xff\xff\xff\xff this is not a dataset " * 4)
+        old = _config.STORE_SEND_CHUNKED_DATASET
+        _config.STORE_SEND_CHUNKED_DATASET = True
+        try:
+            status = assoc.send_c_store(junk)
+        finally:
+            _config.STORE_SEND_CHUNKED_DATASET = old
+        # garbage reads as a bogus element running past the end, or as nothing at all
+        assert status.Status in (STATUS["cannot_understand"], STATUS["incomplete"], STATUS["sop_class_mismatch"])
+        # the association still works for a good instance
+        status = assoc.send_c_store(good)
+        assert status.Status == 0x0000
+    finally:
+        assoc.release()
+    stats = listener.stop(grace=2)
+    assert stats.received == 1 and stats.failed == 2
+    assert len(list(listener.store_dir.rglob("*.dcm"))) == 1
+
+
+def test_unsupported_sop_class_and_transfer_syntax_are_refused(listener, echoscu):
+    from pydicom.uid import CTImageStorage
+
+    assoc = _assoc(listener.port, [("1.2.826.0.1.3680043.9.7779.99", ["1.2.840.10008.1.2.1"]),
+                                   (CTImageStorage, ["1.2.826.0.1.3680043.9.7779.98"]),
+                                   ("1.2.840.10008.1.1", ["1.2.840.10008.1.2"])])
+    assert assoc.is_established
+    accepted = {cx.abstract_syntax for cx in assoc.accepted_contexts}
+    rejected = {cx.abstract_syntax for cx in assoc.rejected_contexts}
+    assoc.release()
+    assert accepted == {"1.2.840.10008.1.1"}
+    assert rejected == {"1.2.826.0.1.3680043.9.7779.99", CTImageStorage}
+    assert _echo(echoscu, listener.port).returncode == 0
+
+
+def test_deidentification_refusal_is_a_failure_status(tmp_path, key):
+    profile = DeidProfile(safe_private=(SafePrivateTag("LEAKY", 0x0029, 0x10),))
+    lst = Listener(tmp_path / "store", port=free_port(), deidentifier=Deidentifier(key, profile)).start()
+    try:
+        from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+
+        _, files = make_study(tmp_path / "src", 1)
+        ds = pydicom.dcmread(files[0])
+        ds.private_block(0x0029, "LEAKY", create=True).add_new(0x10, "LO", "PID-778812")
+        assoc = _assoc(lst.port, [(CTImageStorage, [ExplicitVRLittleEndian])])
+        status = assoc.send_c_store(ds)
+        assoc.release()
+        assert status.Status == STATUS["deid_refused"]
+    finally:
+        stats = lst.stop(grace=2)
+    assert stats.failed == 1 and not list((tmp_path / "store").rglob("*.dcm"))
+
+
+def test_restart_after_crash_reingests_stored_files(tmp_path):
+    store = tmp_path / "store"
+    (store / "a" / "b").mkdir(parents=True)
+    (store / "a" / "b" / "x.dcm").write_bytes(b"stored before the crash")
+    (store / ".listener-dirty").touch()
+    (store / ".partial").mkdir()
+    (store / ".partial" / "half.tmp").write_bytes(b"never acknowledged")
+    got = []
+    lst = Listener(store, port=free_port(), on_files=got.extend, batch_seconds=0.1).start()
+    lst.stop(grace=1)
+    assert got == [str(store / "a" / "b" / "x.dcm")]
+    assert not (store / ".partial").exists() and not (store / ".listener-dirty").exists()
+
+
+def test_cli_listen_ingests_into_workspace_and_stops_cleanly_on_sigterm(workspace, storescu, tmp_path):
+    port = free_port()
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "sobre", "listen", "--aet", "SOBRE", "--port", str(port),
+                             "-w", str(workspace.root), "--batch", "2"], stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        line = ""
+        while "listening as SOBRE" not in line:
+            assert time.monotonic() < deadline and proc.poll() is None, "listener did not start"
+            line = proc.stderr.readline()
+        _, files = make_study(tmp_path / "src", 5, tag="3")
+        run = subprocess.run([storescu, "-aec", "SOBRE", "127.0.0.1", str(port), *map(str, files)],
+                             capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, run.stderr
+        proc.send_signal(signal.SIGTERM)
+        err = proc.communicate(timeout=120)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "5 received, 0 refused, 5 ingested" in err
+    stored = sorted((workspace.root / "incoming" / "dicom").rglob("*.dcm"))
+    assert len(stored) == 5
+    records = workspace.records()
+    assert len(records) == 1 and records[0]["n_files"] == 5 and records[0]["subject_id"].startswith("SUBJ-")
+    for p in stored:
+        assert b"PID-77881" not in p.read_bytes()
+
+
+def test_worker_mode_quarantines_what_deidentification_refuses(tmp_path, key):
+    """With de-identification in a worker process the answer comes first; a refusal is quarantined."""
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+
+    profile = DeidProfile(safe_private=(SafePrivateTag("LEAKY", 0x0029, 0x10),))
+    got = []
+    lst = Listener(tmp_path / "store", port=free_port(), deidentifier=Deidentifier(key, profile),
+                   on_files=got.extend, deid_workers=1, batch_seconds=0.2).start()
+    try:
+        _, files = make_study(tmp_path / "src", 2)
+        bad = pydicom.dcmread(files[0])
+        bad.private_block(0x0029, "LEAKY", create=True).add_new(0x10, "LO", "PID-778812")
+        assoc = _assoc(lst.port, [(CTImageStorage, [ExplicitVRLittleEndian])])
+        statuses = [assoc.send_c_store(bad).Status, assoc.send_c_store(pydicom.dcmread(files[1])).Status]
+        assoc.release()
+    finally:
+        stats = lst.stop(grace=5)
+    assert statuses == [0, 0]
+    assert stats.received == 2 and len(got) == 1 and len(stats.refused_after_ack) == 1
+    assert "verification failed" in stats.refused_after_ack[0][1]
+    assert len(list((tmp_path / "store" / ".refused").iterdir())) == 1
+    assert not list((tmp_path / "store" / ".spool").iterdir())
+    assert b"PID-778812" not in open(got[0], "rb").read()
