@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "sobre.cli._cohort",      # cohort ..., dataset ...
     "sobre.cli._samples",     # samples fetch|list, demo
     "sobre.cli._evaluate",
+    "sobre.cli._privacy",     # deid, pseudonyms export, pull, push, listen
 ]
 
 
@@ -42,7 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(args: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 ok, 1 check failed, 2 bad input, 3 internal error)."""
     parser = build_parser()
-    ns = parser.parse_args(args)
+    try:
+        ns = parser.parse_args(args)
+    except SystemExit as exc:  # argparse already printed usage and the error (or --help/--version)
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 2
     if not getattr(ns, "func", None):
         parser.print_help()
         return 0
