@@ -21,7 +21,9 @@ COMMAND_MODULES = [
     "sobre.cli._cohort",      # cohort ..., dataset ...
     "sobre.cli._samples",     # samples fetch|list, demo
     "sobre.cli._evaluate",
+    "sobre.cli._simulate",
     "sobre.cli._privacy",     # deid, pseudonyms export, pull, push, listen
+    "sobre.cli._learn",
 ]
 
 

@@ -1,0 +1,55 @@
+"""Learning with few labels: training engine, contrastive pretraining, transfer, label efficiency.
+
+The data's path: a frozen dataset version (``sobre.catalog``) → :func:`load_cohort` (preprocessed
+once, cached memory-mapped) → subject-level splits (:func:`make_split`) → :func:`train` (supervised,
+from scratch or fine-tuned), :func:`pretrain` (SimCLR or y-aware contrastive), :func:`probe` (frozen
+features + linear model) → a run folder in the workspace with ``run.json`` and ``predictions.csv``
+(read by ``sobre.validate``) → :func:`label_efficiency` to compare them all.
+
+>>> from sobre.learn import TrainConfig
+>>> cfg = TrainConfig.model_validate({"data": {"dataset": "target@v1"},
+...                                   "task": {"kind": "binary", "label": "diagnosis", "positive": "patient"}})
+>>> cfg.model.backbone, cfg.split.test_fraction
+('compact3d', 0.2)
+"""
+
+from sobre.learn._config import (
+    LabelEfficiencyConfig, PretrainConfig, TrainConfig, load_config, resolved, validate_config,
+)
+from sobre.learn._data import Cohort, load_cohort, preprocess_image
+from sobre.learn._losses import GradientReversal, kernel_matrix, nt_xent, y_aware_infonce
+from sobre.learn._runs import Run, list_runs, open_run, runs_root
+from sobre.learn._splits import SplitPlan, check_disjoint, make_split
+
+__all__ = [
+    "TrainConfig", "PretrainConfig", "LabelEfficiencyConfig", "load_config", "validate_config", "resolved",
+    "Cohort", "load_cohort", "preprocess_image",
+    "nt_xent", "y_aware_infonce", "kernel_matrix", "GradientReversal",
+    "SplitPlan", "make_split", "check_disjoint",
+    "Run", "list_runs", "open_run", "runs_root",
+    "train", "pretrain", "probe", "label_efficiency", "throughput", "CompactCNN",
+]
+
+
+def __getattr__(name: str):  # the heavier entry points load on first use
+    if name == "train":
+        from sobre.learn._train import train
+
+        return train
+    if name == "pretrain":
+        from sobre.learn._pretrain import pretrain
+
+        return pretrain
+    if name == "probe":
+        from sobre.learn._probe import probe
+
+        return probe
+    if name in ("label_efficiency", "throughput"):
+        from sobre.learn import _benchmark
+
+        return getattr(_benchmark, name)
+    if name == "CompactCNN":
+        from sobre.learn._models import CompactCNN
+
+        return CompactCNN
+    raise AttributeError(f"module 'sobre.learn' has no attribute {name!r}")

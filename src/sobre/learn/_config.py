@@ -1,0 +1,562 @@
+"""Typed experiment configurations, read from TOML.
+
+Every section is a pydantic model with ``extra="forbid"``: an unknown or misspelt key is an error
+that names the file, the key, the keys that are allowed there (with the nearest match) and the
+fix. The resolved configuration (every default filled in) is what a run records.
+
+The configurations hold values only, never code: a setting is a parameter (``epochs = 40``), not a
+subclass or an expression.
+"""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from sobre.errors import ConfigError
+
+__all__ = [
+    "DataConfig", "PreprocessConfig", "TaskConfig", "SplitConfig", "ModelConfig", "OptimConfig",
+    "EarlyStoppingConfig", "RuntimeConfig", "MethodConfig", "NuisanceConfig", "MonitorConfig",
+    "TrainConfig", "PretrainConfig", "AugmentConfig", "MaskRule", "load_config", "validate_config",
+    "LabelEfficiencyConfig", "TargetConfig", "BaselineConfig", "resolved",
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+# ---------------------------------------------------------------------------------------------- data
+class DataConfig(_Section):
+    """Where the images come from: always a frozen dataset version of the workspace."""
+
+    dataset: str = Field(description="frozen dataset version: NAME@vN, NAME (latest) or a content-hash prefix")
+    where: str | None = Field(None, description="optional filter on the series metadata (catalog filter language)")
+    verify_hashes: bool = Field(True, description="re-hash every file against the manifest when building the cache")
+
+
+class PreprocessConfig(_Section):
+    """How images become arrays (once per dataset version; the result is cached, memory-mapped)."""
+
+    resample: Literal["none", "shape", "spacing"] = Field(
+        "none", description="none: all images must share one shape; shape: resize to `shape`; "
+        "spacing: resample to `spacing` mm then centre-crop/pad to `shape`")
+    shape: list[Annotated[int, Field(gt=0)]] | None = None
+    spacing: list[Annotated[float, Field(gt=0)]] | None = None
+    reorient: bool = Field(True, description="reorder axes/flip so that arrays are in LPS index order")
+    intensity: Literal["zscore", "minmax", "percentile", "none"] = "zscore"
+    percentiles: tuple[float, float] = (1.0, 99.0)
+    foreground_threshold: float | None = Field(
+        0.0, description="z-score statistics over voxels above this value (None: all voxels)")
+    cache_dtype: Literal["float32", "float16"] = "float32"
+
+    @model_validator(mode="after")
+    def _rules(self):
+        if self.resample == "shape" and not self.shape:
+            raise ValueError("resample = \"shape\" needs `shape` (e.g. shape = [40, 48, 40])")
+        if self.resample == "spacing" and not self.spacing:
+            raise ValueError("resample = \"spacing\" needs `spacing` in mm (e.g. spacing = [4.0, 4.0, 4.0])")
+        if self.shape and self.spacing and len(self.shape) != len(self.spacing):
+            raise ValueError(f"`shape` has {len(self.shape)} axes but `spacing` has {len(self.spacing)}")
+        if self.shape and len(self.shape) not in (2, 3):
+            raise ValueError(f"`shape` must have 2 or 3 axes, not {len(self.shape)}")
+        lo, hi = self.percentiles
+        if not 0 <= lo < hi <= 100:
+            raise ValueError(f"`percentiles` must satisfy 0 <= low < high <= 100, not {list(self.percentiles)}")
+        return self
+
+
+class MaskRule(_Section):
+    """Segmentation: which series of the dataset version are masks, paired with images by subject."""
+
+    field: str = Field("protocol", description="metadata field that marks mask series (BIDS suffix: protocol)")
+    equals: str = Field(description="value of that field on mask series (e.g. \"mask\" or \"seg\")")
+
+
+class TaskConfig(_Section):
+    kind: Literal["binary", "multiclass", "multilabel", "regression", "segmentation"]
+    label: str | None = Field(None, description="metadata column with the reference (binary/multiclass/regression)")
+    labels: list[str] | None = Field(None, description="multilabel: one 0/1 metadata column per label")
+    positive: str | int | bool | None = Field(None, description="binary: the positive class value")
+    classes: list[str | int] | None = Field(None, description="multiclass: expected classes, in score order")
+    mask: MaskRule | None = None
+    n_classes: int = Field(2, ge=2, description="segmentation: number of classes including background")
+    loss: Literal["mse", "l1", "huber"] = Field("l1", description="regression loss (targets are standardised)")
+    patch: list[Annotated[int, Field(gt=0)]] | None = Field(None, description="segmentation: training patch size")
+    overlap: float = Field(0.25, ge=0, lt=1, description="segmentation: sliding-window overlap")
+
+    @model_validator(mode="after")
+    def _rules(self):
+        k = self.kind
+        if k in ("binary", "multiclass", "regression") and not self.label:
+            raise ValueError(f"a {k} task needs `label`, the metadata column holding the reference")
+        if k == "multilabel" and not self.labels:
+            raise ValueError("a multilabel task needs `labels`, one 0/1 metadata column per label")
+        if k == "segmentation" and self.mask is None:
+            raise ValueError("a segmentation task needs `mask = { field = \"series_description\", equals = \"mask\" }`")
+        if self.positive is not None and k != "binary":
+            raise ValueError(f"`positive` applies to binary tasks only, not {k}")
+        if self.classes is not None and k != "multiclass":
+            raise ValueError(f"`classes` applies to multiclass tasks only, not {k}")
+        if self.classes is not None and len(set(map(str, self.classes))) < 2:
+            raise ValueError("`classes` must list at least two distinct classes")
+        return self
+
+
+class SplitConfig(_Section):
+    """Subject-level splits: a held-out test set, then train/validation or k folds."""
+
+    test_fraction: float = Field(0.2, ge=0, lt=1)
+    test_column: str | None = Field(None, description="metadata column fixing the test set (its values in "
+                                    "`test_values` mark test subjects); overrides test_fraction")
+    test_values: list[str] = ["test"]
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+    folds: int = Field(1, ge=1, le=20, description="1: one train/validation split; k > 1: k-fold cross-validation")
+    stratify: list[str] = Field(["label", "site"], description="\"label\" and/or metadata columns")
+    seed: int | None = Field(None, description="split seed (defaults to the run seed)")
+
+
+class ModelConfig(_Section):
+    backbone: Literal["compact3d", "densenet121", "resnet10", "resnet18", "resnet34", "unet", "dynunet"] = \
+        "compact3d"
+    width: int = Field(16, ge=2, le=512, description="compact3d/unet: channels of the first stage")
+    depth: int = Field(4, ge=2, le=7, description="compact3d/unet: number of stages")
+    norm: Literal["batch", "instance", "group"] = "batch"
+    dropout: float = Field(0.0, ge=0, lt=1)
+    projection_dim: int = Field(64, ge=2, description="pretraining: projection-head output size")
+    projection_hidden: int = Field(256, ge=2, description="pretraining: projection-head hidden size")
+    init_from: str | None = Field(None, description="a pretraining run id (or checkpoint path) whose encoder "
+                                  "weights start this model (fine-tuning)")
+    freeze_encoder: bool = Field(False, description="train the head only")
+    encoder_lr_scale: float = Field(1.0, gt=0, description="learning-rate factor for a pretrained encoder")
+    covariates: list[str] = Field([], description="numeric metadata (e.g. [\"age\"]) appended, standardised "
+                                  "with training statistics, to the image features before the head")
+
+
+class EarlyStoppingConfig(_Section):
+    patience: int | None = Field(10, ge=1, description="epochs without improvement before stopping; none: off")
+    metric: str = Field("auto", description="auto: val AUC (binary), macro AUC, MAE, Dice or val loss")
+    min_delta: float = Field(0.0, ge=0)
+
+
+class OptimConfig(_Section):
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    batch_size: int = Field(16, ge=1)
+    epochs: int = Field(30, ge=1)
+    min_steps: int = Field(0, ge=0, description="train for at least this many optimiser steps "
+                           "(epochs are added for small datasets)")
+    scheduler: Literal["cosine", "none"] = "cosine"
+    warmup_epochs: int = Field(0, ge=0)
+    grad_clip: float = Field(0.0, ge=0, description="max gradient norm (0: off)")
+    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+
+
+class RuntimeConfig(_Section):
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 autocast where the CPU has native bf16 (AMX or AVX-512 BF16), else fp32")
+    threads: int = Field(0, ge=0, description="torch threads (0: the cores this process may use)")
+    progress: bool = True
+    prefetch: bool = Field(True, description="prepare (read + augment) the next batch in a background thread "
+                           "while the current one trains; the order of random draws is unchanged")
+    channels_last: bool = Field(True, description="channels-last memory format for 3D convolutions (faster on CPU)")
+
+
+# --------------------------------------------------------------------------------------- augmentation
+class _Aug(_Section):
+    prob: float = Field(0.5, ge=0, le=1)
+
+
+class FlipAug(_Aug):
+    kind: Literal["flip"]
+    axes: list[int] = [0]
+
+
+class AffineAug(_Aug):
+    kind: Literal["affine"]
+    rotate_deg: float = Field(10.0, ge=0, le=180)
+    scale: float = Field(0.1, ge=0, lt=1)
+    translate: float = Field(2.0, ge=0, description="voxels")
+
+
+class CropAug(_Aug):
+    kind: Literal["crop"]
+    scale: tuple[float, float] = Field((0.6, 1.0), description="crop side as a fraction of the image, resized back")
+
+
+class NoiseAug(_Aug):
+    kind: Literal["noise"]
+    std: float = Field(0.1, ge=0)
+
+
+class IntensityAug(_Aug):
+    kind: Literal["intensity"]
+    scale: float = Field(0.1, ge=0, description="multiply by 1 ± scale")
+    shift: float = Field(0.1, ge=0, description="add ± shift (in standard deviations)")
+
+
+class GammaAug(_Aug):
+    kind: Literal["gamma"]
+    gamma: tuple[float, float] = (0.7, 1.5)
+
+
+class BlurAug(_Aug):
+    kind: Literal["blur"]
+    sigma: tuple[float, float] = Field((0.25, 1.0), description="voxels")
+
+
+class BiasFieldAug(_Aug):
+    kind: Literal["bias_field"]
+    coeff: float = Field(0.3, ge=0)
+
+
+class CutoutAug(_Aug):
+    kind: Literal["cutout"]
+    holes: int = Field(1, ge=1)
+    size: float = Field(0.25, gt=0, lt=1, description="hole side as a fraction of the image side")
+
+
+AugmentConfig = Annotated[
+    Union[FlipAug, AffineAug, CropAug, NoiseAug, IntensityAug, GammaAug, BlurAug, BiasFieldAug, CutoutAug],
+    Field(discriminator="kind"),
+]
+
+
+# --------------------------------------------------------------------------------------------- train
+class TrainConfig(_Section):
+    """``sobre train CONFIG.toml``."""
+
+    seed: int = 0
+    name: str | None = None
+    data: DataConfig
+    preprocess: PreprocessConfig = PreprocessConfig()
+    task: TaskConfig
+    split: SplitConfig = SplitConfig()
+    model: ModelConfig = ModelConfig()
+    optim: OptimConfig = OptimConfig()
+    augment: list[AugmentConfig] = []
+    runtime: RuntimeConfig = RuntimeConfig()
+
+    @model_validator(mode="after")
+    def _rules(self):
+        seg = self.task.kind == "segmentation"
+        if seg and self.model.backbone not in ("unet", "dynunet"):
+            raise ValueError(f"segmentation needs backbone \"unet\" or \"dynunet\", not \"{self.model.backbone}\"")
+        if seg and self.model.covariates:
+            raise ValueError("model.covariates are not used by segmentation")
+        if not seg and self.model.backbone in ("unet", "dynunet"):
+            raise ValueError(f"backbone \"{self.model.backbone}\" is for segmentation; use compact3d, densenet121 "
+                             f"or resnet10/18/34 for a {self.task.kind} task")
+        return self
+
+
+# ------------------------------------------------------------------------------------------ pretrain
+class NuisanceConfig(_Section):
+    """A variable (e.g. site) whose information the representation should not carry."""
+
+    variable: str
+    method: Literal["conditional", "adversarial"] = Field(
+        "conditional", description="conditional: contrast only within the anchor's nuisance group; "
+        "adversarial: gradient-reversal classifier on the representation")
+    weight: float = Field(1.0, ge=0, description="adversarial loss weight")
+
+
+class MethodConfig(_Section):
+    kind: Literal["simclr", "yaware"]
+    temperature: float = Field(0.1, gt=0)
+    variables: list[str] = Field([], description="yaware: continuous metadata variables (e.g. [\"age\"])")
+    bandwidth: list[float] = Field([], description="yaware: kernel bandwidth sigma per variable, in the variable's "
+                                   "units (or in standard deviations with standardize = true)")
+    kernel: Literal["rbf", "laplacian"] = "rbf"
+    standardize: bool = Field(False, description="divide each variable by its standard deviation first")
+    nuisance: NuisanceConfig | None = None
+
+    @model_validator(mode="after")
+    def _rules(self):
+        if self.kind == "yaware":
+            if not self.variables:
+                raise ValueError("yaware needs `variables`, e.g. variables = [\"age\"]")
+            if len(self.bandwidth) != len(self.variables):
+                raise ValueError(f"`bandwidth` needs one value per variable ({len(self.variables)}), "
+                                 f"found {len(self.bandwidth)}")
+            if any(b <= 0 for b in self.bandwidth):
+                raise ValueError("every `bandwidth` must be > 0")
+        elif self.variables or self.bandwidth:
+            raise ValueError("`variables`/`bandwidth` apply to kind = \"yaware\" only")
+        return self
+
+
+class MonitorConfig(_Section):
+    """Held-out subjects on which the representation is probed during pretraining."""
+
+    val_fraction: float = Field(0.1, ge=0, lt=1)
+    every: int = Field(5, ge=1, description="probe every N epochs (and after the last)")
+    regress: list[str] = Field([], description="continuous variables predicted by ridge (MAE reported)")
+    classify: list[str] = Field([], description="categorical variables predicted by logistic regression "
+                                "(balanced accuracy reported; for a nuisance such as site, lower is better)")
+
+
+class PretrainConfig(_Section):
+    """``sobre pretrain CONFIG.toml``."""
+
+    seed: int = 0
+    name: str | None = None
+    data: DataConfig
+    preprocess: PreprocessConfig = PreprocessConfig()
+    model: ModelConfig = ModelConfig()
+    method: MethodConfig
+    optim: OptimConfig = OptimConfig(batch_size=32, epochs=20, lr=1e-3, early_stopping=EarlyStoppingConfig(
+        patience=None))
+    augment: list[AugmentConfig] = [
+        FlipAug(kind="flip", prob=0.5, axes=[0]),
+        AffineAug(kind="affine", prob=0.8),
+        IntensityAug(kind="intensity", prob=0.8),
+        BlurAug(kind="blur", prob=0.3),
+        NoiseAug(kind="noise", prob=0.5),
+        CutoutAug(kind="cutout", prob=0.5),
+    ]
+    monitor: MonitorConfig = MonitorConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+
+    @model_validator(mode="after")
+    def _rules(self):
+        if self.model.backbone in ("unet", "dynunet"):
+            raise ValueError("pretraining needs an encoder backbone (compact3d, densenet121, resnet10/18/34)")
+        if self.model.init_from:
+            raise ValueError("`model.init_from` is not used by pretraining")
+        if self.optim.batch_size < 2:
+            raise ValueError("contrastive pretraining needs batch_size >= 2")
+        return self
+
+
+# ---------------------------------------------------------------------------------------- benchmark
+class TargetConfig(_Section):
+    """One labelled cohort of the label-efficiency benchmark."""
+
+    name: str
+    data: DataConfig
+    task: TaskConfig
+    test_size: int | None = Field(200, ge=1, description="held-out test subjects (same for every N and repeat)")
+    test_column: str | None = Field(None, description="metadata column fixing the test set instead")
+    test_values: list[str] = ["test"]
+    n_labels: list[Annotated[int, Field(ge=4)]] | None = Field(None, description="overrides the benchmark list")
+    methods: list[str] | None = Field(None, description="overrides the benchmark list")
+    covariates: list[str] = Field([], description="numeric metadata given to every arm with the images: appended "
+                                  "to the CNN features before the head, and to the probe and baseline features")
+
+    @model_validator(mode="after")
+    def _rules(self):
+        if self.task.kind not in ("binary", "regression"):
+            raise ValueError(f"label-efficiency targets are binary or regression tasks, not {self.task.kind}")
+        return self
+
+
+class BaselineConfig(_Section):
+    """The classical baseline: atlas-ROI features + logistic / ridge regression."""
+
+    atlas: str | None = Field(None, description="label image (NIfTI/NRRD) in the images' space; "
+                              "none: a regular grid of `grid` blocks")
+    grid: list[int] = [4, 4, 4]
+    features: list[Literal["mean", "volume"]] = ["mean", "volume"]
+    tissue_threshold: float = Field(0.5, description="volume = voxels above this (preprocessed) intensity")
+    min_voxels: int = Field(8, ge=1, description="ROIs with fewer voxels on the grid are dropped")
+
+
+METHODS = ("scratch", "simclr_probe", "yaware_probe", "yaware_finetune", "simclr_finetune", "classical")
+
+
+class LabelEfficiencyConfig(_Section):
+    """``sobre benchmark label-efficiency CONFIG.toml``."""
+
+    seed: int = 0
+    name: str | None = None
+    pretrain_data: DataConfig
+    preprocess: PreprocessConfig = PreprocessConfig()
+    model: ModelConfig = ModelConfig()
+    simclr: MethodConfig = MethodConfig(kind="simclr", temperature=0.1)
+    yaware: MethodConfig = MethodConfig(kind="yaware", temperature=0.1, variables=["age"], bandwidth=[5.0])
+    pretrain_optim: OptimConfig = OptimConfig(batch_size=32, epochs=20, early_stopping=EarlyStoppingConfig(
+        patience=None))
+    pretrain_augment: list[AugmentConfig] = PretrainConfig.model_fields["augment"].default
+    pretrain_monitor: MonitorConfig = MonitorConfig(val_fraction=0.1, every=1000, regress=["age"],
+                                                    classify=["site"])
+    scratch_optim: OptimConfig = OptimConfig(epochs=30, min_steps=150)
+    finetune_optim: OptimConfig = OptimConfig(epochs=20, lr=3e-4, min_steps=100)
+    finetune_encoder_lr_scale: float = Field(0.3, gt=0)
+    augment: list[AugmentConfig] = [FlipAug(kind="flip", prob=0.5, axes=[0]), AffineAug(kind="affine", prob=0.5)]
+    baseline: BaselineConfig = BaselineConfig()
+    targets: list[TargetConfig]
+    n_labels: list[Annotated[int, Field(ge=4)]] = [25, 50, 100, 200, 400]
+    repeats: int = Field(5, ge=1)
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="share of each labelled subset used for early "
+                                "stopping of the CNN arms (probes use inner cross-validation)")
+    methods: list[str] = list(METHODS[:4]) + ["classical"]
+    brain_age: TargetConfig | None = Field(None, description="optional regression target evaluated with "
+                                           "frozen y-aware features + ridge (e.g. age of held-out healthy subjects)")
+    runtime: RuntimeConfig = RuntimeConfig()
+
+    @model_validator(mode="after")
+    def _rules(self):
+        bad = [m for m in self.methods + [m for t in self.targets for m in (t.methods or [])] if m not in METHODS]
+        if bad:
+            raise ValueError(f"unknown method {bad[0]!r}; choose among {', '.join(METHODS)}")
+        if len({t.name for t in self.targets}) != len(self.targets):
+            raise ValueError("target names must be unique")
+        return self
+
+
+# ------------------------------------------------------------------------------------------ loading
+M = TypeVar("M", bound=BaseModel)
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Keys allowed at ``loc`` (the parent of an offending key) in ``model``."""
+    cur: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue  # a list element: the member models are found through the union tag or the field
+        m = _as_model(cur, None)
+        if m is not None and part in m.model_fields:
+            cur = m.model_fields[part].annotation
+            continue
+        member = next((u for u in _union_members(cur) if _kind_of(u) == part), None)
+        if member is None:
+            return []
+        cur = member
+    m = _as_model(cur, None)
+    return sorted(m.model_fields) if m is not None else []
+
+
+def _as_model(ann, kind: str | None):
+    """The single pydantic model an annotation stands for (Optional[M], list[M], M), else None."""
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    members = _union_members(ann)
+    return members[0] if len(members) == 1 else None
+
+
+def _union_members(ann) -> list:
+    import typing
+
+    out = []
+    for a in typing.get_args(ann):
+        if isinstance(a, type) and issubclass(a, BaseModel):
+            out.append(a)
+        else:
+            out.extend(_union_members(a))
+    return out
+
+
+def _kind_of(model) -> str | None:
+    f = getattr(model, "model_fields", {}).get("kind")
+    if f is None:
+        return None
+    import typing
+
+    args = typing.get_args(f.annotation)
+    return args[0] if args else None
+
+
+def _dotted(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("flip", "affine", "crop", "noise", "intensity", "gamma", "blur", "bias_field", "cutout"):
+            continue  # the discriminated-union tag pydantic inserts in the location
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _describe(err: dict, model: type[BaseModel]) -> tuple[str, str, str, str]:
+    """(key, what, expected, found) for one pydantic error."""
+    loc = tuple(err.get("loc", ()))
+    key = _dotted(loc)
+    typ = err.get("type", "")
+    found = repr(err.get("input"))
+    if len(found) > 80:
+        found = found[:77] + "..."
+    if typ == "extra_forbidden":
+        allowed = _allowed_keys(model, loc[:-1])
+        near = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        hint = f"; did you mean '{near[0]}'?" if near else ""
+        return key, f"unknown key '{key}'{hint}", "one of: " + ", ".join(allowed), repr(loc[-1])
+    if typ == "missing":
+        return key, f"missing required key '{key}'", "a value", "nothing"
+    if typ == "union_tag_invalid" or typ == "union_tag_not_found":
+        ctx = err.get("ctx", {})
+        return key, f"'{key}': unknown or missing `kind`", ctx.get("expected_tags", "a kind"), \
+            repr(ctx.get("tag", None))
+    if typ == "value_error":
+        msg = str(err.get("msg", "")).removeprefix("Value error, ")
+        where = f"[{key}] " if loc else ""
+        return key, where + msg, None, None
+    ctx = err.get("ctx") or {}
+    expected = ctx.get("expected") or str(err.get("msg", "")).removeprefix("Input should be ").rstrip(".")
+    return key, f"wrong value for '{key}'", expected, found
+
+
+def validate_config(data: dict, model: type[M], *, path: str | Path | None = None) -> M:
+    """Validate a parsed TOML mapping against ``model``; raise :class:`ConfigError` listing every problem."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errs = sorted(exc.errors(), key=lambda e: e.get("type") != "extra_forbidden")
+        problems = [_describe(e, model) for e in errs]
+        unknown = any(p[1].startswith("unknown key") for p in problems)
+        fix = ("remove or rename the key; " if unknown else "correct the value; ") + \
+            "docs/learning.md lists every setting with its type and default"
+        if len(problems) == 1:
+            _, what, expected, found = problems[0]
+            raise ConfigError(what, path=path, expected=expected, found=found, fix=fix) from None
+        lines = [f"{len(problems)} problems in the config"]
+        for _, what, expected, found in problems[:10]:
+            detail = f" (expected {expected}; found {found})" if expected is not None and found is not None else ""
+            lines.append(f"  - {what}{detail}")
+        if len(problems) > 10:
+            lines.append(f"  - and {len(problems) - 10} more")
+        lines.append(f"fix: {fix}")
+        raise ConfigError("\n".join(lines), path=path) from None
+
+
+def load_config(path: str | Path, model: type[M]) -> M:
+    """Read a TOML file into a typed config.
+
+    Raises
+    ------
+    ConfigError
+        Unreadable TOML (with the line), unknown keys (with the nearest valid key), wrong types or
+        values, missing required keys.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "t.toml"
+    >>> _ = p.write_text('[data]\\ndataset = "d@v1"\\n[task]\\nkind = "regression"\\nlabel = "age"\\n')
+    >>> load_config(p, TrainConfig).task.label
+    'age'
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError("cannot read the config file", path=path, found=exc.strerror,
+                          fix="check the path") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML ({exc})", path=path, fix="fix the syntax at the line shown") from None
+    return validate_config(data, model, path=path)
+
+
+def resolved(config: BaseModel) -> dict:
+    """The configuration with every default filled in, as JSON-able data (what a run records)."""
+    return config.model_dump(mode="json")

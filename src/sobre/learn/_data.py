@@ -1,0 +1,626 @@
+"""From a frozen dataset version (or plain arrays) to a :class:`Cohort` of preprocessed arrays.
+
+Preprocessing (reorientation, resampling, intensity normalisation) runs once per dataset version
+and preprocessing setting; the result is cached in the workspace as ``.npy`` files opened
+memory-mapped, under a key that hashes the dataset's content hash, the filter, the preprocessing
+settings and the cache format::
+
+    WS/cache/learn/<key>/images.npy     (N, C, *shape) float32 or float16
+                         masks.npy      (N, *shape) uint8       (segmentation only)
+                         affines.npy    (N, 4, 4) voxel -> LPS of the preprocessed grid
+                         index.json     series order, metadata, provenance
+
+A cache entry is written to a temporary folder and renamed into place, so an interrupted build
+leaves nothing half-written; it is never modified afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from difflib import get_close_matches
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from sobre.errors import InputError
+from sobre.learn._config import DataConfig, MaskRule, PreprocessConfig
+
+__all__ = ["Cohort", "load_cohort", "preprocess_image", "CACHE_FORMAT", "require_columns", "metadata_matrix"]
+
+CACHE_FORMAT = "sobre.learn.cache/1"
+
+
+# ---------------------------------------------------------------------------------------- Cohort
+@dataclass
+class Cohort:
+    """Preprocessed images with one metadata row each.
+
+    Attributes
+    ----------
+    images : ndarray, shape (N, C, *spatial)
+        Float arrays (often a read-only memory map).
+    table : DataFrame
+        N rows: ``subject_id``, ``series_uid``, ``site``, ``age``, ``sex`` and every clinical
+        variable of the dataset version (the series label is ``series_label``).
+    masks : ndarray, shape (N, *spatial), optional
+        Integer label maps (segmentation).
+    affines : ndarray, shape (N, 4, 4)
+        Voxel → LPS of the preprocessed grids.
+    source : dict
+        Provenance: dataset ref and content hash, cache key, preprocessing.
+    """
+
+    images: np.ndarray
+    table: pd.DataFrame
+    masks: np.ndarray | None = None
+    affines: np.ndarray | None = None
+    source: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.images.ndim < 4:
+            raise ValueError(f"images must be (N, C, *spatial), got shape {self.images.shape}")
+        if len(self.table) != self.images.shape[0]:
+            raise ValueError(f"table has {len(self.table)} rows for {self.images.shape[0]} images")
+        if self.affines is None:
+            self.affines = np.repeat(np.eye(4)[None], len(self.table), 0)
+        self.table = self.table.reset_index(drop=True)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __repr__(self) -> str:
+        return (f"Cohort({len(self)} images, {self.table['subject_id'].nunique()} subjects, "
+                f"shape={tuple(self.images.shape[1:])}, source={self.source.get('dataset', 'in-memory')})")
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        return tuple(self.images.shape[2:])
+
+    @property
+    def spatial_dims(self) -> int:
+        return self.images.ndim - 2
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.images.shape[1])
+
+    @property
+    def content_hash(self) -> str:
+        return self.source.get("content_hash", "")
+
+    def subset(self, indices: Sequence[int]) -> Cohort:
+        """A cohort of the given rows (arrays are indexed lazily where memory-mapped)."""
+        idx = np.asarray(indices, dtype=int)
+        return _Subset(self, idx)
+
+    def subjects(self, columns: Iterable[str] = ()) -> pd.DataFrame:
+        """One row per subject (first image's values), keeping ``columns`` plus site/sex/age."""
+        keep = ["subject_id"] + [c for c in ("site", "sex", "age", *columns) if c in self.table.columns]
+        keep = list(dict.fromkeys(keep))
+        return self.table[keep].drop_duplicates("subject_id").reset_index(drop=True)
+
+    def rows_of(self, subject_ids: Iterable[str]) -> np.ndarray:
+        """Row indices of every image of these subjects."""
+        wanted = set(map(str, subject_ids))
+        return np.flatnonzero(self.table["subject_id"].astype(str).isin(wanted).to_numpy())
+
+    @classmethod
+    def from_arrays(cls, images, metadata, *, masks=None, affines=None, name: str = "in-memory",
+                    channel_axis: bool = False) -> Cohort:
+        """A cohort from arrays already preprocessed.
+
+        Parameters
+        ----------
+        images : array (N, *spatial), or (N, C, *spatial) with ``channel_axis=True``; or a list
+            of equally shaped arrays
+        metadata : DataFrame or list of dict
+            One row per image with at least ``subject_id``.
+        masks : array (N, *spatial), optional
+        name : str
+            Recorded as the source; the content hash covers arrays and metadata.
+        """
+        arr = np.stack([np.asarray(a) for a in images]) if isinstance(images, (list, tuple)) else np.asarray(images)
+        table = metadata.copy() if isinstance(metadata, pd.DataFrame) else pd.DataFrame(list(metadata))
+        if "subject_id" not in table.columns:
+            raise InputError("metadata has no 'subject_id' column", expected="one subject_id per image",
+                             found="columns " + ", ".join(map(str, table.columns)),
+                             fix="add a subject_id to every metadata row")
+        table["subject_id"] = table["subject_id"].astype(str)
+        if not channel_axis:
+            arr = arr[:, None]
+        if arr.ndim not in (4, 5):
+            raise InputError("images must be 2D or 3D", expected="(N, *spatial) or (N, C, *spatial) with 2 or 3 "
+                             "spatial axes", found=f"array of shape {arr.shape}")
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
+        h = hashlib.sha256()
+        h.update(str(arr.shape).encode())
+        h.update(arr.tobytes())
+        h.update(table.to_json(orient="records", date_format="iso").encode())
+        if masks is not None:
+            masks = np.asarray(masks).astype(np.uint8)
+            h.update(masks.tobytes())
+        if "series_uid" not in table.columns:
+            table["series_uid"] = [f"{name}-{i}" for i in range(len(table))]
+        digest = h.hexdigest()
+        return cls(arr, table, masks=masks, affines=None if affines is None else np.asarray(affines, float),
+                   source={"dataset": name, "content_hash": digest, "simulated": bool(
+                       table.get("simulated", pd.Series(dtype=object)).astype(str).str.lower()
+                       .isin(["true", "yes", "1"]).any())})
+
+    @classmethod
+    def from_images(cls, items: Iterable, preprocess: PreprocessConfig, *, name: str = "in-memory") -> Cohort:
+        """A cohort from ``(Image, metadata)`` pairs, preprocessed like a dataset version.
+
+        This is the entry point for generators such as the simulator's in-memory API.
+        """
+        arrays, affines, rows = [], [], []
+        for item in items:
+            img, meta = item[0], item[1]
+            a, aff = preprocess_image(img, preprocess)
+            arrays.append(a)
+            affines.append(aff)
+            rows.append(dict(meta))
+        if not arrays:
+            raise InputError("no images given", fix="pass at least one (Image, metadata) pair")
+        _check_shapes([a.shape for a in arrays], [r.get("subject_id", i) for i, r in enumerate(rows)], preprocess,
+                      None)
+        c = cls.from_arrays(np.stack(arrays), rows, affines=np.stack(affines), name=name, channel_axis=True)
+        c.source["preprocess"] = preprocess.model_dump(mode="json")
+        return c
+
+
+class _Subset(Cohort):
+    """Rows of a parent cohort; arrays are read on access so a memory map stays a memory map."""
+
+    def __init__(self, parent: Cohort, idx: np.ndarray) -> None:
+        self._parent, self._idx = parent, idx
+        self.table = parent.table.iloc[idx].reset_index(drop=True)
+        self.affines = parent.affines[idx]
+        self.source = dict(parent.source)
+
+    @property
+    def images(self):  # type: ignore[override]
+        return _RowView(self._parent.images, self._idx)
+
+    @property
+    def masks(self):  # type: ignore[override]
+        return None if self._parent.masks is None else _RowView(self._parent.masks, self._idx)
+
+    def subset(self, indices):
+        return _Subset(self._parent, self._idx[np.asarray(indices, dtype=int)])
+
+
+class _RowView:
+    """Indexable view on rows of an array without copying it."""
+
+    def __init__(self, base, idx) -> None:
+        self.base, self.idx = base, idx
+
+    @property
+    def shape(self):
+        return (len(self.idx), *self.base.shape[1:])
+
+    @property
+    def ndim(self):
+        return self.base.ndim
+
+    @property
+    def dtype(self):
+        return self.base.dtype
+
+    def __len__(self):
+        return len(self.idx)
+
+    def __getitem__(self, i):
+        if isinstance(i, (int, np.integer)):
+            return self.base[self.idx[i]]
+        sel = self.idx[i]
+        return self.base[np.sort(sel)][np.argsort(np.argsort(sel))] if np.ndim(sel) else self.base[sel]
+
+    def __array__(self, dtype=None, copy=None):
+        out = self.base[self.idx]
+        return out.astype(dtype) if dtype is not None else out
+
+
+# ------------------------------------------------------------------------------------ preprocessing
+def _reorient(arr: np.ndarray, affine: np.ndarray, spatial: int) -> tuple[np.ndarray, np.ndarray]:
+    """Permute/flip spatial axes so index axes run along L, P, S (nearest axis for oblique grids)."""
+    if spatial != 3:
+        return arr, affine
+    d = affine[:3, :3]
+    world = np.argmax(np.abs(d), axis=0)  # world axis of each index axis
+    if sorted(world.tolist()) != [0, 1, 2]:
+        return arr, affine
+    perm = np.argsort(world)  # index axis feeding output axis w
+    out = np.transpose(arr, (*perm, *range(3, arr.ndim)))
+    aff = affine.copy()
+    aff[:, :3] = affine[:, perm]
+    for w in range(3):
+        if aff[w, w] < 0:
+            n = out.shape[w]
+            out = np.flip(out, axis=w)
+            aff[:3, 3] = aff[:3, 3] + aff[:3, w] * (n - 1)
+            aff[:3, w] = -aff[:3, w]
+    return np.ascontiguousarray(out), aff
+
+
+def _resize(arr: np.ndarray, size: Sequence[int], *, nearest: bool) -> np.ndarray:
+    """Resize channel-first ``arr`` (C, *spatial) to ``size`` (trilinear/bilinear, or nearest)."""
+    import torch
+    import torch.nn.functional as F
+
+    t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))[None]
+    mode = "nearest-exact" if nearest else ("trilinear" if len(size) == 3 else "bilinear")
+    kw = {} if nearest else {"align_corners": False}
+    if not nearest and any(s < o for s, o in zip(size, arr.shape[1:])):
+        kw["antialias"] = False
+    out = F.interpolate(t, size=tuple(int(s) for s in size), mode=mode, **kw)
+    return out[0].numpy()
+
+
+def _resize_affine(affine: np.ndarray, old: Sequence[int], new: Sequence[int]) -> np.ndarray:
+    """Affine of a grid resized from ``old`` to ``new`` voxels over the same field of view."""
+    m = np.eye(4)
+    for a, (o, n) in enumerate(zip(old, new)):
+        m[a, a] = o / n
+        m[a, 3] = 0.5 * o / n - 0.5  # voxel centres (align_corners=False)
+    return affine @ m
+
+
+def _crop_or_pad(arr: np.ndarray, shape: Sequence[int], affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Centre-crop or zero-pad channel-first ``arr`` to spatial ``shape``."""
+    out = np.zeros((arr.shape[0], *shape), arr.dtype)
+    src, dst = [slice(None)], [slice(None)]
+    shift = np.zeros(4)
+    for a, (o, n) in enumerate(zip(arr.shape[1:], shape)):
+        if o >= n:
+            start = (o - n) // 2
+            src.append(slice(start, start + n))
+            dst.append(slice(0, n))
+            shift[a] = start
+        else:
+            start = (n - o) // 2
+            src.append(slice(0, o))
+            dst.append(slice(start, start + o))
+            shift[a] = -start
+    out[tuple(dst)] = arr[tuple(src)]
+    aff = affine.copy()
+    aff[:3, 3] = affine[:3, 3] + affine[:3, : len(shape)] @ shift[: len(shape)]
+    return out, aff
+
+
+def _normalise(arr: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    a = arr.astype(np.float32, copy=False)
+    if cfg.intensity == "none":
+        return a
+    if cfg.intensity == "zscore":
+        sel = a[a > cfg.foreground_threshold] if cfg.foreground_threshold is not None else a.ravel()
+        if sel.size < 2:
+            sel = a.ravel()
+        mu, sd = float(sel.mean()), float(sel.std())
+        return (a - mu) / (sd if sd > 0 else 1.0)
+    if cfg.intensity == "minmax":
+        lo, hi = float(a.min()), float(a.max())
+        return (a - lo) / (hi - lo if hi > lo else 1.0)
+    lo, hi = np.percentile(a, cfg.percentiles)
+    return (np.clip(a, lo, hi) - lo) / (hi - lo if hi > lo else 1.0)
+
+
+def preprocess_image(img, cfg: PreprocessConfig, *, mask: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """One :class:`~sobre.image.Image` → channel-first array on the preprocessed grid, and its affine.
+
+    Parameters
+    ----------
+    img : sobre.Image
+    cfg : PreprocessConfig
+    mask : bool
+        Label map: nearest-neighbour resampling, no intensity normalisation, int32.
+
+    Returns
+    -------
+    array : ndarray, shape (C, *spatial) (masks: (1, *spatial))
+    affine : ndarray (4, 4), voxel → LPS of the output grid
+    """
+    arr = np.asarray(img.array)
+    spatial = img.spatial_ndim
+    if img.extra_axes:
+        if img.extra_axes != ("channel",):
+            raise InputError(f"images with a {img.extra_axes[0]} axis cannot be learned from directly",
+                             path=img.sources[0] if img.sources else None, expected="2D/3D images, or a channel axis",
+                             found=f"shape {img.shape} with axes {img.extra_axes}",
+                             fix="select one frame or time point when building the cohort")
+        arr = np.moveaxis(arr, -1, 0)
+    else:
+        arr = arr[None]
+    affine = np.asarray(img.affine, float)
+    if cfg.reorient:
+        moved = np.moveaxis(arr, 0, -1)
+        moved, affine = _reorient(moved, affine, spatial)
+        arr = np.moveaxis(moved, -1, 0)
+    arr = arr.astype(np.float32)
+    if cfg.resample == "shape":
+        old = arr.shape[1:]
+        arr = _resize(arr, cfg.shape, nearest=mask)
+        affine = _resize_affine(affine, old, cfg.shape)
+    elif cfg.resample == "spacing":
+        old = arr.shape[1:]
+        sp = np.asarray(img.spacing[:spatial], float) if not cfg.reorient else \
+            np.linalg.norm(affine[:3, :spatial], axis=0)
+        new = [max(1, int(round(o * s / t))) for o, s, t in zip(old, sp, cfg.spacing)]
+        if tuple(new) != tuple(old):
+            arr = _resize(arr, new, nearest=mask)
+            affine = _resize_affine(affine, old, new)
+        if cfg.shape:
+            arr, affine = _crop_or_pad(arr, cfg.shape, affine)
+    if mask:
+        return np.rint(arr).astype(np.int32), affine
+    return np.stack([_normalise(c, cfg) for c in arr]), affine
+
+
+def _check_shapes(shapes: list[tuple], names: list, cfg: PreprocessConfig, config_path) -> None:
+    counts = Counter(shapes)
+    if len(counts) <= 1:
+        return
+    common = counts.most_common(1)[0][0]
+    odd = next(i for i, s in enumerate(shapes) if s != common)
+    listing = ", ".join(f"{s[1:]} ×{n}" for s, n in counts.most_common(4))
+    raise InputError(
+        f"images have {len(counts)} different shapes and no resampling rule", path=config_path,
+        expected=f"one shape for every image (e.g. {common[1:]}) or a rule in [preprocess]",
+        found=f"{listing}; first odd one: {names[odd]} {shapes[odd][1:]}",
+        fix=f'set preprocess.resample = "shape" with shape = {list(common[1:])}, or resample = "spacing" '
+            "with spacing = [mm, ...] and a shape to crop/pad to")
+
+
+# ------------------------------------------------------------------------------ dataset versions
+def require_columns(table: pd.DataFrame, columns: Iterable[str], *, dataset: str, key: str, config_path=None) -> None:
+    """Raise :class:`InputError` naming the config key if a metadata column is missing."""
+    cols = [c for c in table.columns if not c.startswith("_")]
+    for c in columns:
+        if c not in table.columns:
+            near = get_close_matches(c, cols, n=1)
+            hint = f"; did you mean '{near[0]}'?" if near else ""
+            raise InputError(f"{key} = '{c}': no such column in dataset version {dataset}{hint}",
+                             path=config_path, expected="one of: " + ", ".join(sorted(cols)), found=repr(c),
+                             fix="correct the column name in the config, or add it to the catalog "
+                                 "(sobre ingest --clinical TABLE) and freeze a new version")
+
+
+def metadata_matrix(table: pd.DataFrame, variables: list[str], *, dataset: str, key: str,
+                    config_path=None) -> np.ndarray:
+    """Numeric ``(N, V)`` matrix of continuous metadata; missing or non-numeric values are errors."""
+    require_columns(table, variables, dataset=dataset, key=key, config_path=config_path)
+    cols = []
+    for v in variables:
+        x = pd.to_numeric(table[v], errors="coerce")
+        bad = x.isna()
+        if bad.any():
+            subs = table.loc[bad, "subject_id"].astype(str).unique()
+            raise InputError(f"{key}: variable '{v}' is missing or not numeric for {len(subs)} subject(s)",
+                             path=config_path, expected="a number for every image",
+                             found=", ".join(f"{s} ({table.loc[table['subject_id'] == s, v].iloc[0]!r})"
+                                             for s in subs[:4]) + (" ..." if len(subs) > 4 else ""),
+                             fix=f"filter them out with data.where = '{v} != null', or fill in the clinical table")
+        cols.append(x.to_numpy(float))
+    return np.stack(cols, 1) if cols else np.zeros((len(table), 0))
+
+
+def _manifest_table(manifest: dict) -> tuple[list[dict], pd.DataFrame]:
+    entries = manifest["content"]["series"]
+    rows = []
+    for e in entries:
+        meta = dict(e.get("metadata") or {})
+        meta["series_label"] = meta.pop("label", e.get("label", ""))
+        meta["series_uid"] = e["series_uid"]
+        rows.append(meta)
+    table = pd.DataFrame(rows)
+    if "subject_id" in table.columns:
+        table["subject_id"] = table["subject_id"].astype(str)
+    return entries, table
+
+
+def _load_entry(entry: dict, locations: dict, verify: bool, ref: str):
+    from sobre.catalog._scan import sha256_file
+    from sobre.image import load_all
+
+    paths = []
+    for f in entry["files"]:
+        p = locations.get(f["sha256"])
+        if p is None:
+            raise InputError("a file of the dataset version has no recorded location",
+                             expected=f"a path for sha256 {f['sha256'][:16]}…", found="none",
+                             fix=f"the manifest of {ref} is damaged; freeze the cohort again")
+        if verify:
+            try:
+                digest = sha256_file(p)
+            except OSError as exc:
+                raise InputError("a file of the dataset version cannot be read", path=p, found=exc.strerror,
+                                 fix="restore the file, or re-ingest and freeze a new version") from None
+            if digest != f["sha256"]:
+                raise InputError("a file changed since the dataset version was frozen", path=p,
+                                 expected=f"sha256 {f['sha256']}", found=f"sha256 {digest}",
+                                 fix=f"restore the original file; {ref} must stay exactly as frozen")
+        paths.append(p)
+    images = load_all(paths, on_warning=lambda m: None)
+    if len(images) > 1 and entry.get("shape"):
+        match = [im for im in images if list(im.shape) == list(entry["shape"])]
+        if entry.get("affine_lps") is not None:
+            match = [im for im in match if np.allclose(im.affine, entry["affine_lps"], atol=1e-3)] or match
+        images = match[:1] or images
+    if len(images) != 1:
+        raise InputError(f"series {entry['series_uid']} reads as {len(images)} volumes", path=paths[0],
+                         expected="one volume", fix="re-ingest the files and freeze a new version")
+    return images[0]
+
+
+def cache_key(content_hash: str, data: DataConfig, pre: PreprocessConfig, mask_rule: MaskRule | None) -> str:
+    payload = {"format": CACHE_FORMAT, "content_hash": content_hash, "where": data.where,
+               "preprocess": pre.model_dump(mode="json"),
+               "mask": mask_rule.model_dump(mode="json") if mask_rule else None}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def load_cohort(ws, data: DataConfig, preprocess: PreprocessConfig, *, mask_rule: MaskRule | None = None,
+                progress: bool = False, config_path=None, threads: int = 1) -> Cohort:
+    """Load (building once, then reusing) the preprocessed cache of a frozen dataset version.
+
+    Parameters
+    ----------
+    ws : sobre.catalog.Workspace
+    data : DataConfig
+        ``dataset`` ref and optional ``where`` filter on the series metadata.
+    preprocess : PreprocessConfig
+    mask_rule : MaskRule, optional
+        Segmentation: which series are masks; each is paired with the image series of its subject.
+
+    Raises
+    ------
+    InputError
+        Inconsistent shapes without a resampling rule, files changed since the freeze, masks
+        missing or ambiguous, no series left after the filter.
+    """
+    from sobre.catalog._query import compile_filter
+
+    ref = ws.dataset(data.dataset)
+    manifest = ref.manifest()
+    entries, table = _manifest_table(manifest)
+    if data.where:
+        pred = compile_filter(data.where, list(table.columns) + ["label"])
+        keep = [i for i, e in enumerate(entries) if pred(dict(e.get("metadata") or {}, **table.iloc[i].to_dict()))]
+        entries = [entries[i] for i in keep]
+        table = table.iloc[keep].reset_index(drop=True)
+        if not entries:
+            raise InputError(f"no series of {ref.ref} matches data.where", path=config_path, found=data.where,
+                             fix="loosen the filter (see `sobre cohort fields`)")
+    mask_of: list[int | None] = [None] * len(entries)
+    if mask_rule is not None:
+        require_columns(table, [mask_rule.field], dataset=ref.ref, key="task.mask.field", config_path=config_path)
+        is_mask = table[mask_rule.field].astype(str) == mask_rule.equals
+        img_idx = np.flatnonzero(~is_mask.to_numpy())
+        msk_idx = np.flatnonzero(is_mask.to_numpy())
+        if not len(msk_idx):
+            raise InputError(f"no mask series in {ref.ref}", path=config_path,
+                             expected=f"series with {mask_rule.field} == {mask_rule.equals!r}",
+                             found=", ".join(sorted(table[mask_rule.field].astype(str).unique())[:6]),
+                             fix="set task.mask to the field/value that marks the masks")
+        by_subject: dict[str, list[int]] = {}
+        for j in msk_idx:
+            by_subject.setdefault(table.at[j, "subject_id"], []).append(int(j))
+        pairs = []
+        for i in img_idx:
+            sid = table.at[i, "subject_id"]
+            cands = by_subject.get(sid, [])
+            if len(cands) != 1:
+                raise InputError(f"subject {sid} has {len(cands)} mask series for image {entries[i]['series_uid']}",
+                                 path=config_path, expected="exactly one mask per subject",
+                                 fix="use data.where to keep one image and one mask per subject")
+            pairs.append((int(i), cands[0]))
+        entries_img = [entries[i] for i, _ in pairs]
+        mask_entries = [entries[j] for _, j in pairs]
+        table = table.iloc[[i for i, _ in pairs]].reset_index(drop=True)
+        entries, mask_of = entries_img, mask_entries
+    key = cache_key(ref.content_hash, data, preprocess, mask_rule)
+    root = Path(ws.root) / "cache" / "learn"
+    folder = root / key[:24]
+    if not (folder / "index.json").exists():
+        _build_cache(folder, entries, mask_of, table, manifest.get("locations", {}), preprocess,
+                     verify=data.verify_hashes, ref=ref.ref, progress=progress, config_path=config_path,
+                     threads=threads, meta={"key": key, "dataset": ref.ref, "content_hash": ref.content_hash,
+                                            "where": data.where})
+    index = json.loads((folder / "index.json").read_text())
+    images = np.load(folder / "images.npy", mmap_mode="r")
+    masks = np.load(folder / "masks.npy", mmap_mode="r") if (folder / "masks.npy").exists() else None
+    affines = np.load(folder / "affines.npy")
+    table = pd.read_json(folder / "table.json", orient="records", dtype=False)
+    table["subject_id"] = table["subject_id"].astype(str)
+    return Cohort(images, table, masks=masks, affines=affines, source={
+        "dataset": ref.ref, "content_hash": ref.content_hash, "cache": str(folder), "cache_key": key,
+        "simulated": bool(manifest.get("simulated", False)), "preprocess": index["preprocess"],
+        "n_subjects_in_version": ref.n_subjects})
+
+
+def _build_cache(folder: Path, entries, mask_entries, table: pd.DataFrame, locations, pre: PreprocessConfig, *,
+                 verify, ref, progress, config_path, threads, meta) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    if "subject_id" not in table.columns or table["subject_id"].isna().any():
+        raise InputError(f"series without a subject_id in {ref}", expected="every series linked to a subject",
+                         fix="ingest with PatientID / BIDS sub-XX so every series has a subject")
+
+    def work(i):
+        img = _load_entry(entries[i], locations, verify, ref)
+        arr, aff = preprocess_image(img, pre)
+        img.unload()
+        m = None
+        if mask_entries[i] is not None:
+            mimg = _load_entry(mask_entries[i], locations, verify, ref)
+            m, _ = preprocess_image(mimg, pre, mask=True)
+            if m.shape[1:] != arr.shape[1:]:
+                raise InputError(f"mask of series {entries[i]['series_uid']} does not match its image",
+                                 expected=f"shape {arr.shape[1:]}", found=f"{m.shape[1:]}",
+                                 fix="masks must be on the image grid (or use a resampling rule)")
+            m = m[0]
+            if m.min() < 0 or m.max() > 255:
+                raise InputError(f"mask of series {entries[i]['series_uid']} has labels outside 0..255",
+                                 found=f"{int(m.min())}..{int(m.max())}", fix="relabel the classes 0..K-1")
+        return arr, aff, m
+
+    # shapes first (from the manifest when no resampling, else from the first image)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
+    try:
+        n = len(entries)
+        if pre.resample == "none":
+            shapes = [tuple(e.get("shape") or ()) for e in entries]
+            _check_shapes([(0, *s) for s in shapes], [e["series_uid"] for e in entries], pre, config_path)
+        bar = tqdm(total=n, desc=f"caching {ref}", unit="img", disable=not progress, leave=False)
+        images = masks = None
+        affines = np.zeros((n, 4, 4))
+        shapes_seen: list[tuple] = []
+        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+            for i, (arr, aff, m) in enumerate(pool.map(work, range(n))):
+                if images is None:
+                    dtype = np.float16 if pre.cache_dtype == "float16" else np.float32
+                    images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=dtype,
+                                                       shape=(n, *arr.shape))
+                    if m is not None:
+                        masks = np.lib.format.open_memmap(tmp / "masks.npy", mode="w+", dtype=np.uint8,
+                                                          shape=(n, *m.shape))
+                shapes_seen.append(arr.shape)
+                if arr.shape != images.shape[1:]:
+                    _check_shapes(shapes_seen + [images.shape[1:]], [e["series_uid"] for e in entries[: i + 1]]
+                                  + [entries[0]["series_uid"]], pre, config_path)
+                images[i] = arr
+                if masks is not None:
+                    masks[i] = m
+                affines[i] = aff
+                bar.update(1)
+        bar.close()
+        images.flush()
+        del images
+        if masks is not None:
+            masks.flush()
+            del masks
+        np.save(tmp / "affines.npy", affines)
+        table.to_json(tmp / "table.json", orient="records", date_format="iso")
+        index = dict(meta, format=CACHE_FORMAT, n=n, preprocess=pre.model_dump(mode="json"),
+                     series=[e["series_uid"] for e in entries])
+        (tmp / "index.json").write_text(json.dumps(index, indent=1))
+        try:
+            os.replace(tmp, folder)
+        except OSError:
+            if not (folder / "index.json").exists():  # pragma: no cover - a concurrent build won
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

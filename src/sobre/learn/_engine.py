@@ -1,0 +1,355 @@
+"""The training loop shared by supervised training and pretraining.
+
+* **CPU first**: threads set from the cores this process may use; 3D convolutions in channels-last
+  memory format; bf16 autocast only where the CPU computes bf16 natively (AMX or AVX-512 BF16 —
+  elsewhere it is emulated and several times *slower*, so ``precision = "auto"`` keeps fp32).
+* **Deterministic**: seeds for Python, NumPy and torch; batch order and augmentations are drawn
+  from ``(seed, epoch)``, so an interrupted run resumed from its last checkpoint reproduces the
+  uninterrupted one exactly.
+* **Checkpoints**: ``last.pt`` after every epoch (model, optimiser, scheduler, history, early
+  stopping state), ``best.pt`` when the monitored metric improves; both written atomically.
+* **Progress**: a bar per epoch counting samples, with samples/s; throughput for training and
+  inference is recorded per epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from sobre.learn._config import OptimConfig, RuntimeConfig
+
+__all__ = ["cpu_bf16_support", "resolve_precision", "setup_runtime", "batches", "run_epochs", "LoopResult",
+           "autocast", "to_device_batch", "make_optimizer", "save_checkpoint", "load_checkpoint"]
+
+
+# ------------------------------------------------------------------------------------------ runtime
+def cpu_bf16_support() -> bool:
+    """True when the CPU has native bf16 arithmetic (AMX-BF16 or AVX-512 BF16)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # pragma: no cover - non-Linux
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_precision(runtime: RuntimeConfig) -> tuple[bool, str]:
+    """(use bf16 autocast, why)."""
+    native = cpu_bf16_support()
+    if runtime.precision == "fp32":
+        return False, "fp32 requested"
+    if runtime.precision == "bf16":
+        return True, "bf16 requested" + ("" if native else " (no native bf16 on this CPU: emulated, slower)")
+    if native:
+        return True, "auto: CPU has native bf16 (AMX/AVX-512 BF16)"
+    return False, "auto: CPU has no native bf16 (AMX/AVX-512 BF16), bf16 would be emulated and slower"
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover
+        return os.cpu_count() or 1
+
+
+def setup_runtime(runtime: RuntimeConfig, seed: int) -> dict:
+    """Threads, seeds, determinism; returns what was set (recorded in the run)."""
+    threads = runtime.threads or available_cores()
+    torch.set_num_threads(threads)
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+    use_bf16, why = resolve_precision(runtime)
+    return {"threads": threads, "bf16": use_bf16, "precision": "bf16" if use_bf16 else "fp32",
+            "precision_reason": why, "prefetch": runtime.prefetch}
+
+
+def autocast(enabled: bool):
+    return torch.autocast("cpu", dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
+
+
+def to_device_batch(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    if channels_last and x.ndim == 5:
+        return x.contiguous(memory_format=torch.channels_last_3d)
+    if channels_last and x.ndim == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def prepare_model(model: nn.Module, spatial_dims: int, channels_last: bool) -> nn.Module:
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last_3d if spatial_dims == 3 else torch.channels_last)
+    return model
+
+
+# ------------------------------------------------------------------------------------------ batches
+def batches(n: int, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,
+            drop_last: bool = False) -> list[np.ndarray]:
+    """Index batches over ``range(n)``; the order depends on ``(seed, epoch)`` only.
+
+    ``drop_last`` drops a final batch smaller than 2 (batch norm cannot train on one sample)
+    or, when ``drop_last == "full"``, any incomplete final batch.
+    """
+    if shuffle:
+        rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(epoch), 0xBA7]))
+        order = rng.permutation(n)
+    else:
+        order = np.arange(n)
+    out = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    if out and drop_last and (len(out[-1]) < 2 or (drop_last == "full" and len(out[-1]) < batch_size)):
+        out = out[:-1]
+    return out
+
+
+def stack_rows(images, rows: np.ndarray) -> torch.Tensor:
+    """Rows of a (memory-mapped) array → a float32 tensor."""
+    rows = np.asarray(rows)
+    order = np.argsort(rows)
+    block = np.asarray(images[rows[order]], dtype=np.float32)
+    out = np.empty_like(block)
+    out[order] = block
+    return torch.from_numpy(out)
+
+
+def prefetched(items, enabled: bool = True, depth: int = 2):
+    """Iterate ``items`` (a generator) in one background thread, ``depth`` items ahead.
+
+    One producer keeps the order of every random draw, so results do not depend on ``enabled``.
+    Exceptions of the producer are re-raised in the consumer.
+    """
+    if not enabled:
+        yield from items
+        return
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce():
+        try:
+            for it in items:
+                if stop.is_set():
+                    return
+                q.put(it)
+            q.put(done)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            q.put(exc)
+
+    th = threading.Thread(target=produce, daemon=True)
+    th.start()
+    try:
+        while True:
+            it = q.get()
+            if it is done:
+                return
+            if isinstance(it, BaseException):
+                raise it
+            yield it
+    finally:
+        stop.set()
+        while th.is_alive():
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                th.join(timeout=0.05)
+
+
+# ------------------------------------------------------------------------------------ optimisation
+def make_optimizer(groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                               nesterov=True)
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(opt: torch.optim.Optimizer, cfg: OptimConfig, steps_per_epoch: int, epochs: int):
+    total = max(1, steps_per_epoch * epochs)
+    warm = steps_per_epoch * cfg.warmup_epochs
+
+    def factor(step: int) -> float:
+        if warm and step < warm:
+            return (step + 1) / warm
+        if cfg.scheduler == "none":
+            return 1.0
+        t = (step - warm) / max(1, total - warm)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def planned_epochs(cfg: OptimConfig, steps_per_epoch: int) -> int:
+    """``epochs``, raised so that small datasets still get ``min_steps`` optimiser steps."""
+    if cfg.min_steps and steps_per_epoch:
+        return max(cfg.epochs, math.ceil(cfg.min_steps / steps_per_epoch))
+    return cfg.epochs
+
+
+# ------------------------------------------------------------------------------------- checkpoints
+def save_checkpoint(path: Path, state: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_checkpoint(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+# ------------------------------------------------------------------------------------------- loop
+@dataclass
+class LoopResult:
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int | None = None
+    best_value: float | None = None
+    stopped_early: bool = False
+    interrupted: bool = False
+    epochs_run: int = 0
+    best_state: dict | None = None  # weights of the best epoch (kept in memory when there is no ckpt_dir)
+
+
+def _improved(value, best, mode, min_delta) -> bool:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return False
+    if best is None:
+        return True
+    return value < best - min_delta if mode == "min" else value > best + min_delta
+
+
+def run_epochs(*, model: nn.Module, optimizer, scheduler, n_epochs: int,
+               train_one_epoch: Callable[[int], dict], validate: Callable[[int], dict] | None,
+               monitor: str | None, mode: str = "max", patience: int | None = None, min_delta: float = 0.0,
+               ckpt_dir: Path | None = None, resume: bool = False, interrupt_after: int | None = None,
+               on_epoch: Callable[[dict], None] | None = None, on_resume: Callable[[int], None] | None = None,
+               extra_state: Callable[[], dict] | None = None) -> LoopResult:
+    """Epochs with validation, early stopping, checkpoints and resume.
+
+    Parameters
+    ----------
+    train_one_epoch : callable(epoch) -> dict
+        Trains one epoch; returns metrics such as ``train_loss`` and ``train_samples_per_s``.
+    validate : callable(epoch) -> dict, optional
+        Validation metrics (``val_...``) of the current weights.
+    monitor, mode, patience, min_delta
+        Early stopping on ``monitor`` (``"min"`` or ``"max"``); ``patience=None`` disables it; the
+        best weights go to ``best.pt`` either way (the last epoch's when nothing is monitored).
+    ckpt_dir : Path, optional
+        Where ``last.pt`` / ``best.pt`` go.
+    resume : bool
+        Continue from ``ckpt_dir/last.pt`` when it exists.
+    interrupt_after : int, optional
+        Stop (as if interrupted) after this many epochs in this call; resume later.
+    """
+    res = LoopResult()
+    start = 0
+    bad = 0
+    last = ckpt_dir / "last.pt" if ckpt_dir else None
+    best_path = ckpt_dir / "best.pt" if ckpt_dir else None
+    if resume and last is not None and last.exists():
+        st = load_checkpoint(last)
+        model.load_state_dict(st["model"])
+        optimizer.load_state_dict(st["optimizer"])
+        scheduler.load_state_dict(st["scheduler"])
+        res.history = st["history"]
+        res.best_epoch, res.best_value, bad = st["best_epoch"], st["best_value"], st["bad_epochs"]
+        start = st["epoch"] + 1
+        if on_resume is not None:
+            on_resume(st["epoch"])
+        if st.get("stopped"):
+            res.stopped_early = st.get("stopped_early", False)
+            res.epochs_run = start
+            return res
+    done_here = 0
+    for epoch in range(start, n_epochs):
+        t0 = time.perf_counter()
+        row = {"epoch": epoch + 1}
+        row.update(train_one_epoch(epoch))
+        if validate is not None:
+            row.update(validate(epoch))
+        row["lr"] = float(optimizer.param_groups[0]["lr"])
+        row["seconds"] = round(time.perf_counter() - t0, 3)
+        if monitor and epoch == start and monitor not in row:
+            from sobre.errors import ConfigError
+
+            raise ConfigError(f"optim.early_stopping.metric = '{monitor}' is not a metric of this task",
+                              expected="one of: " + ", ".join(k for k in row if k.startswith("val_")),
+                              found=repr(monitor), fix="choose one of those, or \"auto\"")
+        value = row.get(monitor) if monitor else None
+        improved = _improved(value, res.best_value, mode, min_delta) if monitor else True
+        if improved:
+            res.best_epoch, res.best_value, bad = epoch + 1, value, 0
+            if best_path is None:
+                res.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                save_checkpoint(best_path, {"model": model.state_dict(), "epoch": epoch, **(extra_state() if
+                                                                                           extra_state else {})})
+        else:
+            bad += 1
+        row["best_epoch"] = res.best_epoch
+        res.history.append(row)
+        stop = patience is not None and monitor is not None and bad >= patience
+        finished = stop or epoch + 1 >= n_epochs
+        if last is not None:
+            save_checkpoint(last, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                   "scheduler": scheduler.state_dict(), "history": res.history, "epoch": epoch,
+                                   "best_epoch": res.best_epoch, "best_value": res.best_value, "bad_epochs": bad,
+                                   "stopped": finished, "stopped_early": stop})
+        if on_epoch is not None:
+            on_epoch(row)
+        done_here += 1
+        if stop:
+            res.stopped_early = True
+            break
+        if interrupt_after is not None and done_here >= interrupt_after and not finished:
+            res.interrupted = True
+            break
+    res.epochs_run = len(res.history)
+    return res
+
+
+def timed_inference(model: nn.Module, images, rows: np.ndarray, *, batch_size: int, bf16: bool,
+                    channels_last: bool, fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                    progress: bool = False, desc: str = "inference",
+                    covariates: np.ndarray | None = None) -> tuple[torch.Tensor, float]:
+    """Forward passes over ``rows`` without gradients; returns (stacked outputs in fp32, samples/s).
+
+    ``covariates`` (indexed like ``images``) are passed as the model's second argument.
+    """
+    from tqdm import tqdm
+
+    model.eval()
+    outs = []
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(rows), desc=desc, unit="img", disable=not progress, leave=False)
+    with torch.inference_mode(), autocast(bf16):
+        for b in range(0, len(rows), batch_size):
+            rb = rows[b:b + batch_size]
+            x = to_device_batch(stack_rows(images, rb), channels_last)
+            if covariates is not None:
+                y = model(x, torch.from_numpy(np.asarray(covariates[rb], np.float32)))
+            else:
+                y = fn(x) if fn is not None else model(x)
+            outs.append(y.float() if not isinstance(y, tuple) else y[0].float())
+            bar.update(len(x))
+    bar.close()
+    dt = time.perf_counter() - t0
+    out = torch.cat(outs) if outs else torch.empty(0)
+    return out, (len(rows) / dt if dt > 0 else float("nan"))
