@@ -175,3 +175,26 @@ def test_manifest_left_by_an_interrupted_freeze(ingested):
     assert third.version == 1 and third.content_hash == ref.content_hash
     assert (ref.manifest_path.parent / "v1.json.orphaned").read_text().startswith('{"content_hash": "0000"')
     assert ingested.verify("young@v1") == []
+
+
+def test_synthetic_data_marks_the_dataset_simulated(tmp_path):
+    """(0008,001C) SyntheticData YES reaches the catalog (`simulated` field) and the frozen manifest."""
+    import sobre
+    from catalog.conftest import make_image
+
+    real = tmp_path / "real"
+    sim = tmp_path / "sim"
+    sobre.write_dicom_series(make_image(), real, meta={"patient_id": "R1"}, modality="MR", uid_seed="real")
+    sobre.write_dicom_series(make_image(seed=3), sim, meta={"patient_id": "SIM1"}, modality="MR", uid_seed="sim",
+                             extra={"SyntheticData": "YES"})
+    ws = Workspace.init(tmp_path / "ws")
+    try:
+        ws.ingest([real, sim])
+        by_subject = {r["subject_id"]: r["simulated"] for r in ws.records()}
+        assert by_subject == {"R1": False, "SIM1": True}
+        ws.cohort_create("real", "simulated == false")
+        ws.cohort_create("everything", "n_files > 0")
+        assert json.loads(ws.freeze("real").manifest_path.read_text())["simulated"] is False
+        assert json.loads(ws.freeze("everything").manifest_path.read_text())["simulated"] is True
+    finally:
+        ws.close()

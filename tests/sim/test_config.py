@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sobre.errors import ConfigError
-from sobre.sim import DISEASE_PRESETS, BrainCohortConfig, DiseaseModel, default_sites
+from sobre.sim import DISEASE_PRESETS, REGION_GROUPS, BrainCohortConfig, DiseaseModel, default_sites
 from sobre.sim._config import DEFAULT_AGE_RATES, resolve_sites
 
 
@@ -17,8 +17,7 @@ def test_presets_overlap_ageing_or_not(brain_template):
     assert vis.name == "visual"
     for spec in vis.effects:
         for lab in brain_template.resolve_regions(spec):
-            group = next(g for g, labs in __import__("sobre.sim", fromlist=["REGION_GROUPS"]).REGION_GROUPS.items()
-                         if lab in labs)
+            group = next(g for g, labs in REGION_GROUPS.items() if lab in labs)
             assert DEFAULT_AGE_RATES[group] == 0, f"{spec} ages"
     assert DiseaseModel.preset("schizophrenia-like", strength=0.4).strength == 0.4
     assert set(DISEASE_PRESETS) == {"accelerated-ageing", "visual"}

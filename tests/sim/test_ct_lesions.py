@@ -6,6 +6,7 @@ import csv
 
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
 
 import sobre
 from sobre.errors import InputError
@@ -40,7 +41,7 @@ def test_lesions_go_only_into_lung_or_soft_tissue(phantom):
             assert abs(r["contrast_hu"]) >= 20
     # the CT is unchanged away from the lesions
     far = ~np.isin(m, [r["lesion_id"] for r in placed])
-    far = np.logical_and(far, ~__import__("scipy").ndimage.binary_dilation(m > 0, iterations=4))
+    far = np.logical_and(far, ~ndi.binary_dilation(m > 0, iterations=4))
     assert np.array_equal(ct.array[far], phantom.array[far])
 
 

@@ -341,7 +341,9 @@ def walk(paths, exclude=()) -> tuple[list[str], list[tuple[str, str]]]:
             if root in excluded:
                 dirs[:] = []
                 continue
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            bids_root = "participants.tsv" in names or "dataset_description.json" in names
+            dirs[:] = sorted(d for d in dirs if not d.startswith(".")
+                             and not (bids_root and d in ("derivatives", "sourcedata")))  # BIDS: raw data only
             for n in sorted(names):
                 if n.startswith(".") or n in IGNORED_NAMES or n.endswith(skip_suffixes):
                     continue

@@ -47,6 +47,7 @@ BASE_FIELDS = {
     "site": "acquisition site", "subject_id": "subject identifier", "study_uid": "study UID",
     "study_date": "YYYYMMDD", "age": "years at the study", "sex": "M, F or O", "bmi": "kg/m²",
     "height": "m", "weight": "kg", "n_files": "number of files",
+    "simulated": "true for synthetic images (DICOM SyntheticData YES, or a 'simulated' clinical column)",
 }
 
 
@@ -589,7 +590,8 @@ class Workspace:
             dtype=None if problem else dtype, n_files=len(files),
             meta={"site": h.get("_site"), "frame_of_reference_uid": h.get("frame_of_reference_uid"),
                   "transfer_syntax": h.get("transfer_syntax"), "photometric": h.get("photometric"),
-                  "burned_in_annotation": h.get("burned_in_annotation")},
+                  "burned_in_annotation": h.get("burned_in_annotation"),
+                  "simulated": str(h.get("synthetic_data") or "").upper() == "YES" or None},
         )
 
     # ------------------------------------------------------------------ clinical
@@ -626,7 +628,7 @@ class Workspace:
             for col in table.columns:
                 var = s.execute(select(Variable).where(Variable.name == col.name)).scalar_one_or_none()
                 if var is None:
-                    if col.name in BASE_FIELDS and col.name not in ("age", "sex", "bmi", "height", "weight"):
+                    if col.name in BASE_FIELDS and col.name not in ("age", "sex", "bmi", "height", "weight", "site", "simulated"):
                         raise InputError(f"column '{col.name}' would shadow a built-in field", path=path,
                                          expected="a name other than: " + ", ".join(sorted(BASE_FIELDS)),
                                          fix="rename the column; nothing from this table was stored")
@@ -697,6 +699,8 @@ class Workspace:
                     "bmi": st.bmi if st and st.bmi is not None else clin.get("bmi"),
                     "height": st.height_m if st else None, "weight": st.weight_kg if st else None,
                     "n_files": ser.n_files,
+                    "simulated": bool((ser.meta or {}).get("simulated"))
+                    or str(clin.get("simulated") or "").strip().lower() in ("yes", "true", "1", "1.0"),
                     "status": ser.status, "problem": ser.problem,
                     "shape": ser.shape, "spacing": ser.spacing, "orientation": ser.orientation,
                 }
@@ -854,7 +858,7 @@ class Workspace:
                 "created_at": created.isoformat() + "Z", "where": crow.expression,
                 "n_series": len(series_entries), "n_files": n_files,
                 "n_subjects": len({e["metadata"]["subject_id"] for e in series_entries}),
-                "simulated": any(e["metadata"].get("simulated") in (True, "yes", "YES", 1)
+                "simulated": any(e["metadata"].get("simulated") is True
                                  for e in series_entries),
                 "locations": locations, "content": content,
             }

@@ -1012,6 +1012,7 @@ def header_metadata(ds: Dataset) -> dict:
         "photometric": s("PhotometricInterpretation"),
         "transfer_syntax": str(ds.file_meta.TransferSyntaxUID) if "TransferSyntaxUID" in ds.get("file_meta", {}) else None,
         "burned_in_annotation": s("BurnedInAnnotation"),
+        "synthetic_data": s("SyntheticData"),  # (0008,001C): YES for simulated / synthetic images
         "image_type": s("ImageType"),
         "slice_thickness": _float(ds.get("SliceThickness"), None) if "SliceThickness" in ds else None,
     }

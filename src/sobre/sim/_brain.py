@@ -94,7 +94,7 @@ class BrainTruth:
 
     labels: Image
     volumes: dict
-    deformation: Image
+    deformation: tuple[Image, Image]
     targets: dict
     latent: dict
     disease_map: Image | None = None
@@ -217,7 +217,7 @@ class Calibration:
     disease_inputs: np.ndarray     # (D, S, 120)
     gains: np.ndarray              # (120,) d input / d target near the reference age (starting points)
     group_inverse: np.ndarray      # (G+1, G+1): group targets (groups, then CSF) -> group inputs
-    residual: float                # largest |achieved - target| at the probes (log units, regions >= 2 cm^3)
+    residual: float                # largest |achieved - target| at the probes (log units, regions >= 1 cm^3)
 
     def age(self, decades: float) -> np.ndarray:
         return _interp_rows(self.age_decades, self.age_inputs, decades)
@@ -643,7 +643,7 @@ class BrainSimulator:
         patient = cfg.disease is not None and u_patient < pf
         sd = cfg.disease.strength_sd if cfg.disease is not None else 0.0
         s_ln = math.sqrt(math.log1p(sd * sd))
-        multiplier = float(np.exp(rng.normal(-s_ln * s_ln / 2, s_ln))) if s_ln > 0 else 1.0
+        multiplier = float(np.exp(s_ln * rng.standard_normal() - s_ln * s_ln / 2))  # lognormal, mean 1
         height = round(float(rng.normal(1.63, 0.065) if female else rng.normal(1.76, 0.07)), 2)
         bmi_raw = float(np.clip(rng.normal(25.0 + 0.05 * (age - 40), 4.0), 16.0, 45.0))
         weight = round(bmi_raw * height * height, 1)
@@ -796,6 +796,8 @@ class BrainSimulator:
             sig[t] = math.sqrt(max(vs[a] ** 2 - tmm ** 2, 0.0)) / 2.3548 / tmm
         key = tuple(round(s, 3) for s in sig)
         if key not in self._psf:
+            if len(self._psf) >= 6:  # 28 MB each: keep the last few voxel sizes
+                self._psf.pop(next(iter(self._psf)))
             t1 = self.template.t1
             self._psf[key] = ndi.gaussian_filter(t1, key, mode="constant") if any(key) else t1
         return self._psf[key]
@@ -827,8 +829,6 @@ class BrainSimulator:
             n2 = rng.standard_normal(img.shape, dtype=np.float32)
             img += s * n1
             img = np.sqrt(img * img + (s * n2) ** 2)
-        else:
-            rng.standard_normal(1)
         return np.clip(np.rint(img), 0, 65535).astype(np.uint16)
 
 

@@ -83,8 +83,8 @@ def write_brain_cohort(config: BrainCohortConfig, out_dir: str | Path, *, format
         return _write_subject(subj, format, image_dir, truth_dir if truth else None, digest)
 
     rows = w.run_ordered(config.subjects, work, max(1, int(jobs)), progress)
-    files = sum(r["files"] for r in rows)
-    files += _write_tables(sim, out, truth_dir, format, rows)
+    _write_tables(sim, out, truth_dir, format, rows)
+    files = sum(1 for p in out.rglob("*") if p.is_file())
     report = w.WriteReport(out_dir=out, format=format, subjects=config.subjects, files=files,
                            participants=out / "participants.tsv", truth_dir=truth_dir, image_dir=image_dir)
     report.seconds = round(time.perf_counter() - t0, 3)
@@ -136,18 +136,15 @@ def _write_subject(subj: SimulatedBrain, fmt: str, image_dir: Path, truth_dir: P
     return {"participant": row, "volumes": vol, "baseline": base, "files": n}
 
 
-def _write_tables(sim: BrainSimulator, out: Path, truth_dir: Path, fmt: str, rows: list[dict]) -> int:
+def _write_tables(sim: BrainSimulator, out: Path, truth_dir: Path, fmt: str, rows: list[dict]) -> None:
     cfg = sim.config
-    n = 0
     w.atomic_write_text(out / "participants.tsv", w.tsv([r["participant"] for r in rows], PARTICIPANT_COLUMNS))
     w.atomic_write_text(out / "participants.json", w.dumps(PARTICIPANT_DESCRIPTION))
     names = list(sim.template.names[1:]) + ["ICV", "Brain"]
     w.atomic_write_text(truth_dir / "volumes.tsv", w.tsv([r["volumes"] for r in rows], ["participant_id"] + names))
-    n += 3
     if any(r["baseline"] for r in rows):
         w.atomic_write_text(truth_dir / "baseline_volumes.tsv",
                             w.tsv([r["baseline"] for r in rows], ["participant_id"] + names))
-        n += 1
     site_cols = ["name", "manufacturer", "model", "field_strength", "sequence", "voxel_size", "orientation",
                  "intensity_scale", "intensity_offset", "gamma", "bias_strength", "noise", "weight", "age_min",
                  "age_max", "female_fraction", "patient_fraction"]
@@ -174,11 +171,9 @@ def _write_tables(sim: BrainSimulator, out: Path, truth_dir: Path, fmt: str, row
     tpl = sim.template
     w.save_image(Image(tpl.labels, tpl.affine, modality="SEG", metadata={"simulated": "yes"}),
                  truth_dir / "template_labels.nii.gz")
-    n += 3
     if cfg.disease is not None:
         pat = disease_pattern(tpl, cfg.disease).astype(np.float32)[tpl.labels]
         w.save_image(Image(pat, tpl.affine, metadata={"simulated": "yes"}), truth_dir / "disease_pattern.nii.gz")
-        n += 1
     from sobre import __version__
 
     summary = {
@@ -200,10 +195,7 @@ def _write_tables(sim: BrainSimulator, out: Path, truth_dir: Path, fmt: str, row
     if fmt == "bids":
         ddesc = dict(desc, Name="sobre.sim ground truth", DatasetType="derivative")
         w.atomic_write_text(truth_dir / "dataset_description.json", w.dumps(ddesc))
-        n += 1
     w.atomic_write_text(out / "README.md", _readme(sim, fmt))
-    n += 5
-    return n
 
 
 def _readme(sim: BrainSimulator, fmt: str) -> str:
