@@ -17,7 +17,7 @@ import pandas as pd
 
 from sobre.errors import ConfigError
 from sobre.learn import _engine as E
-from sobre.learn._config import TrainConfig, resolved
+from sobre.learn._config import resolved
 from sobre.learn._data import Cohort
 from sobre.learn._models import build_encoder, encoder_spec
 from sobre.learn._runs import Run, runs_root

@@ -8,7 +8,6 @@ subjects, once.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
