@@ -174,7 +174,7 @@ def _scan_file(path: str) -> dict:
                 for f in frames:
                     f.series_uid = uid
             rec["series_uid"] = frames[0].series_uid
-            rec["sop_uid"] = str(ds.get("SOPInstanceUID", "")) or None
+            rec["sop_uid"] = frames[0].sop_uid or None
             rec["frames"] = [_frame_json(f) for f in frames]
             rec["header"] = meta
         else:

@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 import pydicom
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
@@ -217,19 +219,22 @@ def _fast(ds: Dataset, keyword: str) -> Any:
 
     Returns None when the element is absent or empty, an ``int`` for binary integers, a ``str``
     (or a list of ``str`` for several values) for IS/DS/CS/UI text. About 15× faster than pydicom's
-    value conversion, which matters when reading hundreds of headers; anything unusual (other VRs,
+    value conversion, which matters when reading thousands of headers; anything unusual (other VRs,
     values already converted, odd lengths) goes through pydicom.
     """
-    from pydicom.datadict import dictionary_VR, tag_for_keyword
-    from pydicom.dataelem import RawDataElement
-
     tag = _TAGS.get(keyword)
     if tag is None:
         tag = _TAGS[keyword] = tag_for_keyword(keyword)
-    if tag not in ds:
-        return None
-    elem = ds.get_item(tag, keep_deferred=True)
-    if isinstance(elem, RawDataElement) and elem.value is not None:
+    elements = getattr(ds, "_dict", None)  # pydicom's element store: a plain dict keyed by tag
+    if isinstance(elements, dict):
+        elem = elements.get(tag)
+        if elem is None:
+            return None
+    else:
+        if tag not in ds:
+            return None
+        elem = ds.get_item(tag, keep_deferred=True)
+    if type(elem) is RawDataElement and elem.value is not None:
         vr = elem.VR or dictionary_VR(tag)
         raw = elem.value
         if vr in _FAST_TEXT_VRS:
@@ -243,6 +248,19 @@ def _fast(ds: Dataset, keyword: str) -> Any:
             return int.from_bytes(raw, "little" if elem.is_little_endian else "big", signed=vr[0] == "S")
     value = ds.get(keyword)
     return None if value is None or value == "" else value
+
+
+def _text(value: Any, sep: str | None = None) -> str:
+    """A header value as text for grouping frames: ``""`` when absent; several values joined by ``sep``
+    (``str(list)`` when ``sep`` is None, as ``str`` of pydicom's multi-values gives)."""
+    if value is None:
+        return ""
+    if isinstance(value, (str, bytes)):
+        return value.decode("latin-1") if isinstance(value, bytes) else value
+    if hasattr(value, "__iter__"):
+        items = [str(v) for v in value]
+        return sep.join(items) if sep is not None else "[" + ", ".join(items) + "]"
+    return str(value)
 
 
 def _lenient_int(value: Any, default: int = 0) -> int:
@@ -387,11 +405,11 @@ def frames_of(ds: Dataset, path: str | Path) -> list[Frame]:
     )
     native = _native_layout(ds, path, base)
     soft_common = {
-        "echo": str(ds.get("EchoNumbers", "")),
-        "temporal": str(ds.get("TemporalPositionIdentifier", "")),
-        "acquisition": str(ds.get("AcquisitionNumber", "")),
-        "image_type": "\\".join(ds.get("ImageType", []) or []),
-        "trigger": str(ds.get("TriggerTime", "")),
+        "echo": _text(_fast(ds, "EchoNumbers")),
+        "temporal": _text(_fast(ds, "TemporalPositionIdentifier")),
+        "acquisition": _text(_fast(ds, "AcquisitionNumber")),
+        "image_type": _text(_fast(ds, "ImageType"), "\\"),
+        "trigger": _text(_fast(ds, "TriggerTime")),
     }
     is_enhanced = "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds
     frames: list[Frame] = []
@@ -412,7 +430,7 @@ def frames_of(ds: Dataset, path: str | Path) -> list[Frame]:
             spacing = None  # e.g. '0\\0' written by some exporters: no usable physical size
         slope = _float(_fast(ds, "RescaleSlope"), 1.0)
         intercept = _float(_fast(ds, "RescaleIntercept"), 0.0)
-        offsets = ds.get("GridFrameOffsetVector")  # RT dose: frames are parallel planes
+        offsets = _fast(ds, "GridFrameOffsetVector")  # RT dose: frames are parallel planes
         if n > 1 and offsets is not None:
             offsets = _floats(offsets, n, path, "GridFrameOffsetVector")
             offsets = offsets - offsets[0]  # relative (type A, first 0) or absolute z (type B)
