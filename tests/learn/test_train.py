@@ -232,3 +232,49 @@ def test_missing_label_values(blobs):
     c = Cohort.from_arrays(np.asarray(blobs.images)[:, 0], t)
     with pytest.raises(InputError, match="1 subject\\(s\\) have no value in label column\\(s\\) diagnosis"):
         train(tiny_train_config(), cohort=c, record=False)
+
+
+def test_lp_ft_head_starts_as_the_probe():
+    """LP-FT: the linear head folded from the standardised probe predicts exactly what the probe does."""
+    from types import SimpleNamespace
+
+    from sobre.learn._models import Classifier
+    from sobre.learn._train import _head_from_probe
+    from sobre.learn._transfer import fit_probe
+
+    class Flat(torch.nn.Module):
+        out_features = 8
+
+        def forward(self, x):
+            return x.flatten(1)
+
+    rng = np.random.default_rng(3)
+    images = rng.normal(2.0, 3.0, (60, 1, 2, 2, 2)).astype(np.float32)
+    y = (images.reshape(60, -1)[:, :3].sum(1) + rng.normal(0, 2, 60) > 6).astype(int)
+    rows = np.arange(0, 60, 2)
+    for kind, targets, n_out in (("binary", y, 1), ("regression", images.reshape(60, -1)[:, 0] * 0.5 + y, 1)):
+        model = Classifier(Flat(), n_out)
+        task = SimpleNamespace(kind=kind, targets=targets)
+        _head_from_probe(model, images, rows, task, None, bf16=False, channels_last=False, seed=0)
+        probe = fit_probe(images.reshape(60, -1)[rows].astype(np.float64), targets[rows], kind, seed=0)
+        with torch.no_grad():
+            out = model(torch.from_numpy(images))[:, 0].double().numpy()
+        expect = probe.predict(images.reshape(60, -1).astype(np.float64))
+        got = 1 / (1 + np.exp(-out)) if kind == "binary" else out
+        np.testing.assert_allclose(got, expect, atol=1e-4)
+
+
+def test_lp_ft_validates_the_probe_head_first(blobs, tmp_path):
+    from sobre.learn._pretrain import pretrain
+
+    pre = pretrain({"seed": 0, "data": {"dataset": "blobs"}, "method": {"kind": "simclr"},
+                    "model": {"width": 4, "depth": 2}, "optim": {"epochs": 1, "batch_size": 16},
+                    "augment": [{"kind": "noise", "prob": 0.5, "std": 0.1}], "runtime": {"progress": False}},
+                   cohort=blobs, runs_dir=tmp_path)
+    cfg = tiny_train_config(model={"init_from": str(pre.encoder_path), "head_init": "probe", "freeze_norm": True,
+                                   "head_warmup_epochs": 1}, optim={"epochs": 2})
+    res = train(cfg, cohort=blobs, runs_dir=tmp_path)
+    epochs = res.run.record["epochs"]
+    assert epochs[0]["epoch"] == 0 and "val_auc" in epochs[0] and "train_loss" not in epochs[0]
+    assert [e["epoch"] for e in epochs if e.get("group", "fold0") == "fold0"][:3] == [0, 1, 2]
+    assert res.run.record["config"]["model"]["head_init"] == "probe"

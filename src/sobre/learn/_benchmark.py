@@ -152,7 +152,10 @@ def _cnn_arm(cohort: Cohort, task, rows_lab: np.ndarray, test_rows: np.ndarray, 
     """Train a CNN on the labelled rows (early stopping on a stratified share), score the test rows."""
     optim = cfg.finetune_optim if init else cfg.scratch_optim
     model = cfg.model.model_copy(update={"init_from": init, "covariates": list(t.covariates),
-                                         "encoder_lr_scale": cfg.finetune_encoder_lr_scale if init else 1.0})
+                                         "encoder_lr_scale": cfg.finetune_encoder_lr_scale if init else 1.0,
+                                         "head_warmup_epochs": cfg.finetune_head_warmup_epochs if init else 0,
+                                         "head_init": cfg.finetune_head_init if init else "random",
+                                         "freeze_norm": cfg.finetune_freeze_norm if init else False})
     tcfg = TrainConfig(seed=seed, data=t.data, preprocess=cfg.preprocess, task=t.task, model=model, optim=optim,
                        augment=cfg.augment, runtime=cfg.runtime.model_copy(update={"progress": False}),
                        split=SplitConfig(test_fraction=0.0, val_fraction=cfg.val_fraction))

@@ -134,6 +134,14 @@ class ModelConfig(_Section):
                                   "weights start this model (fine-tuning)")
     freeze_encoder: bool = Field(False, description="train the head only")
     encoder_lr_scale: float = Field(1.0, gt=0, description="learning-rate factor for a pretrained encoder")
+    head_init: Literal["random", "probe"] = Field(
+        "random", description="probe: with init_from, start the head from a logistic/ridge probe fit on the frozen "
+        "features of the training subjects (LP-FT); the model before fine-tuning is validated as epoch 0 and kept "
+        "if fine-tuning does not beat it")
+    head_warmup_epochs: int = Field(0, ge=0, description="train the head alone (encoder frozen) for this many "
+                                    "epochs first, then everything (linear probing, then fine-tuning)")
+    freeze_norm: bool = Field(False, description="keep the encoder's normalisation layers in inference mode "
+                              "(statistics from pretraining) while fine-tuning: steadier with few labels")
     covariates: list[str] = Field([], description="numeric metadata (e.g. [\"age\"]) appended, standardised "
                                   "with training statistics, to the image features before the head")
 
@@ -390,6 +398,9 @@ class LabelEfficiencyConfig(_Section):
     scratch_optim: OptimConfig = OptimConfig(epochs=30, min_steps=150)
     finetune_optim: OptimConfig = OptimConfig(epochs=20, lr=3e-4, min_steps=100)
     finetune_encoder_lr_scale: float = Field(0.3, gt=0)
+    finetune_head_init: Literal["random", "probe"] = Field("probe", description="start the head from the probe")
+    finetune_head_warmup_epochs: int = Field(0, ge=0, description="head-only epochs before fine-tuning everything")
+    finetune_freeze_norm: bool = Field(True, description="encoder normalisation layers keep pretraining statistics")
     augment: list[AugmentConfig] = [FlipAug(kind="flip", prob=0.5, axes=[0]), AffineAug(kind="affine", prob=0.5)]
     baseline: BaselineConfig = BaselineConfig()
     targets: list[TargetConfig]

@@ -239,7 +239,7 @@ def run_epochs(*, model: nn.Module, optimizer, scheduler, n_epochs: int,
                monitor: str | None, mode: str = "max", patience: int | None = None, min_delta: float = 0.0,
                ckpt_dir: Path | None = None, resume: bool = False, interrupt_after: int | None = None,
                on_epoch: Callable[[dict], None] | None = None, on_resume: Callable[[int], None] | None = None,
-               extra_state: Callable[[], dict] | None = None) -> LoopResult:
+               extra_state: Callable[[], dict] | None = None, validate_first: bool = False) -> LoopResult:
     """Epochs with validation, early stopping, checkpoints and resume.
 
     Parameters
@@ -257,6 +257,8 @@ def run_epochs(*, model: nn.Module, optimizer, scheduler, n_epochs: int,
         Continue from ``ckpt_dir/last.pt`` when it exists.
     interrupt_after : int, optional
         Stop (as if interrupted) after this many epochs in this call; resume later.
+    validate_first : bool
+        Validate the initial weights as epoch 0 (kept as the best if no epoch beats them).
     """
     res = LoopResult()
     start = 0
@@ -277,6 +279,19 @@ def run_epochs(*, model: nn.Module, optimizer, scheduler, n_epochs: int,
             res.stopped_early = st.get("stopped_early", False)
             res.epochs_run = start
             return res
+    if validate_first and start == 0 and validate is not None and not res.history:
+        row0 = {"epoch": 0, **validate(-1)}
+        value0 = row0.get(monitor) if monitor else None
+        if value0 is not None:
+            res.best_epoch, res.best_value = 0, value0
+            if best_path is None:
+                res.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                save_checkpoint(best_path, {"model": model.state_dict(), "epoch": -1})
+        row0["best_epoch"] = res.best_epoch
+        res.history.append(row0)
+        if on_epoch is not None:
+            on_epoch(row0)
     done_here = 0
     for epoch in range(start, n_epochs):
         t0 = time.perf_counter()
@@ -286,7 +301,7 @@ def run_epochs(*, model: nn.Module, optimizer, scheduler, n_epochs: int,
             row.update(validate(epoch))
         row["lr"] = float(optimizer.param_groups[0]["lr"])
         row["seconds"] = round(time.perf_counter() - t0, 3)
-        if monitor and epoch == start and monitor not in row:
+        if monitor and epoch == start and validate is not None and monitor not in row:
             from sobre.errors import ConfigError
 
             raise ConfigError(f"optim.early_stopping.metric = '{monitor}' is not a metric of this task",

@@ -132,6 +132,30 @@ def _param_groups(model, mcfg: ModelConfig, lr: float) -> list[dict]:
             {"params": list(model.head.parameters()), "lr": lr}]
 
 
+def _head_from_probe(model: Classifier, images, rows: np.ndarray, task: TaskSpec, cov, *, bf16: bool,
+                     channels_last: bool, seed: int) -> None:
+    """LP-FT: set the linear head to a logistic/ridge probe fit on the frozen features of ``rows``.
+
+    The probe standardises features; its coefficients are folded back so that the head acts on the
+    raw features: ``w = coef / sd``, ``b = intercept - sum(coef * mean / sd)``.
+    """
+    from sobre.learn._transfer import extract_features, fit_probe
+
+    X, _ = extract_features(model.encoder, images, rows, batch_size=32, bf16=bf16, channels_last=channels_last)
+    if cov is not None:
+        X = np.c_[X, cov[rows]]
+    probe = fit_probe(X, task.targets[rows], task.kind, seed=seed)
+    mu, sd = probe.scaler.mean_, probe.scaler.scale_
+    coef = np.atleast_2d(probe.model.coef_)
+    icpt = np.atleast_1d(probe.model.intercept_)
+    w = coef / sd
+    b = icpt - (coef * mu / sd).sum(1)
+    with torch.no_grad():
+        model.head.weight.copy_(torch.as_tensor(w, dtype=model.head.weight.dtype))
+        model.head.bias.copy_(torch.as_tensor(b, dtype=model.head.bias.dtype))
+    model.train()
+
+
 # ------------------------------------------------------------------------------- segmentation
 def _seg_predict(model, images, rows, cfg: TrainConfig, bf16: bool, channels_last: bool, n_classes: int):
     from monai.inferers import sliding_window_inference
@@ -180,14 +204,18 @@ def _fit_fold(dev: Cohort, task: TaskSpec, train_local: np.ndarray, val_local: n
     model, init = build_model(cfg.model, task, dims, cin, runs_dir=runs_dir, config_path=config_path)
     cl = cfg.runtime.channels_last
     model = E.prepare_model(model, dims, cl)
+    bf16 = rt["bf16"]
+    cov = task.scaled_covariates(cov_raw)
+    probe_init = (cfg.model.head_init == "probe" and init is not None and isinstance(model, Classifier)
+                  and task.kind in ("binary", "multiclass", "regression") and not resume)
+    if probe_init:
+        _head_from_probe(model, dev.images, train_local, task, cov, bf16=bf16, channels_last=cl, seed=seed)
     opt = E.make_optimizer(_param_groups(model, cfg.model, cfg.optim.lr), cfg.optim)
     bs = min(cfg.optim.batch_size, len(train_local))
     steps = len(E.batches(len(train_local), bs, shuffle=False, drop_last=True)) or 1
     n_epochs = E.planned_epochs(cfg.optim, steps)
     sched = E.make_scheduler(opt, cfg.optim, steps, n_epochs)
     aug = Augmenter(cfg.augment, dev.spatial_shape, seed=seed, with_mask=seg, patch=cfg.task.patch if seg else None)
-    bf16 = rt["bf16"]
-    cov = task.scaled_covariates(cov_raw)
     if seg:
         from monai.losses import DiceCELoss
 
@@ -200,10 +228,21 @@ def _fit_fold(dev: Cohort, task: TaskSpec, train_local: np.ndarray, val_local: n
     mode = monitor_direction(monitor)
     group = f"fold{fold}"
 
+    warm = cfg.model.head_warmup_epochs if isinstance(model, Classifier) and not cfg.model.freeze_encoder else 0
+
     def train_one_epoch(epoch: int) -> dict:
         model.train()
-        if cfg.model.freeze_encoder and isinstance(model, Classifier):
-            model.encoder.eval()
+        if isinstance(model, Classifier):
+            head_only = cfg.model.freeze_encoder or epoch < warm
+            if warm:
+                for p in model.encoder.parameters():
+                    p.requires_grad_(not head_only)
+            if head_only:
+                model.encoder.eval()
+            elif cfg.model.freeze_norm:
+                for mod in model.encoder.modules():
+                    if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
+                        mod.eval()
         aug.set_epoch(epoch)
         n, total, t0 = 0, 0.0, time.perf_counter()
         bar = tqdm(total=len(train_local), desc=f"{group} epoch {epoch + 1}/{n_epochs}", unit="sample",
@@ -272,7 +311,7 @@ def _fit_fold(dev: Cohort, task: TaskSpec, train_local: np.ndarray, val_local: n
     res = E.run_epochs(model=model, optimizer=opt, scheduler=sched, n_epochs=n_epochs, train_one_epoch=train_one_epoch,
                        validate=validate, monitor=monitor, mode=mode, patience=es.patience, min_delta=es.min_delta,
                        ckpt_dir=ckpt_dir, resume=resume, interrupt_after=interrupt_after, on_epoch=on_epoch,
-                       on_resume=on_resume)
+                       on_resume=on_resume, validate_first=probe_init)
     if ckpt_dir is not None and (ckpt_dir / "best.pt").exists():
         model.load_state_dict(E.load_checkpoint(ckpt_dir / "best.pt")["model"])
     elif res.best_state is not None:
