@@ -40,6 +40,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from sobre.errors import GeometryError, InputError
+from sobre.image._dicom_fast import read_header_fast
 from sobre.image._image import Image
 
 # Geometry tolerances (mm or unitless cosines). Positions from real scanners jitter by ~1e-4 mm.
@@ -111,8 +112,10 @@ def read_header(path: str | Path) -> Dataset:
             expected="'DICM' at byte 128 (DICOM Part 10) or a dataset starting with group 0008",
             found="neither", fix="check the file type; only DICOM, NIfTI, NRRD and PNG/JPEG/TIFF are read",
         )
+    ds = read_header_fast(path, defer_size=1024)  # the same dataset, faster; None where pydicom must read
     try:
-        ds = pydicom.dcmread(path, defer_size=1024, force=True)
+        if ds is None:
+            ds = pydicom.dcmread(path, defer_size=1024, force=True)
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, NotImplementedError) as exc:
         raise InputError(
             f"DICOM header cannot be parsed ({type(exc).__name__}: {exc})", path=path,
@@ -150,13 +153,15 @@ def _check_complete(ds: Dataset, path: Path, size: int) -> None:
     """
     keys = list(ds.keys())
     fm = getattr(ds, "file_meta", None)
-    if not keys or fm is not None and str(fm.get("TransferSyntaxUID", "")) == "1.2.840.10008.1.2.1.99":
+    if not keys or fm is not None and str(_fast(fm, "TransferSyntaxUID") or "") == "1.2.840.10008.1.2.1.99":
         return  # deflated: offsets count inflated bytes, not file bytes
     last = ds.get_item(keys[-1], keep_deferred=True)
     tell, length = getattr(last, "value_tell", None), getattr(last, "length", None)
     if tell is None or length is None or length == 0xFFFFFFFF:
         return
     end = tell + length
+    if end == size or end < size and any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        return
     from pydicom.datadict import keyword_for_tag
 
     name = f"({last.tag >> 16:04X},{last.tag & 0xFFFF:04X}) {keyword_for_tag(last.tag) or 'private element'}"
