@@ -208,3 +208,24 @@ def test_worker_mode_quarantines_what_deidentification_refuses(tmp_path, key):
     assert len(list((tmp_path / "store" / ".refused").iterdir())) == 1
     assert not list((tmp_path / "store" / ".spool").iterdir())
     assert b"PID-778812" not in open(got[0], "rb").read()
+
+
+@pytest.mark.parametrize("ts", ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+def test_part10_bytes_are_pynetdicom_encoded_dataset(ts):
+    """The stored/spooled file of a received instance: the same bytes as pynetdicom would write."""
+    from io import BytesIO
+
+    from pynetdicom import build_context, evt
+    from pynetdicom.dimse_primitives import C_STORE
+    from pynetdicom.events import Event
+
+    from sobre.pacs._listener import _part10
+
+    req = C_STORE()
+    req.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    req.AffectedSOPInstanceUID = "1.2.826.0.1.3680043.9.7779.5.1"  # odd length: padded
+    req.DataSet = BytesIO(b"\x08\x00\x18\x00UI\x1e\x00" + b"1.2.826.0.1.3680043.9.7779.5.1\x00"[:30])
+    cx = build_context("1.2.840.10008.5.1.4.1.1.2", ts)
+    event = Event(None, evt.EVT_C_STORE, {"request": req, "context": cx.as_tuple})
+    cx_ts = pydicom.uid.UID(ts)
+    assert _part10(event, cx_ts) == event.encoded_dataset(include_meta=True)

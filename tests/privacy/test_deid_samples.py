@@ -235,3 +235,42 @@ def _unsafe_private(ds) -> list[str]:
             if (name, elem.tag.group, elem.tag.element & 0xFF) not in safe:
                 bad.append(str(elem.tag))
     return bad
+
+
+def test_fast_encoder_writes_what_pydicom_writes(key):
+    """The engine's own encoder (raw elements copied, common values encoded directly) gives the same
+    bytes and the same pixel-data offset as ``pydicom.dcmwrite`` on every de-identifiable sample."""
+    import io
+
+    import pydicom
+
+    from sobre.privacy import Deidentifier, DeidProfile
+    from sobre.privacy._engine import _fast_encode, read_instance
+
+    from deid_helpers import make_phi_dataset
+
+    deid = Deidentifier(key, DeidProfile())
+    paths = [p.values[0] for p in _files() if p.values[0] is not None and p.values[0].suffix != ".zip"]
+    sources = [("phi_dataset", make_phi_dataset())] + [(str(p), p) for p in paths]
+    compared, mismatches = 0, []
+    for name, src in sources:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                ds = src if not isinstance(src, Path) else read_instance(src, decode_all=False)
+                ds = deid.deidentify_dataset(ds, copy=False)[0]
+                ref = io.BytesIO()
+                pydicom.dcmwrite(ref, ds, enforce_file_format=True)
+            except Exception:  # noqa: BLE001 - refused or not encodable: covered by the test above
+                continue
+            fast = _fast_encode(ds)
+        if fast is None:
+            continue
+        compared += 1
+        data, header_len = fast
+        ref = ref.getvalue()
+        pixel = ref.rfind(b"\xe0\x7f\x10\x00") if "PixelData" in ds else len(ref)
+        if data != ref or header_len != pixel:
+            mismatches.append(name)
+    assert compared >= 1
+    assert mismatches == []

@@ -160,6 +160,11 @@ class Listener:
                 initializer=_worker_init, initargs=(deid.key._secret, deid.profile,
                                                     str(store_path) if store_path else None))
             self._inflight = threading.BoundedSemaphore(4 * self.deid_workers + 4)
+            # Start the workers now (spawn, imports) rather than on the first instance, which would
+            # otherwise wait seconds while the sender's first instances pile up behind it.
+            ready = [self._pool.submit(_worker_ready) for _ in range(self.deid_workers)]
+            for f in ready:
+                f.result()
             leftovers = sorted(spool.glob("*.dcm"))
             if leftovers:
                 log.warning("de-identifying %d instance(s) received before a crash", len(leftovers))
@@ -250,9 +255,9 @@ class Listener:
     def _on_store(self, event) -> int:
         from sobre.privacy._engine import check_pixel_length, check_raw_lengths, write_atomic
 
+        ts = event.context.transfer_syntax
         try:
-            ds = event.dataset
-            ds.file_meta = event.file_meta
+            ds = event.dataset  # decoded lazily: elements stay raw until a value is read
             if len(ds) == 0:
                 raise ValueError("no data element")
         except Exception as exc:
@@ -275,14 +280,14 @@ class Listener:
         if sop != str(event.request.AffectedSOPInstanceUID):
             return self._fail("sop_class_mismatch", "(0008,0018) SOPInstanceUID differs from the request's", event)
         try:
-            check_pixel_length(ds)
+            check_pixel_length(ds, transfer_syntax=ts)
         except InputError as exc:
             return self._fail("incomplete", str(exc), event)
         source = f"C-STORE from {event.assoc.requestor.ae_title}"
         if self._pool is not None:
             spool_file = self.store_dir / _SPOOL / f"{sop}.dcm"
             try:
-                write_atomic(spool_file, event.encoded_dataset(include_meta=True))
+                write_atomic(spool_file, _part10(event, ts))
             except OSError as exc:
                 return self._fail("out_of_resources", f"cannot write {spool_file}: {exc}", event)
             with self._lock:
@@ -291,6 +296,7 @@ class Listener:
             return 0x0000
         try:
             if self.deidentifier is not None:
+                ds.file_meta = event.file_meta
                 data, result = self.deidentifier.deidentify_to_bytes(ds, source=source, copy=False)
                 rel = f"{result.subject}/{result.study_instance_uid}/{result.series_instance_uid}/" \
                       f"{result.sop_instance_uid}.dcm"
@@ -298,7 +304,7 @@ class Listener:
                     with self._lock:
                         self.stats.pixel_review.append((rel, result.pixel_review))
             else:
-                data = event.encoded_dataset(include_meta=True)  # the bytes as received
+                data = _part10(event, ts)  # the bytes as received
                 rel = f"{study}/{series}/{sop}.dcm"
         except SobreError as exc:
             return self._fail("deid_refused", str(exc), event)
@@ -397,6 +403,24 @@ class Listener:
             self.stats.ingested += len(unique)
 
 
+def _part10(event, ts) -> bytes:
+    """The received dataset as a Part 10 file: the bytes as received behind a file meta group.
+
+    The same bytes as pynetdicom's ``event.encoded_dataset(include_meta=True)``, without building
+    and encoding a file meta dataset through pydicom for every instance.
+    """
+    from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
+
+    from sobre.privacy._engine import file_meta_bytes
+
+    req = event.request
+    meta = file_meta_bytes(str(req.AffectedSOPClassUID), str(req.AffectedSOPInstanceUID), str(ts),
+                           str(PYNETDICOM_IMPLEMENTATION_UID), PYNETDICOM_IMPLEMENTATION_VERSION)
+    if meta is None:
+        return event.encoded_dataset(include_meta=True)
+    return b"".join((b"\x00" * 128, b"DICM", meta, event.encoded_dataset(include_meta=False)))
+
+
 def _disable_nagle(server) -> None:
     """Set TCP_NODELAY on every accepted connection.
 
@@ -427,6 +451,17 @@ def _worker_init(secret: bytes, profile, map_path: str | None) -> None:
 
     store = PseudonymStore(map_path) if map_path else None
     _WORKER["deid"] = Deidentifier(ProjectKey(secret), profile, store)
+    # import now what de-identifying the first instance would import
+    import pydicom.charset  # noqa: F401
+    import pydicom.filereader  # noqa: F401
+    import pydicom.filewriter  # noqa: F401
+    import pydicom.pixels  # noqa: F401
+
+
+def _worker_ready() -> int:
+    import os
+
+    return os.getpid()
 
 
 def _worker_deidentify(spool_file: str, store_dir: str) -> tuple[str | None, list[str], str | None]:
