@@ -68,7 +68,31 @@ def _skip_sequence(buf: bytes, pos: int, implicit: bool) -> int:
         pos = _walk(buf, pos, implicit, None, 0, nested=True)  # an item of undefined length
 
 
-def _walk(buf: bytes, pos: int, implicit: bool, out: dict | None, defer: int, size: int = 0, *,
+def _skip_encapsulated(buf: bytes, pos: int, size: int, fh) -> tuple[int, int]:
+    """End of encapsulated pixel data starting at ``pos`` (after its delimiter) and pydicom's byte count.
+
+    Walks the items by their lengths as pydicom does first; item headers past the buffer are read
+    from the file. Anything else (a missing delimiter, a stray tag) is pydicom's to handle.
+    """
+    start, n = pos, len(buf)
+    while True:
+        if pos + 8 <= n:
+            head = buf[pos:pos + 8]
+        elif fh is not None and pos + 8 <= size:
+            fh.seek(pos)
+            head = fh.read(8)
+        else:
+            raise _Fallback
+        group, elem, length = _LE_IMPLICIT.unpack(head)
+        tag = group << 16 | elem
+        if tag == _SEQ_END:
+            return pos + 8, pos + 4 - start
+        if tag != _ITEM or length == 0xFFFFFFFF:
+            raise _Fallback
+        pos += 8 + length
+
+
+def _walk(buf: bytes, pos: int, implicit: bool, out: dict | None, defer: int, size: int = 0, fh=None, *,
           nested: bool = False) -> int:
     """Read elements from ``pos``; store top-level ones in ``out``; return the position reached.
 
@@ -109,7 +133,20 @@ def _walk(buf: bytes, pos: int, implicit: bool, out: dict | None, defer: int, si
                 except KeyError:
                     vr = None
             if vr != "SQ":
-                raise _Fallback  # encapsulated pixel data, undefined-length UN, private sequences
+                if out is None or nested or tag != 0x7FE00010:
+                    raise _Fallback  # undefined-length UN, private sequences, ...
+                # encapsulated (compressed) pixel data: items of defined length up to the delimiter
+                end, count = _skip_encapsulated(buf, pos, size, fh)
+                if defer > count and pos + count - 4 > n:
+                    raise _NeedMore
+                value = None if defer <= count else buf[pos:pos + count - 4]
+                out[tag] = RawDataElement(BaseTag(tag), vr, length, value, pos, implicit, True)
+                if end >= size:
+                    return end
+                if end > n:
+                    raise _Fallback  # elements after the pixel data, beyond what was read
+                pos = end
+                continue
             start = pos
             pos = _skip_sequence(buf, pos, implicit)
             if out is not None:
@@ -145,10 +182,11 @@ def read_header_fast(path: str | os.PathLike, *, defer_size: int = 1024) -> File
             buf = fh.read(_HEAD)
             while True:
                 try:
-                    return _parse(fn, buf, size, defer_size)
+                    return _parse(fn, buf, size, defer_size, fh)
                 except _NeedMore:
                     if len(buf) >= size or len(buf) >= _MAX_HEAD:
                         return None  # truncated (pydicom explains), or a huge header
+                    fh.seek(len(buf))
                     buf += fh.read(len(buf))
                 except _Fallback:
                     return None
@@ -156,7 +194,7 @@ def read_header_fast(path: str | os.PathLike, *, defer_size: int = 1024) -> File
         return None
 
 
-def _parse(fn: str, buf: bytes, size: int, defer: int) -> FileDataset:
+def _parse(fn: str, buf: bytes, size: int, defer: int, fh) -> FileDataset:
     if len(buf) < 132 or buf[128:132] != b"DICM":
         raise _Fallback  # no Part 10 preamble: pydicom guesses the encoding
     meta: dict = {}
@@ -190,7 +228,7 @@ def _parse(fn: str, buf: bytes, size: int, defer: int) -> FileDataset:
         raise _Fallback
     implicit = ts == _IMPLICIT_LE
     elements: dict = {}
-    _walk(buf, pos, implicit, elements, defer, size)
+    _walk(buf, pos, implicit, elements, defer, size, fh)
     ds = FileDataset(fn, elements, preamble=buf[:128], file_meta=FileMetaDataset(meta),
                      is_implicit_VR=implicit, is_little_endian=True)
     ds.set_original_encoding(implicit, True, ds._character_set)
