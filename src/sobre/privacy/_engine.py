@@ -553,9 +553,15 @@ class Deidentifier:
         kept_blocks: set[tuple[int, int]] = set()
         creators: dict[tuple[int, int], object] = {}
         creator_names: dict[tuple[int, int], str] = {}
+        stored = getattr(ds, "_dict", None)  # pydicom's element dict: elements as stored, raw ones undecoded
+        if type(stored) is not dict:
+            stored = None
+        safe = self._safe
+        action_for = _table.action_for
         for tag in list(ds.keys()):
-            group = tag.group
-            element = tag.element
+            itag = int(tag)
+            group = itag >> 16
+            element = itag & 0xFFFF
             if element == 0x0000 or group in (0x0002, 0x0004):  # group lengths; meta/dir in dataset
                 del ds[tag]
                 continue
@@ -569,7 +575,7 @@ class Deidentifier:
                     creator = creator_names.get(key)
                     if creator is None:
                         creator = creator_names[key] = self._creator(ds, (group << 16) | block)
-                    if (creator, group, element & 0xFF) in self._safe:
+                    if (creator, group, element & 0xFF) in safe:
                         kept_blocks.add((group, block))
                         elem = self._decode(ds, tag, ctx)
                         if elem is not None and elem.VR == "SQ":
@@ -581,15 +587,18 @@ class Deidentifier:
             if 0x6000 <= group <= 0x601E or 0x5000 <= group <= 0x501E:  # overlays and curves
                 del ds[tag]
                 continue
-            itag = int(tag)
             if itag > 0x7FE00010 and group >= 0x7FE0:  # anything after Pixel Data (padding, signatures)
                 del ds[tag]
                 continue
             if itag == 0x7FE00010:
                 continue
-            raw = ds.get_item(tag)
+            raw = stored.get(tag) if stored is not None else ds.get_item(tag)
+            if raw is None:
+                continue  # removed while an earlier element was processed
+            if raw.is_raw and raw.value is None and raw.length:
+                raw = ds.get_item(tag)  # a deferred value: read it
             vr = _vr_of(raw, itag)
-            action = _table.action_for(itag)
+            action = action_for(itag)
             # subject identity: pseudonym instead of emptying
             if itag in _table.PSEUDONYM_TAGS:
                 elem = self._decode(ds, tag, ctx)
@@ -683,6 +692,12 @@ class Deidentifier:
 
     @staticmethod
     def _creator(ds, tag: int) -> str:
+        stored = getattr(ds, "_dict", None)
+        raw = stored.get(tag) if type(stored) is dict else None
+        if raw is not None and raw.is_raw and isinstance(raw.value, bytes) and raw.value.isascii() \
+                and b"\\" not in raw.value:
+            # what pydicom's decoded value would give (ASCII: the same in every character set)
+            return raw.value.decode("ascii").rstrip("\x00 ").strip().upper()
         try:
             elem = ds.get(tag)
         except Exception:

@@ -135,8 +135,21 @@ def basic_profile() -> tuple[dict[int, str], tuple[MaskRule, ...]]:
     return exact, tuple(masks)
 
 
+_ACTIONS: dict[int, str | None] = {}  # action_for's answers, computed once per tag
+_MISSING = object()
+
+
 def action_for(tag: int) -> str | None:
     """The Basic Profile action for ``tag``, or ``None`` when the table does not list it."""
+    found = _ACTIONS.get(tag, _MISSING)
+    if found is _MISSING:
+        found = _action_for(tag)
+        if len(_ACTIONS) < 65536:
+            _ACTIONS[int(tag)] = found
+    return found
+
+
+def _action_for(tag: int) -> str | None:
     exact, masks = basic_profile()
     found = exact.get(tag)
     if found is not None:

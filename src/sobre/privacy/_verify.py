@@ -181,11 +181,36 @@ class IdentifyingValues:
         return self.uids.get(text, "an identifying value")
 
 
+@lru_cache(maxsize=4096)
 def _tag_str(tag) -> str:
     from pydicom.datadict import keyword_for_tag
+    from pydicom.tag import Tag
 
+    tag = Tag(tag)
     kw = keyword_for_tag(tag) or ("private" if tag.is_private else "unknown")
     return f"({tag.group:04X},{tag.element:04X}) {kw}"
+
+
+@lru_cache(maxsize=1)
+def _keyword_tags() -> tuple[frozenset, frozenset]:
+    """(identifying tags, examination date tags) as integers."""
+    from pydicom.datadict import tag_for_keyword
+
+    ident = frozenset(t for t in (tag_for_keyword(k) for k in IDENTIFYING_KEYWORDS) if t is not None)
+    dates = frozenset(t for t in (tag_for_keyword(k) for k in EXAM_DATE_KEYWORDS) if t is not None)
+    return ident, dates
+
+
+def _raw_items(dataset) -> list:
+    """``(tag, element)`` pairs of one dataset level, elements as stored (raw ones not decoded)."""
+    d = getattr(dataset, "_dict", None)
+    if type(d) is not dict:  # not a pydicom Dataset as we know it: use the public accessors
+        return [(tag, dataset.get_item(tag)) for tag in list(dataset.keys())]
+    items = list(d.items())
+    for i, (tag, elem) in enumerate(items):
+        if getattr(elem, "is_raw", False) and elem.value is None and elem.length:  # deferred read
+            items[i] = (tag, dataset.get_item(tag))
+    return items
 
 
 def _person_name_parts(value) -> list[str]:
@@ -208,11 +233,8 @@ def identifying_values(ds, *, include_exam_dates: bool = True) -> IdentifyingVal
         Also collect study/series/acquisition/content dates (use when the output's dates were
         shifted or removed).
     """
-    from pydicom.datadict import tag_for_keyword
-
     found = IdentifyingValues()
-    ident_tags = {tag_for_keyword(k): k for k in IDENTIFYING_KEYWORDS if tag_for_keyword(k) is not None}
-    date_tags = {tag_for_keyword(k): k for k in EXAM_DATE_KEYWORDS}
+    ident_tags, date_tags = _keyword_tags()
 
     def values_of(elem) -> list:
         v = elem.value
@@ -225,14 +247,13 @@ def identifying_values(ds, *, include_exam_dates: bool = True) -> IdentifyingVal
     from ._engine import _vr_of
 
     def walk(dataset) -> None:
-        for key in list(dataset.keys()):
+        for key, raw in _raw_items(dataset):
             tag = int(key)
             try:
-                vr = _vr_of(dataset.get_item(key), tag)
+                vr = _vr_of(raw, tag)
             except Exception:
                 continue
             if vr == "CS":
-                raw = dataset.get_item(key)
                 try:
                     if getattr(raw, "is_raw", False) and isinstance(raw.value, bytes):
                         coded.update(v.strip(" \x00").upper() for v in raw.value.decode("latin-1").split("\\"))
@@ -251,7 +272,7 @@ def identifying_values(ds, *, include_exam_dates: bool = True) -> IdentifyingVal
                 for item in elem.value or []:
                     walk(item)
                 continue
-            kind = _tag_str(elem.tag)
+            kind = _tag_str(tag)
             if vr == "PN":
                 for v in values_of(elem):
                     found.add(str(v), kind)
