@@ -753,27 +753,29 @@ class Deidentifier:
         ds.file_meta = FileMetaDataset()
         ds.file_meta.TransferSyntaxUID = ts
         self._process(ds, ctx, top=True)
-        ds.PatientIdentityRemoved = "YES"
-        ds.LongitudinalTemporalInformationModified = "MODIFIED" if subject.shift is not None else "REMOVED"
+        _set(ds, 0x00120062, "CS", "YES")  # Patient Identity Removed
+        _set(ds, 0x00280303, "CS", "MODIFIED" if subject.shift is not None else "REMOVED")  # Longitudinal ...
         blanked = 0
         if profile.blank_regions:
             blanked = blank_regions(ds, profile.blank_regions, path=source)
             if blanked:
                 ctx.notes.append(f"{blanked} pixel region(s) blanked")
         codes = Sequence()
-        for value, meaning in profile.option_codes(pixels_cleaned=bool(blanked)):
+        option_codes = profile.option_codes(pixels_cleaned=bool(blanked))
+        for value, meaning in option_codes:
             item = Dataset()
-            item.CodeValue = value
-            item.CodingSchemeDesignator = "DCM"
-            item.CodeMeaning = meaning
+            _set(item, 0x00080100, "SH", value)  # Code Value
+            _set(item, 0x00080102, "SH", "DCM")  # Coding Scheme Designator
+            _set(item, 0x00080104, "LO", meaning)  # Code Meaning
             codes.append(item)
-        ds.DeidentificationMethodCodeSequence = codes
-        ds.DeidentificationMethod = "Sobre PS3.15 " + " ".join(c for c, _ in profile.option_codes(bool(blanked)))
+        _set(ds, 0x00120064, "SQ", codes)  # De-identification Method Code Sequence
+        _set(ds, 0x00120063, "LO", "Sobre PS3.15 " + " ".join(c for c, _ in option_codes))  # ... Method
         meta = ds.file_meta
-        meta.MediaStorageSOPClassUID = ds.SOPClassUID
-        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        meta.ImplementationClassUID = SOBRE_IMPLEMENTATION_UID
-        meta.ImplementationVersionName = SOBRE_IMPLEMENTATION_VERSION
+        sop_instance = ds.SOPInstanceUID
+        _set(meta, 0x00020002, "UI", ds.SOPClassUID)  # Media Storage SOP Class UID
+        _set(meta, 0x00020003, "UI", sop_instance)  # Media Storage SOP Instance UID
+        _set(meta, 0x00020012, "UI", SOBRE_IMPLEMENTATION_UID)  # Implementation Class UID
+        _set(meta, 0x00020013, "SH", SOBRE_IMPLEMENTATION_VERSION)  # Implementation Version Name
         ds.preamble = b"\x00" * 128
         result = DeidResult(
             source=str(source) if source is not None else None,
