@@ -520,6 +520,7 @@ def plot(result: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     targets = result.get("targets") or {}
     fig, axes = plt.subplots(1, max(1, len(targets)), figsize=(5.5 * max(1, len(targets)), 4.2), squeeze=False)
@@ -533,6 +534,9 @@ def plot(result: dict, path: Path) -> None:
         ns_all = sorted({int(n) for per in t["summary"].values() for n in per})
         ax.set_xticks(ns_all)
         ax.set_xticklabels([str(n) for n in ns_all])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # no "3x10^1" between the Ns
+        if len(ns_all) == 1:
+            ax.set_xlim(ns_all[0] / 1.5, ns_all[0] * 1.5)
         ax.set_xlabel("labelled subjects (N)")
         ax.set_ylabel(t["metric"].upper() + " on the held-out test set")
         ax.set_title(f"{name} (test n = {t['n_test']})")

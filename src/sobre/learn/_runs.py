@@ -26,11 +26,12 @@ import os
 import platform
 import secrets
 import subprocess
-import tempfile
 from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
+from sobre.catalog._scan import sha256_file
+from sobre.catalog._workspace import _atomic_write
 from sobre.errors import CatalogError
 
 __all__ = ["Run", "list_runs", "open_run", "code_version", "package_versions", "sha256_file", "runs_root"]
@@ -44,29 +45,8 @@ def runs_root(ws_or_path) -> Path:
     return Path(root) / "runs" if root is not None else Path(ws_or_path)
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while True:
-            b = fh.read(chunk)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
-
-
 def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    _atomic_write(path, text.encode())
 
 
 _CODE_CACHE: dict | None = None
