@@ -229,3 +229,78 @@ def test_part10_bytes_are_pynetdicom_encoded_dataset(ts):
     event = Event(None, evt.EVT_C_STORE, {"request": req, "context": cx.as_tuple})
     cx_ts = pydicom.uid.UID(ts)
     assert _part10(event, cx_ts) == event.encoded_dataset(include_meta=True)
+
+
+def _thorough_verdict(buf: bytes, ts):
+    """What the listener's pydicom path concludes: the UIDs, or None when it refuses the instance."""
+    from io import BytesIO
+
+    from pynetdicom.dsutils import decode
+
+    from sobre.errors import InputError
+    from sobre.privacy._engine import check_pixel_length, check_raw_lengths
+
+    try:
+        ds = decode(BytesIO(buf), ts.is_implicit_VR, ts.is_little_endian, ts.is_deflated)
+        if len(ds) == 0:
+            return None
+        check_raw_lengths(ds)
+        sop = str(ds.get("SOPInstanceUID", "") or "").strip()
+        sop_class = str(ds.get("SOPClassUID", "") or "").strip()
+        study = str(ds.get("StudyInstanceUID", "") or "no-study").strip()
+        series = str(ds.get("SeriesInstanceUID", "") or "no-series").strip()
+        if not sop or not sop_class:
+            return None
+        check_pixel_length(ds, transfer_syntax=ts)
+    except (InputError, Exception):  # noqa: BLE001 - any refusal
+        return None
+    return sop_class, sop, study, series
+
+
+def test_quick_check_vouches_only_for_what_pydicom_accepts(tmp_path):
+    """The listener's byte-level check of a received dataset (used when the dataset is stored as
+    received) accepts an instance only if decoding it with pydicom would, with the same UIDs; on
+    real files, truncated and damaged copies of them."""
+    import random
+    import warnings
+    from pathlib import Path
+
+    from pynetdicom.dsutils import split_dataset
+
+    from sobre.pacs._listener import _quick_facts
+
+    _, made = make_study(tmp_path / "src", 2)
+    bundled = Path(pydicom.__file__).parent / "data" / "test_files"  # pydicom's own test files
+    paths = list(made) + sorted(p for p in bundled.rglob("*.dcm") if p.stat().st_size < 1_000_000)
+    rng = random.Random(7)
+    vouched = checked = 0
+    for path in paths:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                meta = pydicom.dcmread(path, stop_before_pixels=True).file_meta
+                ts = meta.TransferSyntaxUID
+                _, offset = split_dataset(path)
+            except Exception:  # noqa: BLE001 - no file meta: not something a peer sends as is
+                continue
+            whole = Path(path).read_bytes()[offset:]
+            variants = [whole] + [whole[:rng.randrange(0, len(whole))] for _ in range(6)]
+            for _ in range(4):
+                damaged = bytearray(whole)
+                at = rng.randrange(0, max(1, min(len(whole), 2000)))
+                damaged[at:at + 4] = bytes(rng.randrange(256) for _ in range(4))
+                variants.append(bytes(damaged))
+            for buf in variants:
+                quick = _quick_facts(buf, ts)
+                checked += 1
+                if quick is not None:
+                    vouched += 1
+                    assert quick == _thorough_verdict(buf, ts), (path.name, len(buf))
+    assert checked > 500
+    # the common case really takes the quick path: complete instances as sent by a modality
+    for path in made:
+        _, offset = split_dataset(path)
+        buf = Path(path).read_bytes()[offset:]
+        ts = pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID
+        assert _quick_facts(buf, ts) is not None
+    assert vouched > 50
