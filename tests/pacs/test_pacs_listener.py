@@ -304,38 +304,3 @@ def test_quick_check_vouches_only_for_what_pydicom_accepts(tmp_path):
         ts = pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID
         assert _quick_facts(buf, ts) is not None
     assert vouched > 50
-
-
-def test_ingest_waits_for_a_pause_in_the_stream_but_not_forever(tmp_path):
-    """While instances keep arriving, stored files wait (the sender is answered first); they are
-    handed over once the stream pauses, or after ingest_max_lag at the latest."""
-    import threading
-
-    def run(max_lag: float, stream_for: float) -> tuple[float, list]:
-        calls: list[tuple[float, list[str]]] = []
-        lst = Listener(tmp_path / "store", port=free_port(), on_files=lambda b: calls.append((time.monotonic(), b)),
-                       batch_size=100, batch_seconds=0.05, ingest_quiet=0.3, ingest_max_lag=max_lag)
-        worker = threading.Thread(target=lst._ingest_loop)
-        worker.start()
-        t0 = time.monotonic()
-        i = 0
-        while time.monotonic() - t0 < stream_for:  # a steady stream: one instance every 20 ms
-            lst._last_received = time.monotonic()
-            lst._queue.put(f"f{i}")
-            i += 1
-            time.sleep(0.02)
-        end = time.monotonic()
-        deadline = end + 5
-        while sum(len(b) for _, b in calls) < i and time.monotonic() < deadline:
-            time.sleep(0.01)
-        lst._queue.put(None)
-        worker.join()
-        assert [f for _, b in calls for f in b] == [f"f{k}" for k in range(i)]  # all, in order, once
-        assert all(len(b) <= 100 for _, b in calls)
-        return end, [t for t, _ in calls]
-
-    end, times = run(max_lag=30, stream_for=1.0)
-    assert min(times) >= end  # nothing handed over while the stream went on
-    assert max(times) - end < 2.0  # then promptly, after the quiet period
-    end, times = run(max_lag=0.3, stream_for=1.5)
-    assert min(times) < end - 0.5  # a long stream still gets ingested along the way

@@ -5,13 +5,7 @@ listener decodes and checks the dataset (complete, SOP class as negotiated), de-
 memory when configured (identifiable data never reaches the disk), writes it atomically (temporary
 file + rename) to ``STORE/STUDY/SERIES/SOP.dcm`` and only then answers *Success*; a bad instance
 gets a failure status and leaves nothing behind. A worker thread hands the stored files to
-``on_files`` (``Workspace.ingest``) in batches; while instances keep arriving it waits for a pause
-(``ingest_quiet``, at most ``ingest_max_lag`` seconds), so that ingest does not slow down the sender.
-
-Datasets stored as received (de-identification workers, or no de-identification) are checked from
-their bytes: every element within the stream, the UIDs, the pixel data length. Only when that
-quick check is in doubt is the dataset decoded with pydicom, whose verdict (and failure status)
-then applies; ``tests/pacs`` checks that the quick check never accepts what pydicom refuses.
+``on_files`` (``Workspace.ingest``) in batches.
 
 With ``deid_workers=N`` (``sobre listen`` uses 1), de-identification runs in N separate processes so
 that receiving and de-identifying use different CPU cores: the handler checks the instance, writes
@@ -92,11 +86,7 @@ class Listener:
         Receives lists of stored paths (batches), e.g. ``lambda p: ws.ingest(p)``.
     batch_size, batch_seconds : int, float
         A batch is handed over when it has ``batch_size`` files or ``batch_seconds`` after its
-        first file, once the stream pauses (see ``ingest_quiet``).
-    ingest_quiet, ingest_max_lag : float
-        While instances keep arriving, ingest waits until none has arrived for ``ingest_quiet``
-        seconds, so that the sender is answered first (ingest and the receiving threads share one
-        Python process); files wait at most ``ingest_max_lag`` seconds.
+        first file.
     allowed_calling_aets : list of str, optional
         Only these peers may connect (default: any peer that calls our AE title).
     deid_workers : int
@@ -107,8 +97,7 @@ class Listener:
     def __init__(self, store_dir: str | Path, *, ae_title: str = "SOBRE", host: str = "127.0.0.1",
                  port: int = 11112, deidentifier=None, on_files: Callable[[list[str]], object] | None = None,
                  batch_size: int = 100, batch_seconds: float = 1.0,
-                 allowed_calling_aets: list[str] | None = None, deid_workers: int = 0,
-                 ingest_quiet: float = 0.5, ingest_max_lag: float = 30.0) -> None:
+                 allowed_calling_aets: list[str] | None = None, deid_workers: int = 0) -> None:
         if not ae_title or len(ae_title) > 16 or not ae_title.isascii() or "\\" in ae_title:
             raise InputError("invalid AE title", expected="1 to 16 ASCII characters, no backslash",
                              found=repr(ae_title))
@@ -120,9 +109,6 @@ class Listener:
         self.on_files = on_files
         self.batch_size = batch_size
         self.batch_seconds = batch_seconds
-        self.ingest_quiet = ingest_quiet
-        self.ingest_max_lag = max(ingest_max_lag, batch_seconds)
-        self._last_received = 0.0
         self.allowed_calling_aets = allowed_calling_aets
         self.stats = ListenerStats()
         self._queue: queue.Queue[str | None] = queue.Queue()
@@ -333,7 +319,6 @@ class Listener:
                 return self._fail("out_of_resources", f"cannot write {spool_file}: {exc}", event)
             with self._lock:
                 self.stats.received += 1
-            self._last_received = time.monotonic()
             self._submit(spool_file)
             return 0x0000
         try:
@@ -361,7 +346,6 @@ class Listener:
             return self._fail("out_of_resources", f"cannot write {target}: {exc}", event)
         with self._lock:
             self.stats.received += 1
-        self._last_received = time.monotonic()
         self._queue.put(str(target))
         return 0x0000
 
@@ -398,35 +382,28 @@ class Listener:
 
     # -- ingest worker -----------------------------------------------------------------------
     def _ingest_loop(self) -> None:
-        pending: list[str] = []
-        first = 0.0  # when the oldest pending file was queued
         stopping = False
         while not stopping:
-            timeout = None
-            if pending:
-                now = time.monotonic()
-                due = now if len(pending) >= self.batch_size else first + self.batch_seconds
-                # while instances keep arriving, ingest waits for a pause (the sender comes first),
-                # but never longer than ingest_max_lag after the oldest pending file
-                due = min(max(due, self._last_received + self.ingest_quiet), first + self.ingest_max_lag)
-                timeout = due - now
-                if timeout <= 0:
-                    for i in range(0, len(pending), self.batch_size):
-                        self._hand_over(pending[i:i + self.batch_size])
-                    pending = []
-                    continue
-            try:
-                item = self._queue.get(timeout=timeout)
-            except queue.Empty:
-                continue
+            item = self._queue.get()
             if item is None:
-                stopping = True
                 break
-            if not pending:
-                first = time.monotonic()
-            pending.append(item)
+            batch = [item]
+            deadline = time.monotonic() + self.batch_seconds
+            while len(batch) < self.batch_size:
+                timeout = deadline - time.monotonic()
+                if timeout <= 0:
+                    break
+                try:
+                    nxt = self._queue.get(timeout=timeout)
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stopping = True
+                    break
+                batch.append(nxt)
+            self._hand_over(batch)
         # drain whatever is left (stop() puts None after the last store)
-        rest = pending
+        rest = []
         while True:
             try:
                 nxt = self._queue.get_nowait()
