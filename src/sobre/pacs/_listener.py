@@ -7,6 +7,11 @@ file + rename) to ``STORE/STUDY/SERIES/SOP.dcm`` and only then answers *Success*
 gets a failure status and leaves nothing behind. A worker thread hands the stored files to
 ``on_files`` (``Workspace.ingest``) in batches.
 
+Datasets stored as received (de-identification workers, or no de-identification) are checked from
+their bytes: every element within the stream, the UIDs, the pixel data length. Only when that
+quick check is in doubt is the dataset decoded with pydicom, whose verdict (and failure status)
+then applies; ``tests/pacs`` checks that the quick check never accepts what pydicom refuses.
+
 With ``deid_workers=N`` (``sobre listen`` uses 1), de-identification runs in N separate processes so
 that receiving and de-identifying use different CPU cores: the handler checks the instance, writes
 the bytes as received to a spool folder (``STORE/.spool``, mode 0700, inside the secure zone) and
