@@ -60,6 +60,7 @@ _DIRTY = ".listener-dirty"
 _PARTIAL = ".partial"
 _SPOOL = ".spool"
 _REFUSED = ".refused"
+_DUL_POLL = 0.0002  # s, idle poll interval of the connection (pynetdicom: 0.001)
 
 
 @dataclass
@@ -195,6 +196,7 @@ class Listener:
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_REJECTED, self._on_rejected),
+            (evt.EVT_CONN_OPEN, _on_connection),
         ]
         self._ae = ae
         self._worker = threading.Thread(target=self._ingest_loop, name="sobre-ingest", daemon=True)
@@ -623,6 +625,20 @@ def _quick_items(buf: bytes, pos: int, end: int, seq_end: int | None, implicit: 
             pos += length  # encapsulated pixel data: fragments are bytes, not datasets
         else:
             pos = _quick_dataset(buf, pos, pos + length, implicit, False, None, unpack)
+
+
+def _on_connection(event) -> None:
+    """Poll the connection more often than pynetdicom's default (every 1 ms when idle).
+
+    pynetdicom's connection thread sleeps ``_run_loop_delay`` whenever it found nothing to do, so
+    each incoming instance and each response waits up to that long: with a peer that sends one
+    instance at a time (storescu, most modalities) that was a measurable part of every exchange
+    (about +15 % instances/s at 0.2 ms on the 2-core benchmark machine). An idle association costs
+    a few thousand cheap wake-ups a second instead of one thousand.
+    """
+    dul = getattr(event.assoc, "dul", None)
+    if dul is not None and hasattr(dul, "_run_loop_delay"):
+        dul._run_loop_delay = _DUL_POLL
 
 
 def _disable_nagle(server) -> None:
