@@ -304,3 +304,17 @@ def test_quick_check_vouches_only_for_what_pydicom_accepts(tmp_path):
         ts = pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID
         assert _quick_facts(buf, ts) is not None
     assert vouched > 50
+
+
+def test_connections_are_polled_faster_than_pynetdicom_default(listener):
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+
+    from sobre.pacs._listener import _DUL_POLL
+
+    assoc = _assoc(listener.port, [(CTImageStorage, [ExplicitVRLittleEndian])])
+    assert assoc.is_established
+    try:
+        (server_side,) = listener._ae.active_associations
+        assert server_side.dul._run_loop_delay == _DUL_POLL < 0.001
+    finally:
+        assoc.release()
