@@ -168,9 +168,15 @@ class Listener:
             self._inflight = threading.BoundedSemaphore(4 * self.deid_workers + 4)
             # Start the workers now (spawn, imports) rather than on the first instance, which would
             # otherwise wait seconds while the sender's first instances pile up behind it.
-            ready = [self._pool.submit(_worker_ready) for _ in range(self.deid_workers)]
-            for f in ready:
-                f.result()
+            try:
+                for f in [self._pool.submit(_worker_ready) for _ in range(self.deid_workers)]:
+                    f.result(timeout=300)
+            except Exception as exc:  # noqa: BLE001 - the worker cannot start: say so before listening
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = None
+                raise SobreError("cannot start the de-identification worker process",
+                                 found=f"{type(exc).__name__}: {exc}",
+                                 fix="run with --deid-workers 0, or check the installation") from None
             leftovers = sorted(spool.glob("*.dcm"))
             if leftovers:
                 log.warning("de-identifying %d instance(s) received before a crash", len(leftovers))
