@@ -319,6 +319,22 @@ def test_ingest_deidentify_keeps_no_identifier_and_joins_clinical(tmp_path, data
     assert oct((root / "secrets" / "project.key").stat().st_mode & 0o777) == "0o600"
 
 
+def test_ingest_deidentify_keeps_sites_apart_under_keyed_pseudonyms(tmp_path, data, capsys):
+    root = tmp_path / "ws"
+    assert main(["init", str(root)]) == 0
+    status, _, err = run(capsys, "ingest", data, "-w", root, "--deidentify")  # no --site: from the files
+    assert status == 0, err
+    ws = Workspace.open(root)
+    try:
+        sites = {r["subject_id"]: r["site"] for r in ws.records()}
+    finally:
+        ws.close()
+    named = {s for s in sites.values() if s is not None}  # one generated subject carries no InstitutionName
+    assert len(named) == 2 and all(s.startswith("SITE-") for s in named)
+    blob = (root / "catalog.sqlite").read_bytes()
+    assert b"Hopital Nord" not in blob and b"Clinique Sud" not in blob
+
+
 def test_ingest_deidentify_refuses_copy(tmp_path, data, capsys):
     root = tmp_path / "ws"
     assert main(["init", str(root)]) == 0

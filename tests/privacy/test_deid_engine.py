@@ -3,6 +3,7 @@ references, pseudonyms, date shifts, pixel review and blanking, verification, ba
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import io
 import re
@@ -77,6 +78,28 @@ def test_basic_profile_without_options(key, phi_dataset):
     assert out.LongitudinalTemporalInformationModified == "REMOVED"
     assert not any(e.tag.is_private for e in out)
     assert {c.CodeValue for c in out.DeidentificationMethodCodeSequence} == {"113100"}
+
+
+def test_institution_becomes_a_keyed_site_pseudonym(key, phi_dataset):
+    """Sites stay apart after de-identification (site effects stay measurable); the name itself is gone."""
+    out, data, _ = _deid(key, phi_dataset)
+    assert re.fullmatch(r"SITE-[A-Z2-7]{6}", out.InstitutionName)
+    assert b"saint quentin" not in data.lower()
+    same = copy.deepcopy(phi_dataset)
+    same.InstitutionName = "  SAINT quentin   General hospital "  # case and spacing do not matter
+    other = copy.deepcopy(phi_dataset)
+    other.InstitutionName = "Clinique du Parc"
+    assert _deid(key, same)[0].InstitutionName == out.InstitutionName
+    assert _deid(key, other)[0].InstitutionName not in (out.InstitutionName, "")
+    assert _deid(ProjectKey(bytes(32)), phi_dataset)[0].InstitutionName != out.InstitutionName  # keyed
+    # the Basic Profile without options, or site_pseudonyms = false: the Basic Profile's own action
+    basic = _deid(key, phi_dataset, DeidProfile.basic())[0]
+    assert str(basic.get("InstitutionName", "")) in ("", "ANONYMIZED")
+    off = _deid(key, phi_dataset, DeidProfile(site_pseudonyms=False))[0]
+    assert str(off.get("InstitutionName", "")) in ("", "ANONYMIZED")
+    assert DeidProfile.from_mapping({"site_pseudonyms": False}).site_pseudonyms is False
+    with pytest.raises(ConfigError, match="site_pseudonyms must be true or false"):
+        DeidProfile.from_mapping({"site_pseudonyms": "yes"})
 
 
 def test_age_computed_from_birth_date_when_missing(key):

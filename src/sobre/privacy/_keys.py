@@ -68,6 +68,12 @@ class ProjectKey:
         text = base64.b32encode(self.digest("subject", identity)).decode().rstrip("=")
         return prefix + text[:length]
 
+    def site_pseudonym(self, institution: str, length: int = 6) -> str:
+        """Keyed site pseudonym: ``SITE-`` + ``length`` base32 characters; case and spacing do not matter."""
+        name = " ".join(str(institution).split()).casefold()
+        text = base64.b32encode(self.digest("site", name)).decode().rstrip("=")
+        return "SITE-" + text[:length]
+
     def date_shift(self, identity: str, low: int, high: int) -> int:
         """Days to add to every date of a subject: a keyed draw in ``[low, high]``, never 0."""
         if low > high:

@@ -153,6 +153,11 @@ class DeidProfile:
         Rectangles to blank in the pixel data (Clean Pixel Data, 113101).
     pseudonym_prefix : str
         Prefix of subject pseudonyms (``SUBJ-`` + 10 base32 characters).
+    site_pseudonyms : bool
+        Replace Institution Name by a keyed site pseudonym (``SITE-`` + 6 base32 characters of an HMAC
+        of the normalised name) instead of removing it: a PS3.15 "D" action (a dummy value), chosen
+        consistently so that de-identified multi-site data keeps its sites apart — site effects must
+        stay measurable. Institution address and department are still removed.
     """
 
     retain_patient_characteristics: bool = True
@@ -164,6 +169,7 @@ class DeidProfile:
     date_shift_days: tuple[int, int] = (-3650, -365)
     blank_regions: tuple[BlankRegion, ...] = ()
     pseudonym_prefix: str = "SUBJ-"
+    site_pseudonyms: bool = True
 
     def __post_init__(self) -> None:
         low, high = self.date_shift_days
@@ -180,7 +186,8 @@ class DeidProfile:
     def basic(cls) -> "DeidProfile":
         """The Basic Profile with no option: nothing retained, dates and descriptions removed."""
         return cls(retain_patient_characteristics=False, retain_modified_dates=False,
-                   clean_descriptions=False, clean_structured_content=False, retain_safe_private=False)
+                   clean_descriptions=False, clean_structured_content=False, retain_safe_private=False,
+                   site_pseudonyms=False)
 
     def option_codes(self, pixels_cleaned: bool = False) -> list[tuple[str, str]]:
         """CID 7050 codes ``(value, meaning)`` for De-identification Method Code Sequence."""
@@ -227,7 +234,7 @@ class DeidProfile:
                               expected=", ".join(sorted(known)), found=", ".join(unknown))
         kwargs: dict[str, Any] = {}
         for name in ("retain_patient_characteristics", "retain_modified_dates", "clean_descriptions",
-                     "clean_structured_content", "retain_safe_private"):
+                     "clean_structured_content", "retain_safe_private", "site_pseudonyms"):
             if name in data:
                 if not isinstance(data[name], bool):
                     raise ConfigError(f"{source} {name} must be true or false", expected="bool",
