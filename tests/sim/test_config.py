@@ -69,3 +69,15 @@ def test_default_sites_are_deterministic_and_off_means_identical():
     keys = ("intensity_scale", "intensity_offset", "gamma", "bias_strength", "noise", "voxel_size", "orientation")
     assert len({tuple(getattr(s, k) for k in keys) for s in off}) == 1
     assert [s.manufacturer for s in off] == [s.manufacturer for s in a]
+
+
+def test_id_prefix_keeps_cohorts_apart(brain_template, calib_cache):
+    from sobre.sim._brain import BrainSimulator
+
+    a = BrainSimulator(BrainCohortConfig(subjects=3, seed=4, id_prefix="H"), cache_dir=calib_cache)
+    b = BrainSimulator(BrainCohortConfig(subjects=3, seed=4), cache_dir=calib_cache)
+    da, db = a.demographics(1), b.demographics(1)
+    assert da["subject_id"] == "sub-H0002" and db["subject_id"] == "sub-0002"
+    assert {k: v for k, v in da.items() if k != "subject_id"} == {k: v for k, v in db.items() if k != "subject_id"}
+    with pytest.raises(ConfigError, match="id_prefix must be letters and digits"):
+        BrainCohortConfig(id_prefix="H-1").validate()

@@ -30,6 +30,8 @@ def register(sub) -> None:
                    help="custom disease: comma-separated REGION=PERCENT, e.g. 'hippocampus=-8,Thalamus_L=-5' "
                         "(region groups, AAL names, or prefixes ending in *)")
     b.add_argument("--patient-fraction", type=float, metavar="P", help="share of patients (default 0.5)")
+    b.add_argument("--id-prefix", metavar="P", help="participant ids sub-<P>0001, ... (letters and digits): "
+                   "keeps cohorts apart when several are ingested into one workspace")
     b.add_argument("--format", choices=["dicom", "nifti", "bids"], default="dicom", help="image format (default dicom)")
     b.add_argument("--resolution", type=float, metavar="MM", help="voxel size in mm (default 2)")
     b.add_argument("--no-site-effects", action="store_true",
@@ -110,6 +112,8 @@ def _brain(ns) -> int:
         cfg.output_grid = "common"
     if ns.patient_fraction is not None:
         cfg.patient_fraction = ns.patient_fraction
+    if ns.id_prefix is not None:
+        cfg.id_prefix = ns.id_prefix
     if ns.disease_regions:
         effects = {}
         for part in ns.disease_regions.split(","):
@@ -139,7 +143,8 @@ def _brain(ns) -> int:
     else:
         rate = cfg.subjects / report.seconds if report.seconds else float("nan")
         print(f"{cfg.subjects} SIMULATED subjects ({ns.format}) in {report.out_dir} "
-              f"({report.seconds:.1f} s, {rate:.2f} subjects/s); participants.tsv, truth in {report.truth_dir}")
+              f"({report.seconds:.1f} s, {rate:.2f} subjects/s); participants.tsv, "
+              f"{'regional volumes (--no-truth: no label maps)' if ns.no_truth else 'truth'} in {report.truth_dir}")
     return 0
 
 

@@ -650,7 +650,7 @@ class BrainSimulator:
         bmi = round(weight / (height * height), 2)
         strength = (cfg.disease.strength * multiplier) if patient else 0.0
         return {
-            "subject_id": subject_id(index), "age": age, "sex": "F" if female else "M",
+            "subject_id": subject_id(index, cfg.id_prefix), "age": age, "sex": "F" if female else "M",
             "height_m": height, "weight_kg": weight, "bmi": bmi, "site": site.name,
             "diagnosis": cfg.disease.label if patient else "control",
             "disease": cfg.disease.name if patient else "",
@@ -840,9 +840,9 @@ def _rotation(angles: np.ndarray) -> np.ndarray:
     return rz @ ry @ rx
 
 
-def subject_id(index: int) -> str:
-    """BIDS-style participant id of subject ``index`` (0-based): ``sub-0001``."""
-    return f"sub-{index + 1:04d}"
+def subject_id(index: int, prefix: str = "") -> str:
+    """BIDS-style participant id of subject ``index`` (0-based): ``sub-0001`` (``sub-<prefix>0001``)."""
+    return f"sub-{prefix}{index + 1:04d}"
 
 
 # --------------------------------------------------------------------------- functional API

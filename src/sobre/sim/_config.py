@@ -188,10 +188,15 @@ class BrainCohortConfig:
     field_step: int = 4                  # template voxels (mm) between deformation nodes
     paired_truth: bool = False           # also measure volumes without age/disease/individual effects
     volume_measure: str = "labels"       # "labels": voxel counts of the label map; "partial": partial volumes
+    id_prefix: str = ""                  # participant ids sub-<prefix>0001...: distinct cohorts in one workspace
 
     def validate(self) -> None:
         if self.subjects < 0:
             raise ConfigError("subjects must be >= 0", found=str(self.subjects))
+        if not (self.id_prefix == "" or self.id_prefix.isascii() and self.id_prefix.isalnum()
+                and len(self.id_prefix) <= 16):
+            raise ConfigError("id_prefix must be letters and digits only (a BIDS label), at most 16",
+                              found=repr(self.id_prefix), fix="e.g. --id-prefix H for sub-H0001")
         if not (0.5 <= float(self.resolution) <= 8.0):
             raise ConfigError("resolution out of range", expected="0.5 to 8 mm", found=str(self.resolution))
         if self.volume_measure not in ("labels", "partial"):
