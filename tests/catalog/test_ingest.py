@@ -161,6 +161,20 @@ def test_bids_layout_with_participants(workspace, tmp_path):
     assert workspace.variables()["group"] == {"kind": "categorical", "unit": None}
 
 
+def test_two_bids_datasets_in_one_ingest_report_both_tables(workspace, tmp_path):
+    img = make_image((8, 9, 10), spacing=(1.0, 1.0, 1.0))
+    for k, (name, sid, extra) in enumerate((("a", "sub-A01", "site"), ("b", "sub-B01", "scanner"))):
+        root = tmp_path / name
+        root.mkdir()
+        (root / "dataset_description.json").write_text('{"Name": "t", "BIDSVersion": "1.8.0"}')
+        (root / "participants.tsv").write_text(f"participant_id\tage\t{extra}\n{sid}\t30\tx\n")
+        sobre.save(img.with_array(img.array + k), root / sid / "anat" / f"{sid}_T1w.nii.gz")
+    report = workspace.ingest([tmp_path / "a", tmp_path / "b"])
+    assert report.clinical_error is None and report.clinical["subjects"] == 2
+    assert [v["name"] for v in report.clinical["variables"]] == ["age", "site", "scanner"]
+    assert {r["subject_id"]: r["age"] for r in workspace.records()} == {"sub-A01": 30.0, "sub-B01": 30.0}
+
+
 def test_clinical_join_by_subject_id(workspace, cohort_dir, clinical_csv):
     report = workspace.ingest([cohort_dir], clinical=clinical_csv)
     assert report.clinical == {

@@ -321,11 +321,24 @@ class Workspace:
                 tsv = Path(root) / "participants.tsv"
                 if tsv.exists():
                     tables.append((tsv, None))
+        errors = []
         for path, tab in tables:
             try:
-                report.clinical = self._add_table(tab if tab is not None else read_clinical(path), path)
+                added = self._add_table(tab if tab is not None else read_clinical(path), path)
             except SobreError as exc:
-                report.clinical_error = str(exc)
+                errors.append(str(exc))
+                continue
+            if report.clinical is None:
+                report.clinical = added
+            else:  # several BIDS datasets in one ingest: one summary over their tables
+                known = {v["name"] for v in report.clinical["variables"]}
+                report.clinical = {
+                    "path": f"{report.clinical['path']}; {added['path']}",
+                    "subjects": report.clinical["subjects"] + added["subjects"],
+                    "variables": report.clinical["variables"] + [v for v in added["variables"]
+                                                                 if v["name"] not in known]}
+        if errors:
+            report.clinical_error = "; ".join(errors)
         return report
 
     def _bids_roots(self) -> set[str]:
