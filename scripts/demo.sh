@@ -24,7 +24,7 @@ $SOBRE ingest -w "$WS" "$PYDICOM_DATA" "$TEMPLATES/ch2.nii.gz" "$TEMPLATES/aal.n
   "$ITK/KmeansTest_T1UCharRaw.nii.gz" --site demo-site
 
 step "3. ingest again: nothing changes (idempotent)"
-$SOBRE ingest -w "$WS" "$PYDICOM_DATA" --site demo-site | head -2
+$SOBRE ingest -w "$WS" "$PYDICOM_DATA" --site demo-site | sed -n 1,2p
 
 step "4. geometry of one file (LPS affine, orientation, spacing)"
 $SOBRE info "$TEMPLATES/ch2.nii.gz"
@@ -59,11 +59,11 @@ $SOBRE simulate brain "$WS/sim/healthy" --subjects 150 --sites 3 --seed 1 --id-p
   --resolution 4 --no-truth --jobs 2 | tail -1
 $SOBRE simulate brain "$WS/sim/target" --subjects 120 --sites 3 --seed 2 --id-prefix T --format bids \
   --resolution 4 --no-truth --jobs 2 --disease accelerated-ageing --disease-strength 5 | tail -1
-$SOBRE ingest -w "$WS" "$WS/sim/healthy" "$WS/sim/target" | head -2
+$SOBRE ingest -w "$WS" "$WS/sim/healthy" "$WS/sim/target" | sed -n 1,2p
 $SOBRE cohort create -w "$WS" sim-healthy --where 'simulated == true and subject_id >= "sub-H" and subject_id < "sub-I"'
 $SOBRE cohort create -w "$WS" sim-target --where 'simulated == true and subject_id >= "sub-T" and subject_id < "sub-U"'
-$SOBRE cohort freeze -w "$WS" sim-healthy | head -1
-$SOBRE cohort freeze -w "$WS" sim-target | head -1
+$SOBRE cohort freeze -w "$WS" sim-healthy | sed -n 1p
+$SOBRE cohort freeze -w "$WS" sim-target | sed -n 1p
 
 step "9. metadata-aware (y-aware) contrastive pretraining on the unlabelled healthy cohort (CPU)"
 RUN_PRE="$($SOBRE pretrain examples/pretrain.toml -w "$WS" --json | $PY -c 'import json,sys; print(json.load(sys.stdin)["run_id"])')"

@@ -341,3 +341,25 @@ def test_ingest_deidentify_refuses_copy(tmp_path, data, capsys):
     status, out, err = run(capsys, "ingest", data, "-w", root, "--deidentify", "--copy")
     assert status == 2
     assert "--copy and --deidentify" in one_error(err)
+
+
+def test_a_closed_output_pipe_is_not_an_internal_error(tmp_path):
+    """`sobre ... | head` closes the pipe early: no traceback, no 'internal error', SIGPIPE's status."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    sobre_bin = Path(sys.executable).parent / "sobre"
+    if not sobre_bin.exists():
+        pytest.skip("the sobre entry point is not installed next to this Python")
+    r, w = os.pipe()
+    os.close(r)  # nobody reads: the first write fails with EPIPE
+    try:
+        proc = subprocess.run([str(sobre_bin), "init", str(tmp_path / "ws")], stdout=w, stderr=subprocess.PIPE,
+                              text=True, timeout=120)
+    finally:
+        os.close(w)
+    assert proc.returncode == 141, proc.stderr
+    assert "internal error" not in proc.stderr and "Traceback" not in proc.stderr
+    assert (tmp_path / "ws" / "sobre.toml").exists()  # the work itself was done
