@@ -60,8 +60,8 @@ $SOBRE simulate brain "$WS/sim/healthy" --subjects 150 --sites 3 --seed 1 --id-p
 $SOBRE simulate brain "$WS/sim/target" --subjects 120 --sites 3 --seed 2 --id-prefix T --format bids \
   --resolution 4 --no-truth --jobs 2 --disease accelerated-ageing --disease-strength 5 | tail -1
 $SOBRE ingest -w "$WS" "$WS/sim/healthy" "$WS/sim/target" | sed -n 1,2p
-$SOBRE cohort create -w "$WS" sim-healthy --where 'simulated == true and subject_id >= "sub-H" and subject_id < "sub-I"'
-$SOBRE cohort create -w "$WS" sim-target --where 'simulated == true and subject_id >= "sub-T" and subject_id < "sub-U"'
+$SOBRE cohort create -w "$WS" sim-healthy --where 'simulated == true and subject_id.startswith("sub-H")'
+$SOBRE cohort create -w "$WS" sim-target --where 'simulated == true and subject_id.startswith("sub-T")'
 $SOBRE cohort freeze -w "$WS" sim-healthy | sed -n 1p
 $SOBRE cohort freeze -w "$WS" sim-target | sed -n 1p
 

@@ -47,6 +47,9 @@ def ids(expr: str) -> list[int]:
     ('diagnosis > "a"', [1, 2, 3, 4]),  # strings order as strings
     ('age > "thirty"', []),  # text vs number: no match, no error
     ("modality == 'MR' and (age < 30 or age >= 40)", [1, 3]),
+    ('site.startswith("pa")', [1, 3]),  # a missing value starts with nothing
+    ('not site.endswith("on") and modality == "MR"', [1, 3, 5]),
+    ('diagnosis.startswith("")', [1, 2, 3, 4]),
 ])
 def test_accepted_expressions(expr, expected):
     assert ids(expr) == expected
@@ -87,9 +90,15 @@ def test_null_rules():
     "open('/etc/passwd')",
     "globals()",
     "age > 1 == len(site)",
+    "site.startswith.__self__",
+    "site.split('a') == 1",
+    "site.startswith(site)",
+    "site.startswith('a', 1)",
+    "site.startswith(prefix='a')",
+    "'paris'.startswith('p')",
 ])
 def test_refused_constructs_raise_expression_error(expr, tmp_path):
-    with pytest.raises(ExpressionError, match=r"not allowed|inside a list"):
+    with pytest.raises(ExpressionError, match=r"not allowed|inside a list|takes one string"):
         compile_filter(expr, FIELDS)
 
 

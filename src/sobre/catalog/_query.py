@@ -7,6 +7,7 @@ Expressions use Python's comparison syntax but are never executed as code: they 
     20 <= age < 40                      # chained comparisons
     site in ["paris", "lyon"]          # membership in a literal list
     not (sex == "F") or bmi > 30
+    subject_id.startswith("sub-T")      # text prefix / suffix of a field (endswith)
 
 Names are metadata fields; literals are strings, numbers, ``true``/``false`` and ``null``.
 A missing value (``null``) compares false with everything except ``== null`` / ``!= null``.
@@ -29,6 +30,7 @@ _CMP = {
     ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le,
     ast.Gt: operator.gt, ast.GtE: operator.ge,
 }
+_TEXT_TESTS = frozenset({"startswith", "endswith"})  # the only calls allowed: plain string tests
 _CONSTANT_NAMES = {"true": True, "false": False, "null": None, "True": True, "False": False, "None": None}
 
 
@@ -91,7 +93,8 @@ def compile_filter(expr: str, fields: Iterable[str]) -> Callable[[dict], bool]:
         text = ast.get_source_segment(expr.strip(), node) or what
         return ExpressionError(
             f"'{text}' is not allowed in a filter expression",
-            expected="field names, string/number literals, comparisons (== != < <= > >= in, not in), and/or/not",
+            expected="field names, string/number literals, comparisons (== != < <= > >= in, not in), "
+                     "field.startswith(\"text\") / field.endswith(\"text\"), and/or/not",
             found=what,
         )
 
@@ -153,6 +156,16 @@ def compile_filter(expr: str, fields: Iterable[str]) -> Callable[[dict], bool]:
                 return all(compare(op, vals[i], vals[i + 1]) for i, op in enumerate(ops))
 
             return pred
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                and node.func.attr in _TEXT_TESTS and isinstance(node.func.value, ast.Name):
+            field = operand(node.func.value)  # a known field, or "unknown field" with the known ones
+            if node.keywords or len(node.args) != 1 or not isinstance(node.args[0], ast.Constant) \
+                    or not isinstance(node.args[0].value, str):
+                text = ast.get_source_segment(expr.strip(), node) or "call"
+                raise ExpressionError(f"'{text}': {node.func.attr} takes one string in double quotes",
+                                      expected=f'e.g. subject_id.{node.func.attr}("sub-T")', found=text)
+            arg, method = node.args[0].value, node.func.attr
+            return lambda rec: isinstance(v := field(rec), str) and getattr(v, method)(arg)
         if isinstance(node, ast.Name) and node.id in known:
             name = node.id
             return lambda rec: bool(rec.get(name))
