@@ -212,6 +212,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=0, help="override the config's repeats")
     ap.add_argument("--quick", action="store_true", help="small smoke run (100/200 subjects, N in {25, 50})")
     ap.add_argument("--data-only", action="store_true", help="prepare the frozen cohorts, do not run the benchmark")
+    ap.add_argument("--no-reuse", action="store_true",
+                    help="pretrain again even when an identical completed pretraining run exists")
     ap.add_argument("--atlas", type=Path, default=None, help="label image for the classical baseline (default: AAL)")
     args = ap.parse_args(argv)
     if args.quick:
@@ -233,7 +235,8 @@ def main(argv=None) -> int:
     from sobre.learn import label_efficiency
 
     t1 = time.perf_counter()
-    res = label_efficiency(cfg, workspace=ws, progress=False, log=log, config_path=args.config)
+    res = label_efficiency(cfg, workspace=ws, progress=False, log=log, config_path=args.config,
+                           reuse_pretraining=not args.no_reuse)
     t_bench = time.perf_counter() - t1
     run = res.run
     cohorts = {p.stem.removeprefix("cohort-"): json.loads(p.read_text()) for p in args.out.glob("cohort-*.json")}
