@@ -32,8 +32,7 @@ import torch
 from sobre.errors import ConfigError, InputError
 from sobre.learn import _engine as E
 from sobre.learn._config import (
-    LabelEfficiencyConfig, PretrainConfig, SplitConfig, TargetConfig, TrainConfig, load_config, resolved,
-    validate_config,
+    LabelEfficiencyConfig, PretrainConfig, SplitConfig, TargetConfig, TrainConfig, config_from, resolved,
 )
 from sobre.learn._data import Cohort, load_cohort, metadata_matrix, require_columns
 from sobre.learn._models import build_encoder
@@ -202,14 +201,6 @@ def _score(task, pred: np.ndarray, test_rows: np.ndarray) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ main
-def _cfg_from(config, config_path):
-    if isinstance(config, LabelEfficiencyConfig):
-        return config, config_path
-    if isinstance(config, dict):
-        return validate_config(config, LabelEfficiencyConfig, path=config_path), config_path
-    return load_config(config, LabelEfficiencyConfig), Path(config)
-
-
 def label_efficiency(config, *, workspace=None, pretrain_cohort: Cohort | None = None,
                      target_cohorts: dict | None = None, runs_dir=None, progress: bool | None = None,
                      config_path=None, reuse_pretraining: bool = True, log=print) -> BenchmarkResult:
@@ -227,7 +218,7 @@ def label_efficiency(config, *, workspace=None, pretrain_cohort: Cohort | None =
     log : callable
         Receives one line per step (``print`` by default).
     """
-    cfg, config_path = _cfg_from(config, config_path)
+    cfg, config_path = config_from(config, LabelEfficiencyConfig, config_path)
     t_start = time.perf_counter()
     log = log or (lambda *a, **k: None)
     progress = cfg.runtime.progress if progress is None else progress

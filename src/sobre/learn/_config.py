@@ -538,6 +538,15 @@ def validate_config(data: dict, model: type[M], *, path: str | Path | None = Non
         raise ConfigError("\n".join(lines), path=path) from None
 
 
+def config_from(config, model: type[M], config_path: str | Path | None = None) -> tuple[M, Path | None]:
+    """``(typed config, the file it came from)`` for a ``model`` instance, a parsed mapping or a TOML path."""
+    if isinstance(config, model):
+        return config, config_path
+    if isinstance(config, dict):
+        return validate_config(config, model, path=config_path), config_path
+    return load_config(config, model), Path(config)
+
+
 def load_config(path: str | Path, model: type[M]) -> M:
     """Read a TOML file into a typed config.
 

@@ -28,11 +28,11 @@ import torch.nn.functional as F
 from sobre.errors import ConfigError, InputError
 from sobre.learn import _engine as E
 from sobre.learn._augment import Augmenter
-from sobre.learn._config import PretrainConfig, load_config, resolved, validate_config
+from sobre.learn._config import PretrainConfig, config_from, resolved, validate_config
 from sobre.learn._data import Cohort, load_cohort, metadata_matrix, require_columns
 from sobre.learn._losses import nt_xent, y_aware_infonce
 from sobre.learn._models import ContrastiveModel, build_encoder, encoder_spec
-from sobre.learn._runs import Run, open_run, runs_root
+from sobre.learn._runs import Run, begin_run, dataset_record, open_run, runs_root
 from sobre.learn._splits import holdout, stratification_keys
 from sobre.learn._transfer import extract_features, fit_probe
 
@@ -48,14 +48,6 @@ class PretrainResult:
     train_subjects: list = field(default_factory=list)
     monitor_subjects: list = field(default_factory=list)
     encoder_path: Path | None = None
-
-
-def _cfg_from(config, config_path):
-    if isinstance(config, PretrainConfig):
-        return config, config_path
-    if isinstance(config, dict):
-        return validate_config(config, PretrainConfig, path=config_path), config_path
-    return load_config(config, PretrainConfig), Path(config)
 
 
 def pretrain(config, *, workspace=None, cohort: Cohort | None = None, runs_dir=None, resume: str | None = None,
@@ -88,7 +80,7 @@ def pretrain(config, *, workspace=None, cohort: Cohort | None = None, runs_dir=N
             raise ConfigError(f"run {run.run_id} is a {run.record.get('kind')} run, not a pretraining run")
         cfg = validate_config(run.record["config"], PretrainConfig, path=run.path / "run.json")
     else:
-        cfg, config_path = _cfg_from(config, config_path)
+        cfg, config_path = config_from(config, PretrainConfig, config_path)
     progress = cfg.runtime.progress if progress is None else progress
     rt = E.setup_runtime(cfg.runtime, cfg.seed)
     if cohort is None:
@@ -136,17 +128,8 @@ def pretrain(config, *, workspace=None, cohort: Cohort | None = None, runs_dir=N
         ystd = y_all[tr_rows].std(0) if m.standardize else np.ones(y_all.shape[1])
         ystd[ystd == 0] = 1.0
 
-    dataset_info = {"ref": cohort.source.get("dataset"), "content_hash": cohort.content_hash,
-                    "simulated": cohort.source.get("simulated", False), "cache": cohort.source.get("cache"),
-                    "n_images": len(cohort), "n_subjects": int(cohort.table["subject_id"].nunique())}
-    if run is None and record and rroot is not None:
-        run = Run.create(rroot, "pretrain", config=resolved(cfg), seed=cfg.seed, dataset=dataset_info, name=cfg.name)
-    elif run is not None:
-        if run.record["dataset"].get("content_hash") != cohort.content_hash:
-            raise InputError("the data changed since the run started", path=run.path / "run.json",
-                             expected=run.record["dataset"].get("content_hash"), found=cohort.content_hash,
-                             fix="resume on the same dataset version")
-        run.update(status="running")
+    run = begin_run(run, rroot, "pretrain", record=record, cohort=cohort, config=resolved(cfg), seed=cfg.seed,
+                    name=cfg.name)
     if run is not None:
         run.update(runtime=rt, task_kind="pretrain", split={"n_train": len(tr_subjects),
                                                             "n_monitor": len(mon_subjects)}, run_id=run.run_id)
@@ -275,7 +258,7 @@ def pretrain(config, *, workspace=None, cohort: Cohort | None = None, runs_dir=N
             "format": "sobre.encoder/1", "encoder": model.encoder.state_dict(),
             "spec": encoder_spec(cfg.model, dims, cin), "feature_dim": model.encoder.out_features,
             "run_id": run.run_id, "method": m.model_dump(mode="json"), "preprocess": cfg.preprocess.model_dump(
-                mode="json"), "dataset": dataset_info, "spatial_shape": list(cohort.spatial_shape)})
+                mode="json"), "dataset": dataset_record(cohort), "spatial_shape": list(cohort.spatial_shape)})
         run.add_artifact("encoder.pt")
         for name in ("last.pt", "best.pt"):
             if (ckpt / name).exists():

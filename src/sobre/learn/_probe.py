@@ -17,12 +17,12 @@ import pandas as pd
 
 from sobre.errors import ConfigError
 from sobre.learn import _engine as E
-from sobre.learn._config import resolved
+from sobre.learn._config import TrainConfig, config_from, resolved
 from sobre.learn._data import Cohort
 from sobre.learn._models import build_encoder, encoder_spec
 from sobre.learn._runs import Run, runs_root
 from sobre.learn._train import (
-    TrainResult, _cfg_from, _check_spec, _headline, load_encoder_checkpoint, predictions_frame, prepare_supervised,
+    TrainResult, _check_spec, _headline, load_encoder_checkpoint, predictions_frame, prepare_supervised,
 )
 from sobre.learn._transfer import extract_features, fit_probe
 
@@ -32,7 +32,7 @@ __all__ = ["probe"]
 def probe(config, *, workspace=None, cohort: Cohort | None = None, runs_dir=None, progress: bool | None = None,
           config_path=None, record: bool = True) -> TrainResult:
     """Fit and evaluate a linear probe on the frozen encoder named by ``model.init_from``."""
-    cfg, config_path = _cfg_from(config, config_path)
+    cfg, config_path = config_from(config, TrainConfig, config_path)
     if not cfg.model.init_from:
         raise ConfigError("a linear probe needs a pretrained encoder", path=config_path,
                           expected="model.init_from = \"<pretraining run id>\"", found="none",

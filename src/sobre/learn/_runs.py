@@ -34,7 +34,7 @@ from sobre.catalog._scan import sha256_file
 from sobre.catalog._workspace import _atomic_write
 from sobre.errors import CatalogError
 
-__all__ = ["Run", "list_runs", "open_run", "code_version", "package_versions", "sha256_file", "runs_root"]
+__all__ = ["Run", "begin_run", "dataset_record", "list_runs", "open_run", "code_version", "package_versions", "sha256_file", "runs_root"]
 
 RUN_FORMAT = "sobre.run/1"
 PACKAGES = ("sobre", "torch", "monai", "numpy", "scipy", "scikit-learn", "pandas", "pydantic", "nibabel", "pydicom")
@@ -213,3 +213,31 @@ def list_runs(root: str | Path) -> list[dict]:
                     "dataset": (r.get("dataset") or {}).get("ref"), "task": r.get("task_kind") or r.get("task"),
                     "headline": r.get("headline"), "n_epochs": len(r.get("epochs") or [])})
     return out
+
+
+def dataset_record(cohort) -> dict:
+    """What a run record (and an encoder checkpoint) says of its data: version, content hash, counts."""
+    return {"ref": cohort.source.get("dataset"), "content_hash": cohort.content_hash,
+            "simulated": cohort.source.get("simulated", False), "cache": cohort.source.get("cache"),
+            "n_images": len(cohort), "n_subjects": int(cohort.table["subject_id"].nunique())}
+
+
+def begin_run(run: "Run | None", rroot: Path | None, kind: str, *, record: bool, cohort, config: dict, seed: int,
+              name: str | None) -> "Run | None":
+    """Create the run record of a new ``kind`` run, or reopen ``run`` (resume) after checking its data.
+
+    The record's ``dataset`` entry is :func:`dataset_record` of ``cohort``.
+    Returns None when nothing is recorded (``record`` false or no runs folder).
+    """
+    from sobre.errors import InputError
+
+    if run is None:
+        if record and rroot is not None:
+            return Run.create(rroot, kind, config=config, seed=seed, dataset=dataset_record(cohort), name=name)
+        return None
+    if run.record["dataset"].get("content_hash") != cohort.content_hash:
+        raise InputError("the data changed since the run started", path=run.path / "run.json",
+                         expected=run.record["dataset"].get("content_hash"), found=cohort.content_hash,
+                         fix="resume on the same dataset version")
+    run.update(status="running")
+    return run

@@ -19,10 +19,10 @@ import torch
 from sobre.errors import ConfigError, InputError
 from sobre.learn import _engine as E
 from sobre.learn._augment import Augmenter
-from sobre.learn._config import ModelConfig, TrainConfig, load_config, resolved, validate_config
+from sobre.learn._config import ModelConfig, TrainConfig, config_from, resolved, validate_config
 from sobre.learn._data import Cohort, load_cohort, metadata_matrix, require_columns
 from sobre.learn._models import Classifier, build_encoder, build_segmenter, encoder_spec
-from sobre.learn._runs import Run, open_run, runs_root
+from sobre.learn._runs import Run, begin_run, open_run, runs_root
 from sobre.learn._splits import SplitPlan, make_split
 from sobre.learn._tasks import TaskSpec, build_task, default_monitor, monitor_direction, refit_scaling
 
@@ -355,14 +355,6 @@ def predictions_frame(table: pd.DataFrame, rows: np.ndarray, outputs: np.ndarray
 
 
 # ------------------------------------------------------------------------------------------ train
-def _cfg_from(config, config_path) -> tuple[TrainConfig, Path | None]:
-    if isinstance(config, TrainConfig):
-        return config, config_path
-    if isinstance(config, dict):
-        return validate_config(config, TrainConfig, path=config_path), config_path
-    return load_config(config, TrainConfig), Path(config)
-
-
 def prepare_supervised(cfg: TrainConfig, *, workspace=None, cohort: Cohort | None = None, progress: bool = False,
                        config_path=None, threads: int = 1) -> tuple[Cohort, TaskSpec, SplitPlan]:
     """Load the cohort, read the task's labels and split the subjects (shared by train and probe)."""
@@ -430,28 +422,19 @@ def train(config, *, workspace=None, cohort: Cohort | None = None, runs_dir=None
             raise ConfigError(f"run {run.run_id} is a {run.record.get('kind')} run, not a training run")
         cfg = validate_config(run.record["config"], TrainConfig, path=run.path / "run.json")
         if config is not None:
-            given, _ = _cfg_from(config, config_path)
+            given, _ = config_from(config, TrainConfig, config_path)
             if resolved(given) != run.record["config"]:
                 raise ConfigError("the config differs from the one the run started with", path=config_path,
                                   expected=f"the resolved config stored in {run.path / 'run.json'}",
                                   found="a changed config", fix="resume without a config, or start a new run")
     else:
-        cfg, config_path = _cfg_from(config, config_path)
+        cfg, config_path = config_from(config, TrainConfig, config_path)
     progress = cfg.runtime.progress if progress is None else progress
     rt = E.setup_runtime(cfg.runtime, cfg.seed)
     cohort, task, plan = prepare_supervised(cfg, workspace=workspace, cohort=cohort, progress=progress,
                                             config_path=config_path, threads=rt["threads"])
-    dataset_info = {"ref": cohort.source.get("dataset"), "content_hash": cohort.content_hash,
-                    "simulated": cohort.source.get("simulated", False), "cache": cohort.source.get("cache"),
-                    "n_images": len(cohort), "n_subjects": int(cohort.table["subject_id"].nunique())}
-    if run is None and record and rroot is not None:
-        run = Run.create(rroot, "train", config=resolved(cfg), seed=cfg.seed, dataset=dataset_info, name=cfg.name)
-    elif run is not None:
-        if run.record["dataset"].get("content_hash") != cohort.content_hash:
-            raise InputError("the data changed since the run started", path=run.path / "run.json",
-                             expected=run.record["dataset"].get("content_hash"), found=cohort.content_hash,
-                             fix="resume on the same dataset version")
-        run.update(status="running")
+    run = begin_run(run, rroot, "train", record=record, cohort=cohort, config=resolved(cfg), seed=cfg.seed,
+                    name=cfg.name)
     if run is not None:
         plan.table().to_csv(run.path / "split.csv", index=False)
         run.add_artifact("split.csv")
