@@ -32,7 +32,7 @@ from sobre.learn._config import PretrainConfig, config_from, resolved, validate_
 from sobre.learn._data import Cohort, load_cohort, metadata_matrix, require_columns
 from sobre.learn._losses import nt_xent, y_aware_infonce
 from sobre.learn._models import ContrastiveModel, build_encoder, encoder_spec
-from sobre.learn._runs import Run, begin_run, dataset_record, open_run, runs_root
+from sobre.learn._runs import Run, begin_run, dataset_record, reopen_run, runs_root
 from sobre.learn._splits import holdout, stratification_keys
 from sobre.learn._transfer import extract_features, fit_probe
 
@@ -73,11 +73,7 @@ def pretrain(config, *, workspace=None, cohort: Cohort | None = None, runs_dir=N
     rroot = runs_root(workspace) if workspace is not None else (Path(runs_dir) if runs_dir else None)
     run = None
     if resume:
-        if rroot is None:
-            raise ConfigError("resume needs a workspace (or runs_dir) holding the run")
-        run = open_run(rroot, resume)
-        if run.record.get("kind") != "pretrain":
-            raise ConfigError(f"run {run.run_id} is a {run.record.get('kind')} run, not a pretraining run")
+        run = reopen_run(rroot, resume, "pretrain", "pretraining")
         cfg = validate_config(run.record["config"], PretrainConfig, path=run.path / "run.json")
     else:
         cfg, config_path = config_from(config, PretrainConfig, config_path)

@@ -32,9 +32,9 @@ from pathlib import Path
 
 from sobre.catalog._scan import sha256_file
 from sobre.catalog._workspace import _atomic_write
-from sobre.errors import CatalogError
+from sobre.errors import CatalogError, ConfigError
 
-__all__ = ["Run", "begin_run", "dataset_record", "list_runs", "open_run", "code_version", "package_versions", "sha256_file", "runs_root"]
+__all__ = ["Run", "begin_run", "dataset_record", "reopen_run", "list_runs", "open_run", "code_version", "package_versions", "sha256_file", "runs_root"]
 
 RUN_FORMAT = "sobre.run/1"
 PACKAGES = ("sobre", "torch", "monai", "numpy", "scipy", "scikit-learn", "pandas", "pydantic", "nibabel", "pydicom")
@@ -213,6 +213,16 @@ def list_runs(root: str | Path) -> list[dict]:
                     "dataset": (r.get("dataset") or {}).get("ref"), "task": r.get("task_kind") or r.get("task"),
                     "headline": r.get("headline"), "n_epochs": len(r.get("epochs") or [])})
     return out
+
+
+def reopen_run(rroot: Path | None, run_id: str, kind: str, what: str) -> "Run":
+    """The ``kind`` run ``run_id``, opened to be resumed (``what`` names the kind in the error)."""
+    if rroot is None:
+        raise ConfigError("resume needs a workspace (or runs_dir) holding the run")
+    run = open_run(rroot, run_id)
+    if run.record.get("kind") != kind:
+        raise ConfigError(f"run {run.run_id} is a {run.record.get('kind')} run, not a {what} run")
+    return run
 
 
 def dataset_record(cohort) -> dict:

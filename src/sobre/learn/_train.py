@@ -22,7 +22,7 @@ from sobre.learn._augment import Augmenter
 from sobre.learn._config import ModelConfig, TrainConfig, config_from, resolved, validate_config
 from sobre.learn._data import Cohort, load_cohort, metadata_matrix, require_columns
 from sobre.learn._models import Classifier, build_encoder, build_segmenter, encoder_spec
-from sobre.learn._runs import Run, begin_run, open_run, runs_root
+from sobre.learn._runs import Run, begin_run, open_run, reopen_run, runs_root
 from sobre.learn._splits import SplitPlan, make_split
 from sobre.learn._tasks import TaskSpec, build_task, default_monitor, monitor_direction, refit_scaling
 
@@ -415,11 +415,7 @@ def train(config, *, workspace=None, cohort: Cohort | None = None, runs_dir=None
     rroot = runs_root(workspace) if workspace is not None else (Path(runs_dir) if runs_dir else None)
     run = None
     if resume:
-        if rroot is None:
-            raise ConfigError("resume needs a workspace (or runs_dir) holding the run")
-        run = open_run(rroot, resume)
-        if run.record.get("kind") != "train":
-            raise ConfigError(f"run {run.run_id} is a {run.record.get('kind')} run, not a training run")
+        run = reopen_run(rroot, resume, "train", "training")
         cfg = validate_config(run.record["config"], TrainConfig, path=run.path / "run.json")
         if config is not None:
             given, _ = config_from(config, TrainConfig, config_path)
