@@ -106,13 +106,13 @@ def read_header(path: str | Path) -> Dataset:
     if size == 0:
         raise InputError("file is empty (0 bytes)", path=path, expected="a DICOM file", found="0 bytes",
                          fix="re-export or re-transfer the file")
-    if not looks_like_dicom(path):
+    ds = read_header_fast(path, defer_size=1024)  # the same dataset, faster; None where pydicom must read
+    if ds is None and not looks_like_dicom(path):  # (the fast reader only reads files with the DICM prefix)
         raise InputError(
             "not a DICOM file", path=path,
             expected="'DICM' at byte 128 (DICOM Part 10) or a dataset starting with group 0008",
             found="neither", fix="check the file type; only DICOM, NIfTI, NRRD and PNG/JPEG/TIFF are read",
         )
-    ds = read_header_fast(path, defer_size=1024)  # the same dataset, faster; None where pydicom must read
     try:
         if ds is None:
             ds = pydicom.dcmread(path, defer_size=1024, force=True)
@@ -170,10 +170,9 @@ def _check_complete(ds: Dataset, path: Path, size: int) -> None:
         raise InputError("file is truncated inside an element", path=path, tag=name,
                          expected=f"{length} bytes of value from byte {tell}",
                          found=f"the end of the file at byte {size}", fix=fix)
-    if end < size and not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        raise InputError("file is truncated: it ends inside an element header", path=path,
-                         expected=f"a complete element after byte {end}",
-                         found=f"{size - end} stray byte(s) before the end of the file", fix=fix)
+    raise InputError("file is truncated: it ends inside an element header", path=path,
+                     expected=f"a complete element after byte {end}",
+                     found=f"{size - end} stray byte(s) before the end of the file", fix=fix)
 
 
 # --------------------------------------------------------------------------- frames
