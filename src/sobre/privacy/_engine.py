@@ -752,7 +752,7 @@ class Deidentifier:
             ctx.notes.append("deflated transfer syntax written as Explicit VR Little Endian")
         ds.file_meta = FileMetaDataset()
         ds.file_meta.TransferSyntaxUID = ts
-        institution = " ".join(str(ds.get("InstitutionName", "") or "").split())
+        institution = str(ds.get("InstitutionName", "") or "").strip()  # site_pseudonym normalises it
         self._process(ds, ctx, top=True)
         if profile.site_pseudonyms and institution:
             _set(ds, 0x00080080, "LO", self.key.site_pseudonym(institution))  # keyed "D": sites stay apart
