@@ -18,7 +18,7 @@ from sobre.catalog import Workspace
 
 from .conftest import SEED, write_series
 
-N_SERIES, N_SLICES = 12, 30  # 360 small files
+N_SERIES, N_SLICES = 12, 90  # 1,080 small files: several batches of 256, so that a kill can land between two
 
 
 def _counts(db) -> tuple:
