@@ -19,6 +19,8 @@ __all__ = [
     "ExpressionError",
     "ConfigError",
     "Problem",
+    "Problems",
+    "ProblemError",
 ]
 
 
@@ -107,11 +109,38 @@ class ConfigError(SobreError):
     """A configuration file has unknown keys or values of the wrong type."""
 
 
+LEVELS = ("info", "warning", "error")
+
+
 @dataclass(frozen=True)
 class Problem:
-    """One finding of a validation pass, returned as data rather than raised.
+    """One finding of a check, returned as data rather than raised (validation as data).
 
-    ``level`` is ``"error"``, ``"warning"`` or ``"info"``.
+    Ingest, dataset verification, de-identification and evaluation all report what they found as
+    :class:`Problem` s; the caller chooses per call how strict to be (:class:`Problems`).
+
+    Attributes
+    ----------
+    level : str
+        ``"error"`` (the item was refused or is wrong), ``"warning"`` (kept, but look at it) or
+        ``"info"``.
+    message : str
+        What is wrong, with what was expected and what was found.
+    path, tag : str, optional
+        The file, and the DICOM tag ``(gggg,eeee) Keyword``, concerned.
+    fix : str, optional
+        What the user can do about it.
+    code : str
+        A stable short name of the kind of problem (``"not-dicom"``, ``"uid-conflict"``, ...) for
+        scripts that filter problems.
+    details : dict
+        Anything else worth keeping (JSON-able).
+
+    Examples
+    --------
+    >>> p = Problem("error", "pixel data is truncated", path="a.dcm", code="truncated")
+    >>> str(p)
+    '[error] a.dcm: pixel data is truncated'
     """
 
     level: str
@@ -120,9 +149,103 @@ class Problem:
     tag: str | None = None
     fix: str | None = None
     details: dict = field(default_factory=dict)
+    code: str = ""
+
+    def __post_init__(self) -> None:
+        if self.level not in LEVELS:
+            raise ValueError(f"Problem level must be one of {LEVELS}, not {self.level!r}")
 
     def __str__(self) -> str:
         where = f"{self.path}: " if self.path else ""
         tag = f"{self.tag}: " if self.tag else ""
         fix = f" ({self.fix})" if self.fix else ""
         return f"[{self.level}] {where}{tag}{self.message}{fix}"
+
+    @classmethod
+    def from_error(cls, exc: SobreError, *, level: str = "error", code: str = "", path: str | None = None) -> Problem:
+        """The problem an error describes (its message without the path, which becomes ``path``)."""
+        text = exc.what
+        if exc.expected is not None and exc.found is not None:
+            text += f" (expected {exc.expected}; found {exc.found})"
+        elif exc.expected is not None:
+            text += f" (expected {exc.expected})"
+        elif exc.found is not None:
+            text += f" (found {exc.found})"
+        return cls(level, text, path=path or exc.path, tag=exc.tag, fix=exc.fix, code=code or _code_of(exc))
+
+    def to_dict(self) -> dict:
+        out = {"level": self.level, "code": self.code, "message": self.message, "path": self.path,
+               "tag": self.tag, "fix": self.fix}
+        if self.details:
+            out["details"] = self.details
+        return out
+
+
+def _code_of(exc: SobreError) -> str:
+    name = type(exc).__name__.removesuffix("Error")
+    return "".join("-" + c.lower() if c.isupper() else c for c in name).lstrip("-") or "error"
+
+
+class ProblemError(SobreError):
+    """Raised by :class:`Problems` when a problem reaches the level the caller chose to refuse."""
+
+    def __init__(self, problem: Problem) -> None:
+        self.problem = problem
+        super().__init__(problem.message, path=problem.path, tag=problem.tag, fix=problem.fix)
+
+
+class Problems:
+    """The problems of one call, with the strictness that call chose.
+
+    Parameters
+    ----------
+    raise_at : {"error", "warning", "info"} or None
+        The first problem at this level or above raises :class:`ProblemError`; None (the
+        default) collects everything and raises nothing.
+
+    Examples
+    --------
+    >>> found = Problems()
+    >>> found.add(Problem("warning", "series split in two"))
+    >>> [p.level for p in found], found.has_errors
+    (['warning'], False)
+    >>> strict = Problems(raise_at="warning")
+    >>> strict.add(Problem("warning", "series split in two"))
+    Traceback (most recent call last):
+    ...
+    sobre.errors.ProblemError: series split in two
+    """
+
+    def __init__(self, raise_at: str | None = None) -> None:
+        if raise_at is not None and raise_at not in LEVELS:
+            raise ValueError(f"raise_at must be one of {LEVELS} or None, not {raise_at!r}")
+        self.raise_at = raise_at
+        self.items: list[Problem] = []
+
+    def add(self, problem: Problem) -> None:
+        self.items.append(problem)
+        if self.raise_at is not None and LEVELS.index(problem.level) >= LEVELS.index(self.raise_at):
+            raise ProblemError(problem)
+
+    def extend(self, problems) -> None:
+        for p in problems:
+            self.add(p)
+
+    def __iter__(self):
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+    def at(self, level: str) -> list[Problem]:
+        return [p for p in self.items if p.level == level]
+
+    @property
+    def has_errors(self) -> bool:
+        return any(p.level == "error" for p in self.items)
+
+    def to_list(self) -> list[dict]:
+        return [p.to_dict() for p in self.items]

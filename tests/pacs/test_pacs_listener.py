@@ -238,7 +238,7 @@ def _thorough_verdict(buf: bytes, ts):
     from pynetdicom.dsutils import decode
 
     from sobre.errors import InputError
-    from sobre.privacy._engine import check_pixel_length, check_raw_lengths
+    from sobre.image import check_pixel_length, check_raw_lengths
 
     try:
         ds = decode(BytesIO(buf), ts.is_implicit_VR, ts.is_little_endian, ts.is_deflated)
@@ -267,7 +267,7 @@ def test_quick_check_vouches_only_for_what_pydicom_accepts(tmp_path):
 
     from pynetdicom.dsutils import split_dataset
 
-    from sobre.pacs._listener import _quick_facts
+    from sobre.image import received_facts as _quick_facts
 
     _, made = make_study(tmp_path / "src", 2)
     bundled = Path(pydicom.__file__).parent / "data" / "test_files"  # pydicom's own test files

@@ -245,7 +245,8 @@ def test_fast_encoder_writes_what_pydicom_writes(key):
     import pydicom
 
     from sobre.privacy import Deidentifier, DeidProfile
-    from sobre.privacy._engine import _fast_encode, read_instance
+    from sobre.image import read_instance
+    from sobre.image._encode import _fast_encode
 
     from deid_helpers import make_phi_dataset
 

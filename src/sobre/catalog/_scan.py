@@ -68,38 +68,6 @@ def normalise_sex(value) -> str | None:
     return {"M": "M", "MALE": "M", "F": "F", "FEMALE": "F", "O": "O", "OTHER": "O"}.get(v)
 
 
-def _frame_json(f) -> dict:
-    d = dict(f.__dict__)
-    for k in ("orientation", "position", "pixel_spacing"):
-        if d[k] is not None:
-            d[k] = [float(v) for v in d[k]]
-    soft = dict(d["soft"])
-    if "mosaic" in soft:
-        m = dict(soft["mosaic"])
-        m["affine"] = np.asarray(m["affine"]).tolist()
-        m["tile"] = list(m["tile"])
-        soft["mosaic"] = m
-    d["soft"] = soft
-    return d
-
-
-def frame_from_json(d: dict):
-    from sobre.image._dicom import Frame
-
-    d = dict(d)
-    for k in ("orientation", "position", "pixel_spacing"):
-        if d[k] is not None:
-            d[k] = np.asarray(d[k], dtype=np.float64)
-    soft = dict(d["soft"])
-    if "mosaic" in soft:
-        m = dict(soft["mosaic"])
-        m["affine"] = np.asarray(m["affine"], dtype=np.float64)
-        m["tile"] = tuple(m["tile"])
-        soft["mosaic"] = m
-    d["soft"] = soft
-    return Frame(**d)
-
-
 def _bids_context(path: Path) -> dict:
     parts = path.parts
     ctx: dict = {}
@@ -136,7 +104,7 @@ def scan_many(paths: list[str]) -> list[dict]:
 
 def _scan_file(path: str) -> dict:
     from sobre.image import _formats
-    from sobre.image._dicom import check_image, frames_of, header_metadata, read_header
+    from sobre.image import check_image, frames_of, header_metadata, read_header
 
     p = Path(path)
     rec: dict = {"path": str(p), "error": None}
@@ -175,7 +143,7 @@ def _scan_file(path: str) -> dict:
                     f.series_uid = uid
             rec["series_uid"] = frames[0].series_uid
             rec["sop_uid"] = frames[0].sop_uid or None
-            rec["frames"] = [_frame_json(f) for f in frames]
+            rec["frames"] = [f.to_dict() for f in frames]
             rec["header"] = meta
         else:
             reader = {"nifti": _formats.read_nifti, "itk": _formats.read_itk, "optical": _formats.read_optical}[kind]
@@ -274,7 +242,7 @@ def _pixel_data_truncated(ds, size: int) -> str | None:
         if length is None or tell is None or length == 0xFFFFFFFF:  # encapsulated: checked on decoding
             return None
         if tell + length > size:
-            from sobre.image._dicom import tag_name
+            from sobre.image import tag_name
 
             return (f"{tag_name(kw)}: pixel data is truncated (expected {length} bytes of pixel data; found "
                     f"{max(size - tell, 0)} before the end of the file). the file was cut short "

@@ -527,7 +527,7 @@ class Workspace:
     def _assemble_one(self, conn, uid: str, report: IngestReport, sites: dict) -> None:
         """(Re)build the Series rows of one SeriesInstanceUID from its File rows; clears its pending mark."""
         from sobre.errors import GeometryError
-        from sobre.image._dicom import assemble
+        from sobre.image import Frame, assemble
 
         ft, sr = File.__table__, Series.__table__
         files = conn.execute(select(ft.c.id, ft.c.path, ft.c.kind, ft.c.frames)
@@ -547,7 +547,7 @@ class Workspace:
             for f in files:
                 by_path[f.path] = f
                 for fj in f.frames or []:
-                    fr = _scan.frame_from_json(fj)
+                    fr = Frame.from_dict(fj)
                     fr.path = f.path  # a copy may live elsewhere than the source
                     frames.append(fr)
             try:

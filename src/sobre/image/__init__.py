@@ -1,12 +1,39 @@
-"""The Image model, its geometry, and readers/writers for DICOM, NIfTI, NRRD and optical formats."""
+"""The Image model, its geometry, readers/writers, and the one DICOM Part 10 layer of Sobre.
 
+Images
+    ``Image``, ``load``, ``load_all``, ``save``, ``write_dicom_series``; geometry helpers
+    ``lps_to_ras``, ``ras_to_lps``, ``orientation_code``.
+DICOM Part 10 (every other package reads and writes DICOM bytes through these)
+    ``read_header`` (header without pixels, fast path with pydicom fallback, completeness and
+    pixel-length checks), ``read_instance`` (a whole instance), ``frames_of`` (per-frame geometry),
+    ``check_complete``, ``check_raw_lengths``, ``check_pixel_length``, ``received_facts`` (structural
+    check of a received dataset from its bytes), ``raw_value``, ``encode_dataset`` (Part 10 bytes),
+    ``file_meta_bytes``, ``tag_name``; ``write_atomic`` for the files themselves.
+File discovery
+    ``discover``: the one walk of files and folders shared by load, ingest, de-identification, pull
+    and listen.
+"""
+
+from sobre.base import write_atomic
+from sobre.image._dicom import Frame, SeriesWarning, VolumePlan, assemble, check_image, frames_of, header_metadata
+from sobre.image._dicom_write import write_dicom_series
+from sobre.image._encode import (
+    SOBRE_IMPLEMENTATION_UID, SOBRE_IMPLEMENTATION_VERSION, encode_dataset, file_meta_bytes,
+)
 from sobre.image._geometry import lps_to_ras, orientation_code, ras_to_lps
 from sobre.image._image import Image
 from sobre.image._io import load, load_all, save
-from sobre.image._dicom import SeriesWarning
-from sobre.image._dicom_write import write_dicom_series
+from sobre.image._part10 import (
+    MEDIA_STORAGE_DIRECTORY, check_complete, check_pixel_length, check_raw_lengths, looks_like_dicom,
+    raw_value, read_header, read_instance, received_facts, tag_name,
+)
 
 __all__ = [
     "Image", "load", "load_all", "save", "write_dicom_series", "SeriesWarning",
     "lps_to_ras", "ras_to_lps", "orientation_code",
+    "read_header", "read_instance", "frames_of", "Frame", "header_metadata", "check_image", "assemble",
+    "VolumePlan", "check_complete",
+    "check_raw_lengths", "check_pixel_length", "received_facts", "raw_value", "encode_dataset",
+    "file_meta_bytes", "tag_name", "looks_like_dicom", "write_atomic", "MEDIA_STORAGE_DIRECTORY",
+    "SOBRE_IMPLEMENTATION_UID", "SOBRE_IMPLEMENTATION_VERSION",
 ]

@@ -34,14 +34,12 @@ from typing import Any
 
 import numpy as np
 import pydicom
-from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 
 from sobre.errors import GeometryError, InputError
-from sobre.image._dicom_fast import read_header_fast
 from sobre.image._image import Image
+from sobre.image._part10 import raw_value, read_header, tag_name
 
 # Geometry tolerances (mm or unitless cosines). Positions from real scanners jitter by ~1e-4 mm.
 ORIENTATION_TOL = 1e-4
@@ -61,118 +59,6 @@ _FG_KEYS = (
 
 class SeriesWarning(UserWarning):
     """A series was split or cleaned up on reading (e.g. several acquisitions in one SeriesInstanceUID)."""
-
-
-def tag_name(keyword: str) -> str:
-    """``"ImagePositionPatient"`` → ``"(0020,0032) ImagePositionPatient"``."""
-    from pydicom.datadict import tag_for_keyword
-
-    t = tag_for_keyword(keyword)
-    if t is None:
-        return keyword
-    return f"({t >> 16:04X},{t & 0xFFFF:04X}) {keyword}"
-
-
-# --------------------------------------------------------------------------- headers
-def looks_like_dicom(path: str | Path) -> bool:
-    """Cheap content sniff: 'DICM' at byte 128, or a plausible first group-0008/0002 tag."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(132)
-    except OSError:
-        return False
-    if len(head) >= 132 and head[128:132] == b"DICM":
-        return True
-    if len(head) >= 8:
-        for order in ("little", "big"):  # pre-Part-10 files: little- or big-endian group 0002/0008 first
-            group = int.from_bytes(head[0:2], order)
-            elem = int.from_bytes(head[2:4], order)
-            if group in (0x0002, 0x0008) and elem < 0x0100:
-                return True
-    return False
-
-
-def read_header(path: str | Path) -> Dataset:
-    """Read a DICOM file's header, raising :class:`InputError` on bad input.
-
-    Large values (pixel data) are not read: pydicom defers them, so ``"PixelData" in ds`` still
-    tells whether the object holds pixels.
-    """
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise InputError(f"cannot read file: {exc.strerror}", path=path) from None
-    if size == 0:
-        raise InputError("file is empty (0 bytes)", path=path, expected="a DICOM file", found="0 bytes",
-                         fix="re-export or re-transfer the file")
-    ds = read_header_fast(path, defer_size=1024)  # the same dataset, faster; None where pydicom must read
-    if ds is None and not looks_like_dicom(path):  # (the fast reader only reads files with the DICM prefix)
-        raise InputError(
-            "not a DICOM file", path=path,
-            expected="'DICM' at byte 128 (DICOM Part 10) or a dataset starting with group 0008",
-            found="neither", fix="check the file type; only DICOM, NIfTI, NRRD and PNG/JPEG/TIFF are read",
-        )
-    try:
-        if ds is None:
-            ds = pydicom.dcmread(path, defer_size=1024, force=True)
-    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, NotImplementedError) as exc:
-        raise InputError(
-            f"DICOM header cannot be parsed ({type(exc).__name__}: {exc})", path=path,
-            fix="the file is probably truncated or corrupted; re-export it from the source",
-        ) from None
-    if len(ds) == 0:
-        # pydicom returns an empty dataset (and warns) when an element of undefined length runs to
-        # the end of the file; that element is nearly always encapsulated (compressed) pixel data
-        try:
-            head = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-        except Exception:  # noqa: BLE001 - any failure here means "no usable header" below
-            head = None
-        if head is not None and len(head) > 0:
-            raise InputError(
-                "pixel data is truncated: the compressed frames run past the end of the file",
-                path=path, tag=tag_name("PixelData"),
-                expected="a sequence delimiter (FFFE,E0DD) after the last fragment",
-                found=f"the end of the file after {size} bytes",
-                fix="the file was cut short (interrupted transfer or export); re-export or re-send it",
-            )
-    _check_complete(ds, path, size)
-    if len(ds) == 0 or "SOPClassUID" not in ds and "Modality" not in ds:
-        raise InputError("DICOM dataset has neither a SOP Class UID nor a Modality: not an image object",
-                         path=path, tag=tag_name("SOPClassUID"), expected="a DICOM image object",
-                         found=f"{len(ds)} elements", fix="the file may be truncated or only a fragment")
-    return ds
-
-
-def _check_complete(ds: Dataset, path: Path, size: int) -> None:
-    """Raise :class:`InputError` when pydicom stopped early because the file is cut short.
-
-    pydicom silently returns the elements it could read when a file ends inside an element; the
-    symptom is then a confusing "no pixel data". The last element read tells: its value runs past
-    the end of the file, or (when no pixel data was reached) a few stray bytes follow it.
-    """
-    keys = list(ds.keys())
-    fm = getattr(ds, "file_meta", None)
-    if not keys or fm is not None and str(_fast(fm, "TransferSyntaxUID") or "") == "1.2.840.10008.1.2.1.99":
-        return  # deflated: offsets count inflated bytes, not file bytes
-    last = ds.get_item(keys[-1], keep_deferred=True)
-    tell, length = getattr(last, "value_tell", None), getattr(last, "length", None)
-    if tell is None or length is None or length == 0xFFFFFFFF:
-        return
-    end = tell + length
-    if end == size or end < size and any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        return
-    from pydicom.datadict import keyword_for_tag
-
-    name = f"({last.tag >> 16:04X},{last.tag & 0xFFFF:04X}) {keyword_for_tag(last.tag) or 'private element'}"
-    fix = "the file was cut short (interrupted transfer or export); re-export or re-send it"
-    if end > size:
-        raise InputError("file is truncated inside an element", path=path, tag=name,
-                         expected=f"{length} bytes of value from byte {tell}",
-                         found=f"the end of the file at byte {size}", fix=fix)
-    raise InputError("file is truncated: it ends inside an element header", path=path,
-                     expected=f"a complete element after byte {end}",
-                     found=f"{size - end} stray byte(s) before the end of the file", fix=fix)
 
 
 # --------------------------------------------------------------------------- frames
@@ -211,47 +97,6 @@ def _int(value: Any, default: int, path: Path, keyword: str) -> int:
         return int(f)
     raise InputError("value is not an integer", path=path, tag=tag_name(keyword), expected="an integer",
                      found=repr(str(value)), fix="the header is corrupted; re-export the file")
-
-
-_FAST_TEXT_VRS = frozenset({"IS", "DS", "CS", "UI"})
-_FAST_BINARY_VRS = {"US": "H", "SS": "h", "UL": "I", "SL": "i"}
-_TAGS: dict[str, int] = {}
-
-
-def _fast(ds: Dataset, keyword: str) -> Any:
-    """``ds.get(keyword)`` for numbers, code strings and UIDs, parsed straight from the raw bytes.
-
-    Returns None when the element is absent or empty, an ``int`` for binary integers, a ``str``
-    (or a list of ``str`` for several values) for IS/DS/CS/UI text. About 15× faster than pydicom's
-    value conversion, which matters when reading thousands of headers; anything unusual (other VRs,
-    values already converted, odd lengths) goes through pydicom.
-    """
-    tag = _TAGS.get(keyword)
-    if tag is None:
-        tag = _TAGS[keyword] = tag_for_keyword(keyword)
-    elements = getattr(ds, "_dict", None)  # pydicom's element store: a plain dict keyed by tag
-    if isinstance(elements, dict):
-        elem = elements.get(tag)
-        if elem is None:
-            return None
-    else:
-        if tag not in ds:
-            return None
-        elem = ds.get_item(tag, keep_deferred=True)
-    if type(elem) is RawDataElement and elem.value is not None:
-        vr = elem.VR or dictionary_VR(tag)
-        raw = elem.value
-        if vr in _FAST_TEXT_VRS:
-            text = raw.decode("latin-1").strip(" \x00")
-            if not text:
-                return None
-            if "\\" in text:
-                return [v.strip(" \x00") for v in text.split("\\")]
-            return text
-        if vr in _FAST_BINARY_VRS and len(raw) == 2 * (1 + (vr[1] == "L")):
-            return int.from_bytes(raw, "little" if elem.is_little_endian else "big", signed=vr[0] == "S")
-    value = ds.get(keyword)
-    return None if value is None or value == "" else value
 
 
 def _text(value: Any, sep: str | None = None) -> str:
@@ -307,6 +152,40 @@ class Frame:
     # (offset of the (7FE0,0010) tag, offset of this frame's first byte, numpy dtype string); else None
     native: tuple | None = None
 
+    def to_dict(self) -> dict:
+        """JSON-able form (what the catalog stores per file); :meth:`from_dict` reverses it."""
+        d = dict(self.__dict__)
+        for k in ("orientation", "position", "pixel_spacing"):
+            if d[k] is not None:
+                d[k] = [float(v) for v in d[k]]
+        soft = dict(d["soft"])
+        if "mosaic" in soft:
+            m = dict(soft["mosaic"])
+            m["affine"] = np.asarray(m["affine"]).tolist()
+            m["tile"] = list(m["tile"])
+            soft["mosaic"] = m
+        d["soft"] = soft
+        if d["native"] is not None:
+            d["native"] = list(d["native"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Frame:
+        d = dict(d)
+        for k in ("orientation", "position", "pixel_spacing"):
+            if d[k] is not None:
+                d[k] = np.asarray(d[k], dtype=np.float64)
+        soft = dict(d["soft"])
+        if "mosaic" in soft:
+            m = dict(soft["mosaic"])
+            m["affine"] = np.asarray(m["affine"], dtype=np.float64)
+            m["tile"] = tuple(m["tile"])
+            soft["mosaic"] = m
+        d["soft"] = soft
+        if d.get("native") is not None:
+            d["native"] = tuple(d["native"])
+        return cls(**d)
+
     def hard_key(self) -> tuple:
         o = None if self.orientation is None else tuple(np.round(self.orientation, 4))
         s = None if self.pixel_spacing is None else tuple(np.round(self.pixel_spacing, 4))
@@ -330,7 +209,6 @@ def _native_layout(ds: Dataset, path: Path, base: dict) -> tuple[int, int, str, 
     Returns ``(tag offset, value offset, numpy dtype, bytes per frame)``, or None when pydicom must
     decode (compressed or deflated data, colour, 1-bit, values not deferred by :func:`read_header`).
     """
-    from pydicom.dataelem import RawDataElement
 
     if base["samples"] != 1 or base["bits_allocated"] not in (8, 16, 32) \
             or base["photometric"] not in ("MONOCHROME1", "MONOCHROME2"):
@@ -385,35 +263,35 @@ def frames_of(ds: Dataset, path: str | Path) -> list[Frame]:
             raise InputError("image attribute missing", path=path, tag=tag_name(kw),
                              expected="an image object", found="no such element",
                              fix="this object holds no image (report, structure set, ...)")
-    n = _int(_fast(ds, "NumberOfFrames"), 1, path, "NumberOfFrames") or 1
-    rows = _int(_fast(ds, "Rows"), 0, path, "Rows")
-    cols = _int(_fast(ds, "Columns"), 0, path, "Columns")
+    n = _int(raw_value(ds, "NumberOfFrames"), 1, path, "NumberOfFrames") or 1
+    rows = _int(raw_value(ds, "Rows"), 0, path, "Rows")
+    cols = _int(raw_value(ds, "Columns"), 0, path, "Columns")
     if rows <= 0 or cols <= 0:
         raise InputError("image has no pixels", path=path, tag=f"{tag_name('Rows')} / {tag_name('Columns')}",
                          expected="positive Rows and Columns", found=f"{rows}×{cols}",
                          fix="the header is corrupted; re-export the file")
-    bits_allocated = _int(_fast(ds, "BitsAllocated"), 16, path, "BitsAllocated") or 16
+    bits_allocated = _int(raw_value(ds, "BitsAllocated"), 16, path, "BitsAllocated") or 16
     base = dict(
         path=str(path),
         n_frames_in_file=n,
-        series_uid=str(_fast(ds, "SeriesInstanceUID") or "") or f"file:{path}",
-        sop_uid=str(_fast(ds, "SOPInstanceUID") or ""),
+        series_uid=str(raw_value(ds, "SeriesInstanceUID") or "") or f"file:{path}",
+        sop_uid=str(raw_value(ds, "SOPInstanceUID") or ""),
         rows=rows,
         cols=cols,
-        samples=_int(_fast(ds, "SamplesPerPixel"), 1, path, "SamplesPerPixel") or 1,
-        photometric=str(_fast(ds, "PhotometricInterpretation") or "MONOCHROME2").strip().upper(),
+        samples=_int(raw_value(ds, "SamplesPerPixel"), 1, path, "SamplesPerPixel") or 1,
+        photometric=str(raw_value(ds, "PhotometricInterpretation") or "MONOCHROME2").strip().upper(),
         bits_allocated=bits_allocated,
-        bits_stored=_int(_fast(ds, "BitsStored"), bits_allocated, path, "BitsStored") or bits_allocated,
-        signed=bool(_int(_fast(ds, "PixelRepresentation"), 0, path, "PixelRepresentation")),
-        instance_number=_lenient_int(_fast(ds, "InstanceNumber")),
+        bits_stored=_int(raw_value(ds, "BitsStored"), bits_allocated, path, "BitsStored") or bits_allocated,
+        signed=bool(_int(raw_value(ds, "PixelRepresentation"), 0, path, "PixelRepresentation")),
+        instance_number=_lenient_int(raw_value(ds, "InstanceNumber")),
     )
     native = _native_layout(ds, path, base)
     soft_common = {
-        "echo": _text(_fast(ds, "EchoNumbers")),
-        "temporal": _text(_fast(ds, "TemporalPositionIdentifier")),
-        "acquisition": _text(_fast(ds, "AcquisitionNumber")),
-        "image_type": _text(_fast(ds, "ImageType"), "\\"),
-        "trigger": _text(_fast(ds, "TriggerTime")),
+        "echo": _text(raw_value(ds, "EchoNumbers")),
+        "temporal": _text(raw_value(ds, "TemporalPositionIdentifier")),
+        "acquisition": _text(raw_value(ds, "AcquisitionNumber")),
+        "image_type": _text(raw_value(ds, "ImageType"), "\\"),
+        "trigger": _text(raw_value(ds, "TriggerTime")),
     }
     is_enhanced = "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds
     frames: list[Frame] = []
@@ -425,16 +303,16 @@ def frames_of(ds: Dataset, path: str | Path) -> list[Frame]:
                           slope=_float(ds.get("RescaleSlope"), 1.0), intercept=_float(ds.get("RescaleIntercept"), 0.0),
                           soft=soft, native=_frame_native(native, 0), **base)]
     if not is_enhanced:
-        orientation = _floats(_fast(ds, "ImageOrientationPatient"), 6, path, "ImageOrientationPatient")
-        position = _floats(_fast(ds, "ImagePositionPatient"), 3, path, "ImagePositionPatient")
-        spacing = _floats(_fast(ds, "PixelSpacing"), 2, path, "PixelSpacing")
+        orientation = _floats(raw_value(ds, "ImageOrientationPatient"), 6, path, "ImageOrientationPatient")
+        position = _floats(raw_value(ds, "ImagePositionPatient"), 3, path, "ImagePositionPatient")
+        spacing = _floats(raw_value(ds, "PixelSpacing"), 2, path, "PixelSpacing")
         if spacing is None:
-            spacing = _floats(_fast(ds, "ImagerPixelSpacing"), 2, path, "ImagerPixelSpacing")
+            spacing = _floats(raw_value(ds, "ImagerPixelSpacing"), 2, path, "ImagerPixelSpacing")
         if spacing is not None and np.any(spacing <= 0):
             spacing = None  # e.g. '0\\0' written by some exporters: no usable physical size
-        slope = _float(_fast(ds, "RescaleSlope"), 1.0)
-        intercept = _float(_fast(ds, "RescaleIntercept"), 0.0)
-        offsets = _fast(ds, "GridFrameOffsetVector")  # RT dose: frames are parallel planes
+        slope = _float(raw_value(ds, "RescaleSlope"), 1.0)
+        intercept = _float(raw_value(ds, "RescaleIntercept"), 0.0)
+        offsets = raw_value(ds, "GridFrameOffsetVector")  # RT dose: frames are parallel planes
         if n > 1 and offsets is not None:
             offsets = _floats(offsets, n, path, "GridFrameOffsetVector")
             offsets = offsets - offsets[0]  # relative (type A, first 0) or absolute z (type B)

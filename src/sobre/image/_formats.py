@@ -17,7 +17,7 @@ OPTICAL_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
 def sniff(path: str | Path) -> str | None:
     """Guess a file's format from its first bytes (then its name): dicom, nifti, itk, optical or None."""
-    from sobre.image._dicom import looks_like_dicom
+    from sobre.image._part10 import looks_like_dicom
 
     path = Path(path)
     name = path.name.lower()

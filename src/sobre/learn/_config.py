@@ -10,14 +10,11 @@ subclass or an expression.
 
 from __future__ import annotations
 
-import difflib
-import tomllib
-from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar, Union
+from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from sobre.errors import ConfigError
+from sobre.base import Config, config_from, load_config, resolved, validate_config  # noqa: F401 (re-exported)
 
 __all__ = [
     "DataConfig", "PreprocessConfig", "TaskConfig", "SplitConfig", "ModelConfig", "OptimConfig",
@@ -27,8 +24,8 @@ __all__ = [
 ]
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+class _Section(Config):
+    docs = "docs/learning.md"
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -421,162 +418,3 @@ class LabelEfficiencyConfig(_Section):
         if len({t.name for t in self.targets}) != len(self.targets):
             raise ValueError("target names must be unique")
         return self
-
-
-# ------------------------------------------------------------------------------------------ loading
-M = TypeVar("M", bound=BaseModel)
-
-
-def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
-    """Keys allowed at ``loc`` (the parent of an offending key) in ``model``."""
-    cur: Any = model
-    for part in loc:
-        if isinstance(part, int):
-            continue  # a list element: the member models are found through the union tag or the field
-        m = _as_model(cur, None)
-        if m is not None and part in m.model_fields:
-            cur = m.model_fields[part].annotation
-            continue
-        member = next((u for u in _union_members(cur) if _kind_of(u) == part), None)
-        if member is None:
-            return []
-        cur = member
-    m = _as_model(cur, None)
-    return sorted(m.model_fields) if m is not None else []
-
-
-def _as_model(ann, kind: str | None):
-    """The single pydantic model an annotation stands for (Optional[M], list[M], M), else None."""
-    if isinstance(ann, type) and issubclass(ann, BaseModel):
-        return ann
-    members = _union_members(ann)
-    return members[0] if len(members) == 1 else None
-
-
-def _union_members(ann) -> list:
-    import typing
-
-    out = []
-    for a in typing.get_args(ann):
-        if isinstance(a, type) and issubclass(a, BaseModel):
-            out.append(a)
-        else:
-            out.extend(_union_members(a))
-    return out
-
-
-def _kind_of(model) -> str | None:
-    f = getattr(model, "model_fields", {}).get("kind")
-    if f is None:
-        return None
-    import typing
-
-    args = typing.get_args(f.annotation)
-    return args[0] if args else None
-
-
-def _dotted(loc: tuple) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part in ("flip", "affine", "crop", "noise", "intensity", "gamma", "blur", "bias_field", "cutout"):
-            continue  # the discriminated-union tag pydantic inserts in the location
-        else:
-            out += ("." if out else "") + str(part)
-    return out or "(top level)"
-
-
-def _describe(err: dict, model: type[BaseModel]) -> tuple[str, str, str, str]:
-    """(key, what, expected, found) for one pydantic error."""
-    loc = tuple(err.get("loc", ()))
-    key = _dotted(loc)
-    typ = err.get("type", "")
-    found = repr(err.get("input"))
-    if len(found) > 80:
-        found = found[:77] + "..."
-    if typ == "extra_forbidden":
-        allowed = _allowed_keys(model, loc[:-1])
-        near = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-        hint = f"; did you mean '{near[0]}'?" if near else ""
-        return key, f"unknown key '{key}'{hint}", "one of: " + ", ".join(allowed), repr(loc[-1])
-    if typ == "missing":
-        return key, f"missing required key '{key}'", "a value", "nothing"
-    if typ == "union_tag_invalid" or typ == "union_tag_not_found":
-        ctx = err.get("ctx", {})
-        return key, f"'{key}': unknown or missing `kind`", ctx.get("expected_tags", "a kind"), \
-            repr(ctx.get("tag", None))
-    if typ == "value_error":
-        msg = str(err.get("msg", "")).removeprefix("Value error, ")
-        where = f"[{key}] " if loc else ""
-        return key, where + msg, None, None
-    ctx = err.get("ctx") or {}
-    expected = ctx.get("expected") or str(err.get("msg", "")).removeprefix("Input should be ").rstrip(".")
-    return key, f"wrong value for '{key}'", expected, found
-
-
-def validate_config(data: dict, model: type[M], *, path: str | Path | None = None) -> M:
-    """Validate a parsed TOML mapping against ``model``; raise :class:`ConfigError` listing every problem."""
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        errs = sorted(exc.errors(), key=lambda e: e.get("type") != "extra_forbidden")
-        problems = [_describe(e, model) for e in errs]
-        unknown = any(p[1].startswith("unknown key") for p in problems)
-        fix = ("remove or rename the key; " if unknown else "correct the value; ") + \
-            "docs/learning.md lists every setting with its type and default"
-        if len(problems) == 1:
-            _, what, expected, found = problems[0]
-            raise ConfigError(what, path=path, expected=expected, found=found, fix=fix) from None
-        lines = [f"{len(problems)} problems in the config"]
-        for _, what, expected, found in problems[:10]:
-            detail = f" (expected {expected}; found {found})" if expected is not None and found is not None else ""
-            lines.append(f"  - {what}{detail}")
-        if len(problems) > 10:
-            lines.append(f"  - and {len(problems) - 10} more")
-        lines.append(f"fix: {fix}")
-        raise ConfigError("\n".join(lines), path=path) from None
-
-
-def config_from(config, model: type[M], config_path: str | Path | None = None) -> tuple[M, Path | None]:
-    """``(typed config, the file it came from)`` for a ``model`` instance, a parsed mapping or a TOML path."""
-    if isinstance(config, model):
-        return config, config_path
-    if isinstance(config, dict):
-        return validate_config(config, model, path=config_path), config_path
-    return load_config(config, model), Path(config)
-
-
-def load_config(path: str | Path, model: type[M]) -> M:
-    """Read a TOML file into a typed config.
-
-    Raises
-    ------
-    ConfigError
-        Unreadable TOML (with the line), unknown keys (with the nearest valid key), wrong types or
-        values, missing required keys.
-
-    Examples
-    --------
-    >>> import tempfile, pathlib
-    >>> p = pathlib.Path(tempfile.mkdtemp()) / "t.toml"
-    >>> _ = p.write_text('[data]\\ndataset = "d@v1"\\n[task]\\nkind = "regression"\\nlabel = "age"\\n')
-    >>> load_config(p, TrainConfig).task.label
-    'age'
-    """
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError("cannot read the config file", path=path, found=exc.strerror,
-                          fix="check the path") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"not valid TOML ({exc})", path=path, fix="fix the syntax at the line shown") from None
-    return validate_config(data, model, path=path)
-
-
-def resolved(config: BaseModel) -> dict:
-    """The configuration with every default filled in, as JSON-able data (what a run records)."""
-    return config.model_dump(mode="json")

@@ -214,7 +214,7 @@ class DicomWebPacs:
     def _pull_study(self, uid: str, dest: Path, deidentifier) -> tuple[list[str], list]:
         import pydicom
 
-        from sobre.privacy._engine import check_pixel_length, write_atomic
+        from sobre.image import check_pixel_length, write_atomic
 
         expected = self.instance_uids(uid)
         if not expected:
@@ -284,7 +284,8 @@ class DicomWebPacs:
 
         Files that are not complete DICOM instances are not sent (listed in ``skipped``).
         """
-        from sobre.privacy._engine import iter_files, read_instance
+        from sobre.image import read_instance
+        from sobre.privacy import iter_files
 
         report = PushReport()
         pending: list = []

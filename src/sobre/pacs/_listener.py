@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Callable
 
 from sobre.errors import InputError, SobreError
+from sobre.image import received_facts
 
 __all__ = ["Listener", "ListenerStats", "STATUS"]
 
@@ -271,7 +272,7 @@ class Listener:
         if self._pool is not None or self.deidentifier is None:
             # the dataset is stored as received: check it from its bytes (pydicom only if in doubt)
             try:
-                facts = _quick_facts(event.encoded_dataset(include_meta=False), ts)
+                facts = received_facts(event.encoded_dataset(include_meta=False), ts)
             except Exception:  # noqa: BLE001 - the thorough check below decides
                 facts = None
         if facts is None:
@@ -289,7 +290,7 @@ class Listener:
         if sop != str(event.request.AffectedSOPInstanceUID):
             return self._fail("sop_class_mismatch", "(0008,0018) SOPInstanceUID differs from the request's", event)
         if ds is not None:
-            from sobre.privacy._engine import check_pixel_length
+            from sobre.image import check_pixel_length
 
             try:
                 check_pixel_length(ds, transfer_syntax=ts)
@@ -299,7 +300,7 @@ class Listener:
 
     def _check_decoded(self, event, ts):
         """Decode the received dataset and check it: ``(dataset, UIDs)`` or a failure status."""
-        from sobre.privacy._engine import check_raw_lengths
+        from sobre.image import check_raw_lengths
 
         try:
             ds = event.dataset  # decoded lazily: elements stay raw until a value is read
@@ -321,7 +322,7 @@ class Listener:
         return ds, (sop_class, sop, study, series)
 
     def _store(self, event, ds, ts, sop: str, study: str, series: str) -> int:
-        from sobre.privacy._engine import write_atomic
+        from sobre.image import write_atomic
 
         source = f"C-STORE from {event.assoc.requestor.ae_title}"
         if self._pool is not None:
@@ -453,7 +454,7 @@ def _part10(event, ts) -> bytes:
     """
     from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
-    from sobre.privacy._engine import file_meta_bytes
+    from sobre.image import file_meta_bytes
 
     req = event.request
     meta = file_meta_bytes(str(req.AffectedSOPClassUID), str(req.AffectedSOPInstanceUID), str(ts),
@@ -461,176 +462,6 @@ def _part10(event, ts) -> bytes:
     if meta is None:
         return event.encoded_dataset(include_meta=True)
     return b"".join((b"\x00" * 128, b"DICM", meta, event.encoded_dataset(include_meta=False)))
-
-
-# -- quick structural check of a received dataset ------------------------------------------------
-_VRS = frozenset(v.encode() for v in ("AE", "AS", "AT", "CS", "DA", "DS", "DT", "FL", "FD", "IS", "LO", "LT",
-                                      "OB", "OD", "OF", "OL", "OV", "OW", "PN", "SH", "SL", "SQ", "SS", "ST",
-                                      "SV", "TM", "UC", "UI", "UL", "UN", "UR", "US", "UT", "UV"))
-_LONG_VRS = frozenset((b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT"))
-_QUICK_TAGS = {
-    0x00080016: "sop_class", 0x00080018: "sop", 0x0020000D: "study", 0x0020000E: "series",
-    0x00280002: "spp", 0x00280004: "photometric", 0x00280008: "frames", 0x00280010: "rows",
-    0x00280011: "columns", 0x00280100: "bits", 0x7FE00008: "float", 0x7FE00009: "double",
-    0x7FE00010: "pixels",
-}
-_QUICK_VRS = {"sop_class": b"UI", "sop": b"UI", "study": b"UI", "series": b"UI", "spp": b"US", "photometric": b"CS",
-              "frames": b"IS", "rows": b"US", "columns": b"US", "bits": b"US"}
-
-
-class _Odd(Exception):
-    """Something the quick check does not vouch for (pydicom then decides)."""
-
-
-def _quick_facts(buf: bytes, ts) -> tuple[str, str, str, str] | None:
-    """``(SOP class, SOP instance, study, series)`` UIDs of a received dataset, read from its bytes.
-
-    Returns the UIDs only when the dataset is surely complete: every element (and every item of
-    undefined-length sequences) lies within the stream, the required UIDs are plain ASCII, and
-    native pixel data is as long as Rows x Columns x frames x samples x bits say. Anything else,
-    unusual or wrong, gives ``None``: the caller then decodes the dataset with pydicom and checks it
-    the thorough way (which also gives the right failure status). The same verdict as decoding,
-    without building an element object for each of the hundreds of elements of an instance.
-    """
-    import struct
-
-    if not ts.is_little_endian or ts.is_deflated or not buf:
-        return None
-    found: dict[str, bytes] = {}
-    try:
-        pos = _quick_dataset(buf, 0, len(buf), ts.is_implicit_VR, False, found, struct.unpack_from)
-    except (_Odd, struct.error):
-        return None
-    if pos != len(buf):
-        return None
-
-    def text(name: str) -> str:
-        raw = found.get(name)
-        if raw is None:
-            return ""
-        if not raw.isascii() or b"\\" in raw:
-            raise _Odd
-        return raw.decode("ascii").rstrip("\x00 ").strip()
-
-    try:
-        uids = [text("sop_class"), text("sop"), text("study") or "no-study", text("series") or "no-series"]
-        if not uids[0] or not uids[1]:
-            return None
-        pixels = found.get("pixels")
-        if pixels is None:
-            if "rows" in found and "columns" in found and "float" not in found and "double" not in found:
-                return None  # image without pixel data: the thorough check says why
-            return tuple(uids)
-        if ts.is_compressed:
-            return tuple(uids) if pixels else None
-
-        def us(name: str, default: int | None = None) -> int:
-            raw = found.get(name)
-            if raw is None and default is not None:
-                return default
-            if raw is None or len(raw) != 2:
-                raise _Odd
-            return struct.unpack("<H", raw)[0]
-
-        rows, cols, bits = us("rows"), us("columns"), us("bits")
-        spp = us("spp", 1) or 1
-        frames_text = text("frames")
-        frames = int(frames_text) if frames_text else 1
-        if frames == 0:
-            frames = 1  # as int(NumberOfFrames or 1)
-        expected = (rows * cols * frames * spp * bits + 7) // 8
-        if text("photometric").startswith("YBR_FULL_422"):
-            expected = expected // 3 * 2
-        if len(pixels) < expected:
-            return None
-    except (_Odd, ValueError):
-        return None
-    return tuple(uids)
-
-
-def _quick_dataset(buf: bytes, pos: int, end: int, implicit: bool, in_item: bool, found, unpack) -> int:
-    """Walk elements from ``pos``; returns the position after the dataset (raises :class:`_Odd`).
-
-    A top-level dataset (``found`` is a dict) ends at ``end``; an undefined-length item ends at its
-    Item Delimitation Item.
-    """
-    while pos < end:
-        if pos + 8 > end:
-            raise _Odd
-        group, element, length = unpack("<HHL", buf, pos)
-        if group == 0xFFFE:
-            if in_item and element == 0xE00D and length == 0:
-                return pos + 8
-            raise _Odd
-        if implicit:
-            vr = None
-            pos += 8
-        else:
-            vr, length = unpack("<2sH", buf, pos + 4)
-            if vr in _LONG_VRS:
-                if pos + 12 > end:
-                    raise _Odd
-                length = unpack("<L", buf, pos + 8)[0]
-                pos += 12
-            elif vr in _VRS:
-                pos += 8
-            else:
-                raise _Odd
-        if length == 0xFFFFFFFF:
-            if not (implicit or vr == b"SQ" or (vr == b"OB" and group == 0x7FE0 and found is not None)):
-                raise _Odd  # undefined-length UN and the like: leave to pydicom
-            start = pos
-            pixels = ((group << 16) | element) == 0x7FE00010 and not implicit
-            pos = _quick_items(buf, pos, end, None, implicit, unpack, fragments=pixels)
-            if found is not None and ((group << 16) | element) == 0x7FE00010:
-                found["pixels"] = buf[start:pos - 8]
-            continue
-        if pos + length > end:
-            raise _Odd  # truncated
-        if vr == b"SQ":  # items checked too (pydicom reads them later, when the value is used)
-            _quick_items(buf, pos, end, pos + length, implicit, unpack)
-        if found is not None:
-            name = _QUICK_TAGS.get((group << 16) | element)
-            if name is not None:
-                want = _QUICK_VRS.get(name)
-                if want is not None and vr is not None and vr != want:
-                    raise _Odd
-                found[name] = buf[pos:pos + length]
-        pos += length
-    if in_item or pos != end:
-        raise _Odd
-    return pos
-
-
-def _quick_items(buf: bytes, pos: int, end: int, seq_end: int | None, implicit: bool, unpack, *,
-                 fragments: bool = False) -> int:
-    """Walk the items of a sequence (or of encapsulated pixel data), each item's elements included;
-    returns the position after it: ``seq_end`` for a defined length, else after its Sequence
-    Delimitation Item."""
-    while True:
-        if seq_end is not None and pos == seq_end:
-            return pos
-        limit = end if seq_end is None else seq_end
-        if pos + 8 > limit:
-            raise _Odd
-        group, element, length = unpack("<HHL", buf, pos)
-        pos += 8
-        if group != 0xFFFE:
-            raise _Odd
-        if element == 0xE0DD and seq_end is None:
-            return pos
-        if element != 0xE000:
-            raise _Odd
-        if length == 0xFFFFFFFF:
-            if fragments:
-                raise _Odd
-            pos = _quick_dataset(buf, pos, limit, implicit, True, None, unpack)
-        elif pos + length > limit:
-            raise _Odd
-        elif fragments:
-            pos += length  # encapsulated pixel data: fragments are bytes, not datasets
-        else:
-            pos = _quick_dataset(buf, pos, pos + length, implicit, False, None, unpack)
 
 
 def _on_connection(event) -> None:
@@ -696,7 +527,7 @@ def _worker_deidentify(spool_file: str, store_dir: str) -> tuple[str | None, lis
 
     import pydicom
 
-    from sobre.privacy._engine import write_atomic
+    from sobre.image import write_atomic
 
     deid = _WORKER["deid"]
     try:

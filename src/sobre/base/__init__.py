@@ -1,0 +1,18 @@
+"""The small shared base under every other package: files, hashes, canonical JSON, configuration, progress.
+
+Nothing here knows about images or workspaces; every other package may use it.
+
+>>> from sobre.base import canonical_json
+>>> canonical_json({"z": 0, "a": None})
+b'{"a":null,"z":0}'
+"""
+
+from sobre.base._config import Config, config_from, load_config, read_toml, resolved, validate_config
+from sobre.base._files import canonical_json, sha256_bytes, sha256_file, write_atomic
+from sobre.base._progress import Progress, ProgressRecorder, no_progress
+
+__all__ = [
+    "Config", "config_from", "load_config", "read_toml", "resolved", "validate_config",
+    "canonical_json", "sha256_bytes", "sha256_file", "write_atomic",
+    "Progress", "ProgressRecorder", "no_progress",
+]
