@@ -23,6 +23,7 @@ from sobre.image._encode import (
 from sobre.image._geometry import lps_to_ras, orientation_code, ras_to_lps
 from sobre.image._image import Image
 from sobre.image._io import load, load_all, save
+from sobre.image._spatial import Grid, crop_or_pad, reorient, resample
 from sobre.image._part10 import (
     MEDIA_STORAGE_DIRECTORY, check_complete, check_pixel_length, check_raw_lengths, looks_like_dicom,
     raw_value, read_header, read_instance, received_facts, tag_name,
@@ -36,4 +37,5 @@ __all__ = [
     "check_raw_lengths", "check_pixel_length", "received_facts", "raw_value", "encode_dataset",
     "file_meta_bytes", "tag_name", "looks_like_dicom", "write_atomic", "MEDIA_STORAGE_DIRECTORY",
     "SOBRE_IMPLEMENTATION_UID", "SOBRE_IMPLEMENTATION_VERSION",
+    "Grid", "resample", "reorient", "crop_or_pad",
 ]
