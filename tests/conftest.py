@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 SEED = 20241125
-PYRADIOMICS = Path("/work/shared/data/pyradiomics")
 
 
 def sample_path(name: str) -> Path:
@@ -22,8 +21,8 @@ def sample_path(name: str) -> Path:
 
     try:
         return samples.path(name)
-    except samples.SampleMissing:
-        pytest.skip(f"sample data {name!r} is not fetched; run `sobre samples fetch {name}` (or `make data`)")
+    except samples.SampleMissing as exc:  # the message says why (not fetched, refused fetch, stale) and what to do
+        pytest.skip(str(exc))
 
 
 @pytest.fixture(scope="session")
@@ -62,11 +61,16 @@ def colin27_path(sample) -> Path:
 
 
 @pytest.fixture(scope="session")
-def pyradiomics_data() -> Path:
-    """Real CT/MR NRRD volumes copied from the pyradiomics sdist (shared folder of this workplace)."""
-    if not (PYRADIOMICS / "lung1_image.nrrd").exists():
-        pytest.skip(f"pyradiomics data is not available at {PYRADIOMICS}")
-    return PYRADIOMICS
+def pyradiomics_data(sample) -> Path:
+    """Real NRRD volumes + lesion masks of the pyradiomics 3.1.0 sdist (sample ``pyradiomics-data``).
+
+    ``{brain1,brain2,breast1,lung1,lung2}_{image,label}.nrrd``: brain MR, breast MR, lung CT (BSD-3).
+    """
+    p = sample("pyradiomics-data") / "pyradiomics-3.1.0" / "data"
+    if not (p / "lung1_image.nrrd").exists():
+        pytest.skip(f"{p / 'lung1_image.nrrd'} is missing from the pyradiomics-data sample; "
+                    "run `sobre samples fetch --force pyradiomics-data`")
+    return p
 
 
 @pytest.fixture(scope="session")
