@@ -165,6 +165,24 @@ def test_failed_extraction_leaves_nothing(cache, tmp_path, fake_source):
     assert _cache_entries(cache) == {".lock", ".fake.failed.json"}
 
 
+def test_an_archive_that_cannot_be_unpacked_leaves_nothing(cache, tmp_path, fake_source):
+    archive = tmp_path / "fake-1.0.tar.gz"
+    archive.write_bytes(b"not a tar file at all")
+    fake_source(archive)  # pinned to these very bytes: the hash passes, unpacking fails
+    with pytest.raises(samples.FetchIncomplete) as info:
+        samples.fetch(["fake"])
+    err = info.value.errors["fake"]
+    assert isinstance(err, samples.SampleFetchError) and "could not unpack fake-1.0.tar.gz" in str(err)
+    assert _cache_entries(cache) == {".lock", ".fake.failed.json"}
+
+
+def test_leftovers_of_a_killed_fetch_are_removed(cache, fake_archive, fake_source):
+    fake_source(fake_archive)
+    (cache / ".fake-abc123" / "out").mkdir(parents=True)  # what a fetch killed by SIGKILL leaves
+    samples.fetch(["fake"])
+    assert _cache_entries(cache) == {"fake", ".lock"}
+
+
 def test_success_after_failure_clears_the_failure(cache, fake_archive, fake_source):
     fake_source(fake_archive, sha256_="1" * 64)
     with pytest.raises(samples.FetchIncomplete):

@@ -497,6 +497,17 @@ def _single_file(source: Source, workdir: Path) -> Path:
 # --------------------------------------------------------------------------- extraction
 def _extract(archive: Path, source: Source, dest: Path) -> tuple[int, int]:
     """Extract the kept regular files of ``archive`` into ``dest``; returns (files, bytes)."""
+    try:
+        return _extract_members(archive, source, dest)
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
+        raise SampleFetchError(
+            f"sample source {source.name!r}: could not unpack {archive.name}; the cache is unchanged",
+            found=f"{type(exc).__name__}: {exc}",
+            fix="check the free space of the cache folder and try again",
+        ) from exc
+
+
+def _extract_members(archive: Path, source: Source, dest: Path) -> tuple[int, int]:
     count = size = 0
     if archive.suffix == ".whl" or archive.suffix == ".zip":
         with zipfile.ZipFile(archive) as zf:
@@ -620,6 +631,10 @@ def fetch(names: list[str] | None = None, cache: str | Path | None = None, *, fo
     result: dict[str, Path] = {}
     errors: dict[str, SobreError] = {}
     with _locked(cache_dir):
+        for name in wanted:  # temporary folders of a fetch that was killed (the lock says none is running)
+            for stale in cache_dir.glob(f".{name}-*"):
+                if stale.is_dir():
+                    shutil.rmtree(stale, ignore_errors=True)
         for i, name in enumerate(wanted):
             source = SOURCES[name]
             root = cache_dir / name
