@@ -70,5 +70,5 @@ def _list(ns) -> int:
                 held = f"{rec['version']}{'' if rec.get('pinned', True) else ' UNPINNED'}"
             else:
                 held = r["state"]
-            print(f"[{'yes' if r['cached'] else 'no '}] {r['name']:16s} {r['spec']:34s} {held:22s} {r['description']}")
+            print(f"[{'yes' if r['cached'] else 'no '}] {r['name']:16s} {r['spec']:42s} {held:20s} {r['description']}")
     return 0
