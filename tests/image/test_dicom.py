@@ -363,7 +363,43 @@ def test_rt_dose_grid_frame_offsets_give_the_slice_spacing(pydicom_test_files):
     assert img.shape == (ds.Columns, ds.Rows, ds.NumberOfFrames) and img.spatial_ndim == 3
     offsets = np.array(ds.GridFrameOffsetVector, float)
     assert img.spacing[2] == pytest.approx(abs(offsets[1] - offsets[0]))
-    assert np.array_equal(img.array, np.transpose(pixel_array(str(path)), (2, 1, 0)))
+    # values are doses: stored values × DoseGridScaling (3004,000E), in the unit DoseUnits says
+    stored = np.transpose(pixel_array(str(path)), (2, 1, 0)).astype(np.float64)
+    assert img.dtype == np.float32
+    assert np.allclose(img.array, stored * float(ds.DoseGridScaling), rtol=1e-6, atol=0)
+    assert ds.DoseUnits == img.metadata["dose_units"] == "RELATIVE" and img.metadata["units"] == "relative"
+    assert img.metadata["dose_grid_scaling"] == pytest.approx(float(ds.DoseGridScaling))
+
+
+@pytest.mark.parametrize("name", ["rtdose.dcm", "rtdose_1frame.dcm", "rtdose_expb.dcm", "rtdose_rle.dcm",
+                                  "rtdose_rle_1frame.dcm", "rtdose_expb_1frame.dcm"])
+def test_rt_dose_values_are_scaled_to_gray(pydicom_test_files, name):
+    path = pydicom_test_files / name
+    ds = pydicom.dcmread(path)
+    img = sobre.load(path)
+    stored = pixel_array(str(path)).astype(np.float64) * float(ds.DoseGridScaling)
+    expected = np.transpose(stored, (2, 1, 0)) if stored.ndim == 3 else stored.T
+    assert img.dtype == np.float32 and np.allclose(img.array, expected, rtol=1e-6, atol=0)
+    assert img.metadata["dose_units"] == ds.DoseUnits and img.metadata["dose_type"] == ds.DoseType
+
+
+def test_rt_dose_in_gray_says_so(tmp_path, pydicom_test_files):
+    ds = pydicom.dcmread(pydicom_test_files / "rtdose_1frame.dcm")
+    ds.DoseUnits = "GY"
+    ds.save_as(tmp_path / "dose.dcm")
+    img = sobre.load(tmp_path / "dose.dcm")
+    assert img.metadata["dose_units"] == "GY" and img.metadata["units"] == "Gy"
+    assert img.summary()["metadata"]["units"] == "Gy"
+
+
+def test_rt_dose_with_a_damaged_scaling_is_refused(tmp_path, pydicom_test_files):
+    ds = pydicom.dcmread(pydicom_test_files / "rtdose_1frame.dcm")
+    ds.DoseGridScaling = "-1"
+    ds.save_as(tmp_path / "dose.dcm")
+    with pytest.raises(InputError, match=r"dose\.dcm: \(3004,000E\) DoseGridScaling: dose grid scaling is not a "
+                                         r"positive number \(expected a positive decimal \(Gy per stored unit\); "
+                                         r"found '-1'\)"):
+        sobre.load(tmp_path / "dose.dcm")
 
 
 # --------------------------------------------------------------------------- multi-frame, enhanced

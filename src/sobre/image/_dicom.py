@@ -37,14 +37,18 @@ import pydicom
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
-from sobre.errors import GeometryError, InputError
+from sobre.errors import GeometryError, InputError, SobreError
 from sobre.image._image import Image
-from sobre.image._part10 import raw_value, read_header, tag_name
+from sobre.image._part10 import header_int, header_value, raw_value, read_header, tag_name
 
-# Geometry tolerances (mm or unitless cosines). Positions from real scanners jitter by ~1e-4 mm.
-ORIENTATION_TOL = 1e-4
-SPACING_REL_TOL = 0.01  # slice steps may differ from their median by 1 % ...
-SPACING_ABS_TOL = 1e-3  # ... plus this many mm, before a series counts as uneven
+# Geometry tolerances (mm, unitless cosines, or fractions of a voxel); docs/ARCHITECTURE.md explains them.
+ORIENTATION_TOL = 1e-4  # cosines that differ by less are the same orientation (grouping frames)
+ORIENTATION_VALID_TOL = 1e-2  # direction cosines must be unit (±1 %) and orthogonal (|cos| <= 0.01, ~0.6°)
+SPACING_ABS_TOL = 1e-3  # mm: slices closer than this share a position (duplicates / several acquisitions)
+SLICE_POSITION_TOL = 0.2  # each slice origin within 0.2 voxel of the least-squares uniform grid:
+#                           0.2 × the slice step along the normal, 0.2 × the pixel spacing in the slice plane
+SLICE_GAP_RATIO = 1.5  # a step this many times the median leaves room for a missing slice (a gap) ...
+SLICE_EXTRA_RATIO = 0.5  # ... one this small puts an extra (or misplaced) slice between two regular ones
 
 # Functional-group macros whose sequences hold per-frame geometry in enhanced multi-frame objects.
 _FG_KEYS = (
@@ -83,20 +87,7 @@ def _floats(value: Any, n: int, path: Path, keyword: str) -> np.ndarray | None:
 
 def _int(value: Any, default: int, path: Path, keyword: str) -> int:
     """An integer header value (IS/US), or ``default`` when absent; InputError naming the tag if garbled."""
-    if value is None or value == "":
-        return default
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        pass
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        f = float("nan")
-    if f.is_integer():
-        return int(f)
-    raise InputError("value is not an integer", path=path, tag=tag_name(keyword), expected="an integer",
-                     found=repr(str(value)), fix="the header is corrupted; re-export the file")
+    return header_int(value, default, path, keyword)
 
 
 def _text(value: Any, sep: str | None = None) -> str:
@@ -151,6 +142,9 @@ class Frame:
     # uncompressed pixel data that can be read straight from the file, without pydicom:
     # (offset of the (7FE0,0010) tag, offset of this frame's first byte, numpy dtype string); else None
     native: tuple | None = None
+    # why this frame has no patient geometry although its header has some (a damaged
+    # ImageOrientationPatient); None when its geometry is fine or simply absent
+    geometry_problem: str | None = None
 
     def to_dict(self) -> dict:
         """JSON-able form (what the catalog stores per file); :meth:`from_dict` reverses it."""
@@ -243,27 +237,99 @@ def _frame_native(layout: tuple | None, i: int) -> tuple | None:
     return (tag_offset, value_offset + i * frame_bytes, dtype)
 
 
-def _fg(ds: Dataset, i: int, name: str):
+def _fg(ds: Dataset, i: int, name: str, path: Path):
     """Item 0 of functional-group sequence ``name`` for frame ``i`` (per-frame first, then shared)."""
-    for groups in (ds.get("PerFrameFunctionalGroupsSequence"), ds.get("SharedFunctionalGroupsSequence")):
+    for kw in ("PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence"):
+        groups = header_value(ds, kw, path)
         if not groups:
             continue
-        item = groups[i] if groups is ds.get("PerFrameFunctionalGroupsSequence") else groups[0]
-        seq = item.get(name)
+        try:
+            item = groups[i] if kw == "PerFrameFunctionalGroupsSequence" else groups[0]
+        except IndexError:
+            raise InputError("fewer functional groups than frames", path=path, tag=tag_name(kw),
+                             expected=f"an item for frame {i + 1}", found=f"{len(groups)} item(s)",
+                             fix="the header is corrupted; re-export the file") from None
+        seq = header_value(item, name, path)
         if seq:
             return seq[0]
     return None
 
 
+def _orientation(value: Any, path: Path) -> tuple[np.ndarray | None, str | None]:
+    """``(direction cosines (6,), None)``, or ``(None, what is wrong)`` for a damaged value.
+
+    Absent is not damaged (secondary captures, photographs have no patient frame). Damaged: not six
+    finite numbers, or row / column cosines that are not unit vectors or not orthogonal (within
+    :data:`ORIENTATION_VALID_TOL`): an affine built from them would place voxels nowhere real.
+    """
+    if value is None or value == "":
+        return None, None
+    try:
+        arr = _floats(value, 6, path, "ImageOrientationPatient")
+    except InputError as exc:
+        return None, f"{exc.what} (expected {exc.expected}; found {exc.found})"
+    row, col = arr[:3], arr[3:]
+    nr, nc = float(np.linalg.norm(row)), float(np.linalg.norm(col))
+    if abs(nr - 1) > ORIENTATION_VALID_TOL or abs(nc - 1) > ORIENTATION_VALID_TOL:
+        return None, (f"direction cosines are not unit vectors (row length {nr:.4g}, column length {nc:.4g}; "
+                      f"expected 1 ± {ORIENTATION_VALID_TOL:g})")
+    cos = float(np.dot(row, col)) / (nr * nc)
+    if abs(cos) > ORIENTATION_VALID_TOL:
+        return None, (f"row and column directions are not orthogonal (angle {np.degrees(np.arccos(cos)):.4g}°; "
+                      f"expected 90 ± {np.degrees(np.arcsin(ORIENTATION_VALID_TOL)):.2g}°)")
+    return arr, None
+
+
+RT_DOSE_STORAGE = "1.2.840.10008.5.1.4.1.1.481.2"
+
+
+def _dose_scaling(ds: Dataset, path: Path) -> float:
+    """DoseGridScaling (3004,000E) of an RT Dose object (stored value × scaling = dose), else 1."""
+    if str(raw_value(ds, "Modality") or "").upper() != "RTDOSE" and str(raw_value(ds, "SOPClassUID") or "") \
+            != RT_DOSE_STORAGE:
+        return 1.0
+    value = header_value(ds, "DoseGridScaling", path)
+    if value is None or value == "":
+        return 1.0
+    try:
+        scaling = float(value)
+    except (TypeError, ValueError):
+        scaling = float("nan")
+    if not np.isfinite(scaling) or scaling <= 0:
+        raise InputError("dose grid scaling is not a positive number", path=path, tag=tag_name("DoseGridScaling"),
+                         expected="a positive decimal (Gy per stored unit)", found=repr(str(value)),
+                         fix="the header is corrupted; re-export the dose from the planning system")
+    return scaling
+
+
 def frames_of(ds: Dataset, path: str | Path) -> list[Frame]:
-    """Split a dataset into frames with per-frame geometry (no pixel data is read)."""
+    """Split a dataset into frames with per-frame geometry (no pixel data is read).
+
+    Header values pydicom cannot convert (an unknown VR, damaged bytes, a broken sequence) raise
+    :class:`~sobre.errors.InputError` naming the file and, where known, the tag. A damaged
+    ImageOrientationPatient does not: the frames get no orientation and say why in
+    ``Frame.geometry_problem`` (:func:`assemble` then warns and reads them in pixel coordinates).
+    """
     path = Path(path)
+    try:
+        return _frames_of(ds, path)
+    except SobreError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types for damaged values and sequences
+        raise InputError(f"header cannot be read ({type(exc).__name__}: {exc})", path=path,
+                         fix="the header is corrupted; re-export the file") from None
+
+
+def _frames_of(ds: Dataset, path: Path) -> list[Frame]:
     for kw in ("Rows", "Columns"):
         if kw not in ds:
             raise InputError("image attribute missing", path=path, tag=tag_name(kw),
                              expected="an image object", found="no such element",
                              fix="this object holds no image (report, structure set, ...)")
     n = _int(raw_value(ds, "NumberOfFrames"), 1, path, "NumberOfFrames") or 1
+    if n < 0:
+        raise InputError("negative number of frames", path=path, tag=tag_name("NumberOfFrames"),
+                         expected="a positive integer", found=str(n), fix="the header is corrupted; re-export the file")
     rows = _int(raw_value(ds, "Rows"), 0, path, "Rows")
     cols = _int(raw_value(ds, "Columns"), 0, path, "Columns")
     if rows <= 0 or cols <= 0:
@@ -271,6 +337,7 @@ def frames_of(ds: Dataset, path: str | Path) -> list[Frame]:
                          expected="positive Rows and Columns", found=f"{rows}×{cols}",
                          fix="the header is corrupted; re-export the file")
     bits_allocated = _int(raw_value(ds, "BitsAllocated"), 16, path, "BitsAllocated") or 16
+    samples = _int(raw_value(ds, "SamplesPerPixel"), 1, path, "SamplesPerPixel") or 1
     base = dict(
         path=str(path),
         n_frames_in_file=n,
@@ -278,8 +345,9 @@ def frames_of(ds: Dataset, path: str | Path) -> list[Frame]:
         sop_uid=str(raw_value(ds, "SOPInstanceUID") or ""),
         rows=rows,
         cols=cols,
-        samples=_int(raw_value(ds, "SamplesPerPixel"), 1, path, "SamplesPerPixel") or 1,
-        photometric=str(raw_value(ds, "PhotometricInterpretation") or "MONOCHROME2").strip().upper(),
+        samples=samples,
+        photometric=_text(raw_value(ds, "PhotometricInterpretation"), "\\").strip().upper()
+        or ("RGB" if samples == 3 else "MONOCHROME2"),
         bits_allocated=bits_allocated,
         bits_stored=_int(raw_value(ds, "BitsStored"), bits_allocated, path, "BitsStored") or bits_allocated,
         signed=bool(_int(raw_value(ds, "PixelRepresentation"), 0, path, "PixelRepresentation")),
@@ -300,17 +368,18 @@ def frames_of(ds: Dataset, path: str | Path) -> list[Frame]:
         if mosaic is not None:
             soft = dict(soft_common, mosaic=mosaic)
             return [Frame(index=None, orientation=None, position=None, pixel_spacing=None,
-                          slope=_float(ds.get("RescaleSlope"), 1.0), intercept=_float(ds.get("RescaleIntercept"), 0.0),
+                          slope=_float(raw_value(ds, "RescaleSlope"), 1.0),
+                          intercept=_float(raw_value(ds, "RescaleIntercept"), 0.0),
                           soft=soft, native=_frame_native(native, 0), **base)]
     if not is_enhanced:
-        orientation = _floats(raw_value(ds, "ImageOrientationPatient"), 6, path, "ImageOrientationPatient")
+        orientation, problem = _orientation(raw_value(ds, "ImageOrientationPatient"), path)
         position = _floats(raw_value(ds, "ImagePositionPatient"), 3, path, "ImagePositionPatient")
         spacing = _floats(raw_value(ds, "PixelSpacing"), 2, path, "PixelSpacing")
         if spacing is None:
             spacing = _floats(raw_value(ds, "ImagerPixelSpacing"), 2, path, "ImagerPixelSpacing")
         if spacing is not None and np.any(spacing <= 0):
             spacing = None  # e.g. '0\\0' written by some exporters: no usable physical size
-        slope = _float(raw_value(ds, "RescaleSlope"), 1.0)
+        slope = _float(raw_value(ds, "RescaleSlope"), 1.0) * _dose_scaling(ds, path)
         intercept = _float(raw_value(ds, "RescaleIntercept"), 0.0)
         offsets = raw_value(ds, "GridFrameOffsetVector")  # RT dose: frames are parallel planes
         if n > 1 and offsets is not None:
@@ -325,33 +394,37 @@ def frames_of(ds: Dataset, path: str | Path) -> list[Frame]:
                 pos = None  # cine / NM frames share one plane: not a spatial stack
             frames.append(Frame(index=i if n > 1 else None, orientation=orientation, position=pos,
                                 pixel_spacing=spacing, slope=slope, intercept=intercept,
-                                soft=dict(soft_common), native=_frame_native(native, i), **base))
+                                soft=dict(soft_common), native=_frame_native(native, i),
+                                geometry_problem=problem, **base))
         return frames
     for i in range(n):
-        po = _fg(ds, i, "PlaneOrientationSequence")
-        pp = _fg(ds, i, "PlanePositionSequence")
-        pm = _fg(ds, i, "PixelMeasuresSequence")
-        pv = _fg(ds, i, "PixelValueTransformationSequence")
-        fc = _fg(ds, i, "FrameContentSequence")
-        me = _fg(ds, i, "MREchoSequence")
-        orientation = _floats(po.get("ImageOrientationPatient") if po else None, 6, path, "ImageOrientationPatient")
-        position = _floats(pp.get("ImagePositionPatient") if pp else None, 3, path, "ImagePositionPatient")
-        spacing = _floats(pm.get("PixelSpacing") if pm else None, 2, path, "PixelSpacing")
+        po = _fg(ds, i, "PlaneOrientationSequence", path)
+        pp = _fg(ds, i, "PlanePositionSequence", path)
+        pm = _fg(ds, i, "PixelMeasuresSequence", path)
+        pv = _fg(ds, i, "PixelValueTransformationSequence", path)
+        fc = _fg(ds, i, "FrameContentSequence", path)
+        me = _fg(ds, i, "MREchoSequence", path)
+        orientation, problem = _orientation(
+            header_value(po, "ImageOrientationPatient", path) if po else None, path)
+        position = _floats(header_value(pp, "ImagePositionPatient", path) if pp else None, 3, path,
+                           "ImagePositionPatient")
+        spacing = _floats(header_value(pm, "PixelSpacing", path) if pm else None, 2, path, "PixelSpacing")
         if spacing is not None and np.any(spacing <= 0):
             spacing = None
         soft = dict(soft_common)
         if fc is not None:
-            soft["temporal"] = str(fc.get("TemporalPositionIndex", soft["temporal"]))
-            soft["stack"] = str(fc.get("StackID", "")) or None
-            dims = fc.get("DimensionIndexValues")
+            soft["temporal"] = str(header_value(fc, "TemporalPositionIndex", path, soft["temporal"]))
+            soft["stack"] = str(header_value(fc, "StackID", path, "")) or None
+            dims = header_value(fc, "DimensionIndexValues", path)
             soft["dimension"] = str(list(dims)) if dims is not None else ""
         if me is not None:
-            soft["echo"] = str(me.get("EffectiveEchoTime", soft["echo"]))
+            soft["echo"] = str(header_value(me, "EffectiveEchoTime", path, soft["echo"]))
         frames.append(Frame(
             index=i, orientation=orientation, position=position, pixel_spacing=spacing,
-            slope=_float(pv.get("RescaleSlope") if pv else ds.get("RescaleSlope"), 1.0),
-            intercept=_float(pv.get("RescaleIntercept") if pv else ds.get("RescaleIntercept"), 0.0),
-            soft=soft, native=_frame_native(native, i), **base,
+            slope=_float(header_value(pv, "RescaleSlope", path) if pv else raw_value(ds, "RescaleSlope"), 1.0),
+            intercept=_float(header_value(pv, "RescaleIntercept", path) if pv else raw_value(ds, "RescaleIntercept"),
+                             0.0),
+            soft=soft, native=_frame_native(native, i), geometry_problem=problem, **base,
         ))
     return frames
 
@@ -436,6 +509,7 @@ class VolumePlan:
     label: str  # what distinguishes this volume inside its series ("", "echo=2", ...)
     header: Dataset | None = None
     warnings: list[str] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)  # JSON-able facts for the image's metadata (geometry checks)
 
     @property
     def series_uid(self) -> str:
@@ -451,6 +525,7 @@ class VolumePlan:
     def image(self, metadata: dict | None = None) -> Image:
         """A lazily loaded :class:`Image` for this plan."""
         meta = dict(metadata or {})
+        meta.update(self.meta)
         if self.label:
             meta.setdefault("volume_label", self.label)
         modality = meta.get("modality")
@@ -531,10 +606,23 @@ def _split_duplicates(frames: list[Frame], normal: np.ndarray) -> list[tuple[str
 
 
 def _plan_stack(frames: list[Frame], label: str, header: Dataset | None) -> VolumePlan:
+    """One 3D volume from frames sharing an orientation, sorted along the slice normal.
+
+    Slice regularity is judged on the whole series, not step by step: positions are fitted by least
+    squares with a uniform grid ``origin + k × step`` (k = 0 … n-1 in sorted order), and every slice
+    origin must lie within :data:`SLICE_POSITION_TOL` of a voxel of that grid — 0.2 × the step along
+    the slice normal and 0.2 × the pixel spacing in the slice plane — so positions stored to 0.1 mm
+    (single steps off by a few %) read, while a missing slice (a step of about twice the others,
+    :data:`SLICE_GAP_RATIO`), an extra or misplaced slice (:data:`SLICE_EXTRA_RATIO`), drifting
+    spacing or several stacks in one series are refused with :class:`~sobre.errors.GeometryError`.
+    The affine's third column is the fitted step and its origin the fitted first position; the
+    largest distance of a slice origin from the grid is ``meta["slice_position_deviation_mm"]``.
+    """
     f0 = frames[0]
     row_dir = f0.orientation[:3] / np.linalg.norm(f0.orientation[:3])
     col_dir = f0.orientation[3:] / np.linalg.norm(f0.orientation[3:])
     normal = np.cross(row_dir, col_dir)
+    normal /= np.linalg.norm(normal)
     dist = np.array([float(np.dot(f.position, normal)) for f in frames])
     order = np.argsort(dist, kind="stable")
     frames = [frames[i] for i in order]
@@ -546,42 +634,76 @@ def _plan_stack(frames: list[Frame], label: str, header: Dataset | None) -> Volu
     affine[:3, 1] = col_dir * row_spacing  # j runs down a column: the row index
     affine[:3, 3] = frames[0].position
     n = len(frames)
+    meta: dict = {}
     if n == 1:
-        thickness = _float(header.get("SliceThickness") if header is not None else None, 1.0) or 1.0
+        try:
+            thickness = _float(raw_value(header, "SliceThickness") if header is not None else None, 1.0) or 1.0
+        except InputError:
+            thickness = 1.0  # only used to give a single slice a third axis
         affine[:3, 2] = normal * thickness
     else:
-        steps = np.diff(dist)
-        med = float(np.median(steps))
-        bad = np.nonzero(np.abs(steps - med) > SPACING_REL_TOL * abs(med) + SPACING_ABS_TOL)[0]
-        if bad.size:
-            k = int(bad[0])
+        _check_steps(frames, np.diff(dist))
+        positions = np.array([f.position for f in frames])
+        k = np.arange(n, dtype=np.float64)
+        kc = k - k.mean()
+        step = (kc[:, None] * (positions - positions.mean(axis=0))).sum(axis=0) / float((kc * kc).sum())
+        origin = positions.mean(axis=0) - k.mean() * step
+        residual = positions - (origin[None, :] + k[:, None] * step[None, :])
+        along = np.abs(residual @ normal)
+        across = np.linalg.norm(residual - np.outer(residual @ normal, normal), axis=1)
+        step_n = abs(float(step @ normal))
+        tol_along = max(SLICE_POSITION_TOL * step_n, SPACING_ABS_TOL)
+        tol_across = max(SLICE_POSITION_TOL * min(row_spacing, col_spacing), SPACING_ABS_TOL)
+        worst = int(np.argmax(np.maximum(along / tol_along, across / tol_across)))
+        if along[worst] > tol_along or across[worst] > tol_across:
+            off_plane = across[worst] / tol_across > along[worst] / tol_along
             raise GeometryError(
-                "slice spacing is uneven (missing or extra slices?)",
-                path=frames[k + 1].path, tag=tag_name("ImagePositionPatient"),
-                expected=f"a step of {med:.4g} mm between slices",
-                found=f"{steps[k]:.4g} mm between {Path(frames[k].path).name} and {Path(frames[k + 1].path).name}"
-                + (f" and {bad.size - 1} more uneven step(s)" if bad.size > 1 else ""),
-                fix="check the export for missing slices; Sobre does not interpolate across gaps",
-            )
-        step = (frames[-1].position - frames[0].position) / (n - 1)
-        # every slice must lie on the line p0 + k*step (catches stacks that are not collinear)
-        expected = frames[0].position[None, :] + np.arange(n)[:, None] * step[None, :]
-        actual = np.array([f.position for f in frames])
-        dev = float(np.max(np.linalg.norm(actual - expected, axis=1)))
-        if dev > SPACING_REL_TOL * abs(med) + SPACING_ABS_TOL + 1e-2:
-            raise GeometryError(
-                "slice positions do not lie on a straight line", path=frames[0].path,
-                tag=tag_name("ImagePositionPatient"), expected="collinear slice origins",
-                found=f"a deviation of {dev:.3g} mm", fix="the series mixes several stacks; split it",
+                "slice positions do not lie on a straight line (several stacks in one series?)" if off_plane
+                else "slice spacing is uneven: the slices do not follow a regular grid",
+                path=frames[worst].path, tag=tag_name("ImagePositionPatient"),
+                expected=f"every slice origin within {tol_along:.3g} mm of a uniform {step_n:.4g} mm grid along the "
+                         f"slice normal and within {tol_across:.3g} mm of it across ({SLICE_POSITION_TOL:g} voxel)",
+                found=f"{Path(frames[worst].path).name} {along[worst]:.3g} mm off along the normal and "
+                      f"{across[worst]:.3g} mm across",
+                fix="the series mixes stacks or acquisitions, or its positions are damaged; export them as "
+                    "separate series" if off_plane else
+                    "check the export for missing or misplaced slices; Sobre does not interpolate",
             )
         affine[:3, 2] = step
+        affine[:3, 3] = origin
+        meta["slice_position_deviation_mm"] = round(float(np.max(np.linalg.norm(residual, axis=1))), 6)
     channels = _channels(f0)
     extra = ("channel",) if channels > 1 else ()
     spatial = (f0.cols, f0.rows) if n == 1 else (f0.cols, f0.rows, n)
     shape = spatial + ((channels,) if channels > 1 else ())
     return VolumePlan(frames=frames, affine=affine, shape=shape, dtype=_output_dtype(frames),
                       spatial_ndim=2 if n == 1 else 3, extra_axes=extra, coordinate_system="LPS",
-                      label=label, header=header)
+                      label=label, header=header, meta=meta)
+
+
+def _check_steps(frames: list[Frame], steps: np.ndarray) -> None:
+    """Refuse gaps (missing slices), extra slices and duplicates, judged against the median step."""
+    med = float(np.median(steps))
+    for k in range(len(steps)):
+        if steps[k] < SPACING_ABS_TOL:
+            what, fix = ("two slices at the same position", "the series holds duplicate or overlapping slices; "
+                         "export each acquisition as its own series")
+        elif steps[k] > SLICE_GAP_RATIO * med:
+            what, fix = ("slice spacing is uneven: a gap where slices are missing",
+                         "check the export for missing slices; Sobre does not interpolate across gaps")
+        elif steps[k] < SLICE_EXTRA_RATIO * med:
+            what, fix = ("slice spacing is uneven: an extra or misplaced slice between two regular ones",
+                         "check the export for stray slices (another acquisition, a localizer)")
+        else:
+            continue
+        more = int(np.sum((steps > SLICE_GAP_RATIO * med) | (steps < SLICE_EXTRA_RATIO * med))) - 1
+        raise GeometryError(
+            what, path=frames[k + 1].path, tag=tag_name("ImagePositionPatient"),
+            expected=f"a step of {med:.4g} mm between slices",
+            found=f"{steps[k]:.4g} mm between {Path(frames[k].path).name} and {Path(frames[k + 1].path).name}"
+            + (f" and {more} more uneven step(s)" if more > 0 else ""),
+            fix=fix,
+        )
 
 
 def _plan_stack_or_split(frames: list[Frame], label: str, header: Dataset | None, warn) -> list[VolumePlan]:
@@ -645,7 +767,9 @@ def assemble(frames: Iterable[Frame], headers: dict[str, Dataset] | None = None,
     Frames of one series that differ in size, orientation, pixel spacing or stack are split into
     separate volumes, and a :class:`SeriesWarning` says so. Frames with no position (cine loops,
     radiographs) become 2D images, with a ``frame`` axis when there are several. Uneven slice
-    spacing raises :class:`~sobre.errors.GeometryError`.
+    spacing raises :class:`~sobre.errors.GeometryError` (see :func:`_plan_stack` for the
+    tolerance). Frames whose ImageOrientationPatient is damaged are read in pixel coordinates: a
+    warning says so, and so does ``metadata["geometry_problem"]`` of the image.
     """
     headers = headers or {}
     warn = on_warning or (lambda msg: warnings.warn(msg, SeriesWarning, stacklevel=3))
@@ -679,7 +803,16 @@ def assemble(frames: Iterable[Frame], headers: dict[str, Dataset] | None = None,
                     label = ",".join(x for x in (base_label, plabel) if x)
                     plans.extend(_plan_stack_or_split(pf, label, header, warn))
             else:
-                plans.append(_plan_flat(g, base_label, header))
+                plan = _plan_flat(g, base_label, header)
+                damaged = [f for f in g if f.geometry_problem]
+                if damaged:
+                    problem = (f"{tag_name('ImageOrientationPatient')}: {damaged[0].geometry_problem}; "
+                               "read in pixel coordinates, without a patient frame")
+                    plan.meta["geometry_problem"] = problem
+                    files = len({f.path for f in damaged})
+                    warn(f"{damaged[0].path}{f' and {files - 1} more file(s)' if files > 1 else ''} "
+                         f"(series {uid}): {problem}")
+                plans.append(plan)
     return plans
 
 
@@ -878,16 +1011,30 @@ def _age_years(value: str) -> float | None:
 
 
 def header_metadata(ds: Dataset) -> dict:
-    """JSON-able facts from a header that Sobre catalogues (no pixel data, no direct identifiers)."""
+    """JSON-able facts from a header that Sobre catalogues (no pixel data, no direct identifiers).
+
+    A value pydicom cannot convert raises :class:`~sobre.errors.InputError` naming the file and tag.
+    RT Dose objects also give ``dose_units`` (DoseUnits, e.g. ``GY``), ``units`` (``Gy`` or
+    ``relative``), ``dose_type``, ``dose_summation_type`` and ``dose_grid_scaling`` (already applied
+    to the values).
+    """
+
+    def get(kw: str):
+        return header_value(ds, kw)
 
     def s(kw: str) -> str | None:
-        v = ds.get(kw)
+        v = get(kw)
         if v is None or v == "":
             return None
         if isinstance(v, pydicom.multival.MultiValue):
             return "\\".join(str(x) for x in v)
         return str(v)
 
+    def f(kw: str) -> float | None:
+        return _float(get(kw), None) if kw in ds else None
+
+    fm = getattr(ds, "file_meta", None)
+    ts = raw_value(fm, "TransferSyntaxUID") if fm is not None else None
     meta = {
         "modality": s("Modality"),
         "sop_class_uid": s("SOPClassUID"),
@@ -900,29 +1047,39 @@ def header_metadata(ds: Dataset) -> dict:
         "body_part": s("BodyPartExamined"),
         "manufacturer": s("Manufacturer"),
         "model": s("ManufacturerModelName"),
-        "field_strength": _float(ds.get("MagneticFieldStrength"), None) if "MagneticFieldStrength" in ds else None,
+        "field_strength": f("MagneticFieldStrength"),
         "institution": s("InstitutionName"),
         "study_date": s("StudyDate") or s("SeriesDate") or s("AcquisitionDate"),
         "patient_id": s("PatientID"),
         "patient_sex": s("PatientSex"),
         "patient_age": s("PatientAge"),
         "patient_birth_date": s("PatientBirthDate"),
-        "patient_size_m": _float(ds.get("PatientSize"), None) if "PatientSize" in ds else None,
-        "patient_weight_kg": _float(ds.get("PatientWeight"), None) if "PatientWeight" in ds else None,
+        "patient_size_m": f("PatientSize"),
+        "patient_weight_kg": f("PatientWeight"),
         "photometric": s("PhotometricInterpretation"),
-        "transfer_syntax": str(ds.file_meta.TransferSyntaxUID) if "TransferSyntaxUID" in ds.get("file_meta", {}) else None,
+        "transfer_syntax": str(ts) if ts else None,
         "burned_in_annotation": s("BurnedInAnnotation"),
         "synthetic_data": s("SyntheticData"),  # (0008,001C): YES for simulated / synthetic images
         "image_type": s("ImageType"),
-        "slice_thickness": _float(ds.get("SliceThickness"), None) if "SliceThickness" in ds else None,
+        "slice_thickness": f("SliceThickness"),
     }
+    if (meta["modality"] or "").upper() == "RTDOSE" or meta["sop_class_uid"] == RT_DOSE_STORAGE:
+        units = (s("DoseUnits") or "").strip().upper()
+        meta.update({
+            "dose_units": units or None,
+            "units": {"GY": "Gy", "RELATIVE": "relative"}.get(units, units or None),
+            "dose_type": s("DoseType"),
+            "dose_summation_type": s("DoseSummationType"),
+            "dose_grid_scaling": f("DoseGridScaling"),
+        })
     return {k: v for k, v in meta.items() if v is not None}
 
 
 def check_image(ds: Dataset, path: str | Path) -> None:
     """Raise :class:`InputError` unless ``ds`` holds pixel data."""
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        sop = ds.get("SOPClassUID")
+        sop = raw_value(ds, "SOPClassUID")
+        sop = pydicom.uid.UID(str(sop)) if sop else None
         name = getattr(sop, "name", None) or str(sop or "?")
         fix = "reports, structure sets and plans are not images"
         if "Image Storage" in name:

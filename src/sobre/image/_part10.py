@@ -19,6 +19,7 @@ error (or a huge allocation).
 
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
 from typing import Any
@@ -29,16 +30,18 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from sobre.errors import InputError
+from sobre.errors import InputError, SobreError
 from sobre.image._dicom_fast import read_header_fast
 
 __all__ = [
     "tag_name", "looks_like_dicom", "read_header", "read_instance", "check_complete", "check_raw_lengths",
-    "check_pixel_length", "received_facts", "raw_value", "MEDIA_STORAGE_DIRECTORY",
+    "check_pixel_length", "received_facts", "raw_value", "MEDIA_STORAGE_DIRECTORY", "DEFLATED",
+    "expected_pixel_bytes", "pixel_module_problem", "header_int", "header_value",
 ]
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # DICOMDIR's SOP class
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+_PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
 
 
 def tag_name(keyword: str) -> str:
@@ -91,14 +94,9 @@ def read_header(path: str | Path) -> Dataset:
             expected="'DICM' at byte 128 (DICOM Part 10) or a dataset starting with group 0008",
             found="neither", fix="check the file type; only DICOM, NIfTI, NRRD and PNG/JPEG/TIFF are read",
         )
-    try:
-        if ds is None:
-            ds = pydicom.dcmread(path, defer_size=1024, force=True)
-    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, NotImplementedError) as exc:
-        raise InputError(
-            f"DICOM header cannot be parsed ({type(exc).__name__}: {exc})", path=path,
-            fix="the file is probably truncated or corrupted; re-export it from the source",
-        ) from None
+    extent = size  # the byte count element offsets refer to (inflated bytes for a deflated file)
+    if ds is None:
+        ds, extent = _read_with_pydicom(path, size)
     if len(ds) == 0:
         # pydicom returns an empty dataset (and warns) when an element of undefined length runs to
         # the end of the file; that element is nearly always encapsulated (compressed) pixel data
@@ -114,12 +112,47 @@ def read_header(path: str | Path) -> Dataset:
                 found=f"the end of the file after {size} bytes",
                 fix="the file was cut short (interrupted transfer or export); re-export or re-send it",
             )
-    check_complete(ds, path, size)
+    check_complete(ds, path, extent)
     if len(ds) == 0 or "SOPClassUID" not in ds and "Modality" not in ds:
         raise InputError("DICOM dataset has neither a SOP Class UID nor a Modality: not an image object",
                          path=path, tag=tag_name("SOPClassUID"), expected="a DICOM image object",
                          found=f"{len(ds)} elements", fix="the file may be truncated or only a fragment")
+    if any(t in ds for t in _PIXEL_TAGS):
+        check_pixel_length(ds, path)  # the image module against the pixel data, before any pixel is decoded
     return ds
+
+
+DEFLATED = "1.2.840.10008.1.2.1.99"
+
+
+def _read_with_pydicom(path: Path, size: int) -> tuple[Dataset, int]:
+    """``pydicom.dcmread`` with its failures as :class:`InputError`; returns the dataset and the byte
+    count its element offsets refer to (for a deflated file: the inflated dataset's length)."""
+    import zlib
+
+    try:
+        ds = pydicom.dcmread(path, defer_size=1024, force=True)
+    except zlib.error as exc:  # deflated transfer syntax: pydicom inflates the whole dataset first
+        raise InputError(
+            "deflated dataset cannot be inflated: the compressed stream is truncated or damaged", path=path,
+            tag=tag_name("TransferSyntaxUID"), expected="a complete deflate stream (PS3.5 A.5)",
+            found=f"zlib: {exc}", fix="the file was cut short or corrupted; re-export or re-send it",
+        ) from None
+    except SobreError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure to parse untrusted bytes is bad input
+        raise InputError(
+            f"DICOM header cannot be parsed ({type(exc).__name__}: {exc})", path=path,
+            fix="the file is probably truncated or corrupted; re-export it from the source",
+        ) from None
+    fm = getattr(ds, "file_meta", None)
+    buffer = getattr(ds, "buffer", None)
+    if fm is not None and str(raw_value(fm, "TransferSyntaxUID") or "") == DEFLATED and buffer is not None:
+        here = buffer.tell()
+        extent = buffer.seek(0, 2)  # pydicom read the inflated dataset from this in-memory buffer
+        buffer.seek(here)
+        return ds, extent
+    return ds, size
 
 
 def check_complete(ds: Dataset, path: Path, size: int) -> None:
@@ -127,18 +160,23 @@ def check_complete(ds: Dataset, path: Path, size: int) -> None:
 
     pydicom silently returns the elements it could read when a file ends inside an element; the
     symptom is then a confusing "no pixel data". The last element read tells: its value runs past
-    the end of the file, or (when no pixel data was reached) a few stray bytes follow it.
+    the end of the file (native pixel data cut short included), or (when no pixel data was
+    reached) a few stray bytes follow it.
+
+    ``size`` is the byte count the elements' offsets refer to: the file's size, or for a deflated
+    file (transfer syntax 1.2.840.10008.1.2.1.99) the length of the inflated dataset, which is what
+    :func:`read_header` passes (a deflate stream that is itself cut short fails earlier, when it is
+    inflated).
     """
     keys = list(ds.keys())
-    fm = getattr(ds, "file_meta", None)
-    if not keys or fm is not None and str(raw_value(fm, "TransferSyntaxUID") or "") == "1.2.840.10008.1.2.1.99":
-        return  # deflated: offsets count inflated bytes, not file bytes
+    if not keys:
+        return
     last = ds.get_item(keys[-1], keep_deferred=True)
     tell, length = getattr(last, "value_tell", None), getattr(last, "length", None)
     if tell is None or length is None or length == 0xFFFFFFFF:
         return
     end = tell + length
-    if end == size or end < size and any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+    if end == size or end < size and any(t in ds for t in _PIXEL_TAGS):
         return
     from pydicom.datadict import keyword_for_tag
 
@@ -190,8 +228,31 @@ def raw_value(ds: Dataset, keyword: str) -> Any:
             return text
         if vr in _FAST_BINARY_VRS and len(raw) == 2 * (1 + (vr[1] == "L")):
             return int.from_bytes(raw, "little" if elem.is_little_endian else "big", signed=vr[0] == "S")
-    value = ds.get(keyword)
+    try:
+        value = ds.get(keyword)
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types for a value it cannot convert
+        raise _undecodable(ds, keyword, exc) from None
     return None if value is None or value == "" else value
+
+
+def _undecodable(ds, keyword: str, exc: Exception) -> InputError:
+    """The error for a header value pydicom cannot convert (unknown VR, bad bytes, ...)."""
+    filename = getattr(ds, "filename", None)
+    return InputError("header value cannot be decoded", path=filename if isinstance(filename, (str, Path)) else None,
+                      tag=tag_name(keyword), expected="a value of the element's VR",
+                      found=f"{type(exc).__name__}: {exc}", fix=_FIX_HEADER)
+
+
+def header_value(ds, keyword: str, path=None, default: Any = None) -> Any:
+    """``ds.get(keyword, default)`` with any failure to convert the value as an :class:`InputError`
+    naming ``path`` and the tag (pydicom converts lazily, so a damaged value fails on first use)."""
+    try:
+        return ds.get(keyword, default)
+    except Exception as exc:  # noqa: BLE001 - unknown VR (NotImplementedError), bad bytes, bad sequences ...
+        err = _undecodable(ds, keyword, exc)
+        if path is not None:
+            err = InputError(err.what, path=path, tag=err.tag, expected=err.expected, found=err.found, fix=err.fix)
+        raise err from None
 
 
 def read_instance(src, *, force_no_meta: bool = True, decode_all: bool = True):
@@ -261,44 +322,301 @@ def check_raw_lengths(ds, path=None) -> None:
                              found=f"{len(value)} bytes", fix="re-export or re-send the instance")
 
 
+# --------------------------------------------------------------------------- the image pixel module
+# Samples per pixel that each (known) PhotometricInterpretation implies (PS3.3 C.7.6.3.1.2).
+_PHOTOMETRIC_SAMPLES = {
+    "MONOCHROME1": 1, "MONOCHROME2": 1, "PALETTE COLOR": 1, "RGB": 3, "HSV": 3, "YBR_FULL": 3,
+    "YBR_FULL_422": 3, "YBR_PARTIAL_422": 3, "YBR_PARTIAL_420": 3, "YBR_ICT": 3, "YBR_RCT": 3,
+    "ARGB": 4, "CMYK": 4,  # retired, 4 samples
+}
+_PIXEL_BITS = {"PixelData": None, "FloatPixelData": 32, "DoubleFloatPixelData": 64}
+_FIX_HEADER = "the header is corrupted; re-export the file from the source"
+_MEMORY: list[int] = []
+
+
+def header_int(value: Any, default: int, path, keyword: str) -> int:
+    """An integer header value (IS/US/...), or ``default`` when absent; :class:`InputError` naming the
+    tag when it is not an integer."""
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        pass
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        f = float("nan")
+    if f.is_integer():
+        return int(f)
+    raise InputError("value is not an integer", path=path, tag=tag_name(keyword), expected="an integer",
+                     found=repr(str(value)), fix="the header is corrupted; re-export the file")
+
+
+def expected_pixel_bytes(rows: int, cols: int, frames: int, samples: int, bits: int, photometric: str = "") -> int:
+    """Bytes of native (uncompressed) pixel data that an image module describes, before padding.
+
+    pydicom's rule (PS3.5 8.1.1, PS3.3 C.7.6.3.1.2): ``rows × columns × samples × BitsAllocated / 8``
+    per frame; 1-bit data is packed across frames and padded once, at the end; YBR_FULL_422 stores
+    two thirds of the bytes. Stored data may carry one more byte (padding to an even length).
+
+    Examples
+    --------
+    >>> expected_pixel_bytes(256, 256, 1, 1, 16)
+    131072
+    >>> expected_pixel_bytes(10, 10, 3, 1, 1)  # 300 bits
+    38
+    """
+    pixels = rows * cols * samples
+    if bits == 1:
+        return (pixels * frames + 7) // 8
+    frame = pixels * (bits // 8)
+    if photometric == "YBR_FULL_422":
+        frame = frame // 3 * 2
+    return frame * frames
+
+
+def _memory_bytes() -> int:
+    """This machine's physical memory in bytes (0 when unknown)."""
+    if not _MEMORY:
+        try:
+            _MEMORY.append(int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES")))
+        except (AttributeError, ValueError, OSError):
+            _MEMORY.append(0)
+    return _MEMORY[0]
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.3g} GiB"
+
+
+def pixel_module_problem(*, keyword: str, rows: int, cols: int, frames: int, samples: int, bits: int,
+                         stored: int, photometric: str, representation: int, length: int | None,
+                         encapsulated: bool) -> dict | None:
+    """The first inconsistency between an image pixel module and its pixel data element, or None.
+
+    The one rule Sobre applies to every image header (files, received datasets, downloads): returns
+    the :class:`InputError` keywords (``what``, ``tag``, ``expected``, ``found``, ``fix``) describing
+    what is wrong. ``length`` is the pixel data element's *declared* length (None when unknown,
+    ``0xFFFFFFFF`` for undefined length); ``frames`` is NumberOfFrames as read (0 counts as 1, as
+    pydicom reads it). Nothing here reads pixel data.
+    """
+    if rows <= 0 or cols <= 0:
+        return dict(what="image has no pixels", tag=f"{tag_name('Rows')} / {tag_name('Columns')}",
+                    expected="positive Rows and Columns", found=f"{rows}×{cols}", fix=_FIX_HEADER)
+    if rows > 0xFFFF or cols > 0xFFFF:
+        return dict(what="value is out of range", tag=f"{tag_name('Rows')} / {tag_name('Columns')}",
+                    expected="at most 65535 (US)", found=f"{rows}×{cols}", fix=_FIX_HEADER)
+    fixed = _PIXEL_BITS.get(keyword)
+    if fixed is not None and bits != fixed:
+        return dict(what=f"{keyword} needs {fixed}-bit values", tag=tag_name("BitsAllocated"),
+                    expected=str(fixed), found=str(bits), fix=_FIX_HEADER)
+    if not (bits == 1 or bits % 8 == 0 and 8 <= bits <= 64):
+        return dict(what="BitsAllocated is not a whole number of bytes", tag=tag_name("BitsAllocated"),
+                    expected="1 or a multiple of 8 up to 64", found=str(bits), fix=_FIX_HEADER)
+    if not 1 <= stored <= bits:
+        return dict(what="BitsStored does not fit in BitsAllocated", tag=tag_name("BitsStored"),
+                    expected=f"1 to {bits} (BitsAllocated)", found=str(stored), fix=_FIX_HEADER)
+    if samples not in (1, 3, 4):
+        return dict(what="unsupported number of samples per pixel", tag=tag_name("SamplesPerPixel"),
+                    expected="1 (grey, palette) or 3 (colour)", found=str(samples), fix=_FIX_HEADER)
+    implied = _PHOTOMETRIC_SAMPLES.get(photometric)
+    if implied is not None and implied != samples or implied is None and samples == 4:
+        want = f"{implied} sample(s) per pixel for {photometric}" if implied is not None else \
+            "ARGB or CMYK for 4 samples per pixel"
+        return dict(what="PhotometricInterpretation does not match SamplesPerPixel",
+                    tag=tag_name("PhotometricInterpretation"), expected=want,
+                    found=f"{photometric or 'none'} with SamplesPerPixel {samples}", fix=_FIX_HEADER)
+    if representation not in (0, 1):
+        return dict(what="PixelRepresentation is neither unsigned nor signed", tag=tag_name("PixelRepresentation"),
+                    expected="0 (unsigned) or 1 (signed)", found=str(representation), fix=_FIX_HEADER)
+    if frames < 0:
+        return dict(what="negative number of frames", tag=tag_name("NumberOfFrames"),
+                    expected="a positive integer", found=str(frames), fix=_FIX_HEADER)
+    frames = frames or 1
+    shape = f"{rows}×{cols} × {frames} frame(s) × {samples} sample(s) × {bits} bits"
+    decoded = rows * cols * frames * samples * max(1, bits // 8)
+    memory = _memory_bytes()
+    if memory and decoded > memory:
+        return dict(what="image is larger than this machine's memory", tag=tag_name("PixelData"),
+                    expected=f"at most {_gib(memory)} of decoded pixels", found=f"{shape} = {_gib(decoded)}",
+                    fix="the header is probably corrupted ((0028,0010) Rows, (0028,0011) Columns or "
+                        "(0028,0008) NumberOfFrames); re-export the file")
+    if length is None:
+        return None
+    if encapsulated:
+        if length != 0xFFFFFFFF:
+            return dict(what="compressed pixel data is not encapsulated", tag=tag_name("PixelData"),
+                        expected="an undefined length and a sequence of fragments (PS3.5 A.4)",
+                        found=f"a defined length of {length} bytes",
+                        fix="the transfer syntax is wrong or the file is damaged; re-export it")
+        return None
+    if length == 0xFFFFFFFF:
+        return dict(what="native pixel data has an undefined length", tag=tag_name("PixelData"),
+                    expected="uncompressed pixel data of defined length", found="encapsulated (compressed) data",
+                    fix="the transfer syntax does not match the pixel data; re-export the file")
+    expected = expected_pixel_bytes(rows, cols, frames, samples, bits, photometric)
+    if length < expected:
+        return dict(what="pixel data is shorter than the image module says", tag=tag_name(keyword),
+                    expected=f"{expected} bytes ({shape}"
+                             + (", YBR_FULL_422" if photometric == "YBR_FULL_422" else "") + ")",
+                    found=f"{length} bytes",
+                    fix="the file was cut short, or (0028,0010) Rows, (0028,0011) Columns, (0028,0008) "
+                        "NumberOfFrames, (0028,0002) SamplesPerPixel or (0028,0100) BitsAllocated is wrong; "
+                        "re-export or re-send it")
+    if photometric == "YBR_FULL_422":
+        full = expected // 2 * 3
+        if length >= full + full % 2:
+            return dict(what="pixel data is a third larger than YBR_FULL_422 implies",
+                        tag=tag_name("PhotometricInterpretation"), expected=f"{expected} bytes",
+                        found=f"{length} bytes",
+                        fix="the (0028,0004) PhotometricInterpretation value 'YBR_FULL_422' is probably "
+                            "wrong and should be 'RGB' or 'YBR_FULL'")
+    return None
+
+
+def fragments_problem(frames: int, offsets: int, fragments: int) -> dict | None:
+    """Encapsulated pixel data with fewer frames than NumberOfFrames (``offsets``: entries of the
+    Basic Offset Table, 0 when empty; ``fragments``: items after it)."""
+    frames = frames or 1
+    if fragments == 0:
+        return dict(what="compressed pixel data holds no fragment", tag=tag_name("PixelData"),
+                    expected=f"{frames} frame(s)", found="no fragment", fix="re-export or re-send the file")
+    if fragments < frames or 0 < offsets < frames:
+        return dict(what="compressed pixel data holds fewer frames than NumberOfFrames", tag=tag_name("PixelData"),
+                    expected=f"{frames} frames (at least one fragment each)",
+                    found=f"{fragments} fragment(s)" + (f" and {offsets} offset table entries" if offsets else ""),
+                    fix="frames are missing (damaged file) or (0028,0008) NumberOfFrames is wrong; re-export it")
+    return None
+
+
+def _count_fragments(read, stop_after: int) -> tuple[int, int] | None:
+    """``(offset table entries, fragments)`` of encapsulated data, walking item headers with
+    ``read(n_bytes, skip)``; stops counting after ``stop_after`` fragments. None when malformed."""
+    head = read(8, 0)
+    if len(head) < 8:
+        return None
+    group, element, length = struct.unpack("<HHL", head)
+    if (group, element) != (0xFFFE, 0xE000) or length == 0xFFFFFFFF:
+        return None
+    offsets, skip, fragments = length // 4, length, 0
+    while fragments < stop_after:
+        head = read(8, skip)
+        if len(head) < 8:
+            return None
+        group, element, length = struct.unpack("<HHL", head)
+        if (group, element) == (0xFFFE, 0xE0DD):
+            break
+        if (group, element) != (0xFFFE, 0xE000) or length == 0xFFFFFFFF:
+            return None
+        fragments += 1
+        skip = length
+    return offsets, fragments
+
+
+def _fragments(ds, elem, stop_after: int) -> tuple[int, int] | None:
+    """Fragment count of encapsulated pixel data, from its bytes in memory or from the file (item
+    headers only: the frames themselves are never read)."""
+    value = getattr(elem, "value", None)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        buf, pos = memoryview(value), [0]
+
+        def read(n: int, skip: int) -> bytes:
+            pos[0] += skip
+            out = bytes(buf[pos[0]:pos[0] + n])
+            pos[0] += n
+            return out
+
+        return _count_fragments(read, stop_after)
+    tell = getattr(elem, "value_tell", None)
+    filename = getattr(ds, "filename", None)
+    if tell is None or not isinstance(filename, (str, os.PathLike)) or not os.path.isfile(filename):
+        return None
+    with open(filename, "rb") as fh:
+        fh.seek(tell)
+
+        def read_file(n: int, skip: int) -> bytes:
+            if skip:
+                fh.seek(skip, 1)
+            return fh.read(n)
+
+        return _count_fragments(read_file, stop_after)
+
+
+def _text_value(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        value = "\\".join(str(v) for v in value)
+    return str(value).strip(" \x00").upper()
+
+
 def check_pixel_length(ds, path=None, *, transfer_syntax=None) -> None:
-    """Raise :class:`InputError` if native pixel data is shorter than its declared size (truncation).
+    """Raise :class:`InputError` unless the image pixel module agrees with the pixel data element.
+
+    The one header check of pixel data (:func:`read_header`, the listener, DICOMweb downloads and
+    de-identification all call it): BitsAllocated is 1 or a multiple of 8 up to 64, BitsStored fits
+    in it, SamplesPerPixel is 1 or 3 (4 for the retired ARGB/CMYK) and matches
+    PhotometricInterpretation, NumberOfFrames is not negative, the decoded image fits in this
+    machine's memory, native pixel data is at least as long as Rows × Columns × frames × samples ×
+    bits say (:func:`expected_pixel_bytes`), and encapsulated data holds a fragment per frame.
+    Only declared lengths and item headers are read, never deferred pixel data; values come from
+    the raw bytes (:func:`raw_value`), so the check costs microseconds per file.
 
     ``transfer_syntax`` (a pydicom UID) is the encoding of ``ds`` when it has no file meta (a dataset
-    received over the network).
+    received over the network). Datasets with pixel data but no Rows/Columns are not checked (the
+    image readers refuse them by name).
     """
-    if "PixelData" not in ds:
-        if "Rows" in ds and "Columns" in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+    keyword = next((k for k in _PIXEL_KEYWORDS if k in ds), None)
+    if keyword is None:
+        if "Rows" in ds and "Columns" in ds:
             raise InputError("image without pixel data (truncated?)", path=path, tag="(7FE0,0010) PixelData",
                              expected="pixel data after (0028,0010) Rows and (0028,0011) Columns", found="none",
                              fix="re-export or re-send the instance")
         return
-    try:
-        ts = transfer_syntax
-        if ts is None:
-            ts = ds.file_meta.TransferSyntaxUID if "TransferSyntaxUID" in getattr(ds, "file_meta", {}) else None
-        compressed = bool(ts and ts.is_compressed)
-    except Exception:
-        compressed = False
-    value = ds.PixelData
-    if compressed:
-        if not value:
-            raise InputError("empty compressed pixel data", path=path, tag="(7FE0,0010) PixelData")
-        return
-    try:
-        rows, cols = int(ds.Rows), int(ds.Columns)
-        bits = int(ds.BitsAllocated)
-        spp = int(ds.get("SamplesPerPixel", 1) or 1)
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-    except (AttributeError, TypeError, ValueError):
+    if "Rows" not in ds or "Columns" not in ds:
         return  # not an image module we can check
-    expected = (rows * cols * frames * spp * bits + 7) // 8
-    if str(ds.get("PhotometricInterpretation", "")).startswith("YBR_FULL_422"):
-        expected = expected // 3 * 2
-    if len(value) < expected:
-        raise InputError("truncated pixel data", path=path, tag="(7FE0,0010) PixelData",
-                         expected=f"{expected} bytes ({rows}x{cols}x{frames} frames x {spp} x {bits} bits)",
-                         found=f"{len(value)} bytes", fix="re-export or re-send the instance")
+    where = path if path is not None else getattr(ds, "filename", None)
+
+    def number(kw: str, default: int | None) -> int:
+        value = raw_value(ds, kw)
+        if value is None and default is None:
+            raise InputError("image attribute missing", path=where, tag=tag_name(kw),
+                             expected="a value (type 1 in the image pixel module)", found="no value",
+                             fix=_FIX_HEADER)
+        return header_int(value, default if default is not None else 0, where, kw)
+
+    ts = transfer_syntax
+    if ts is None:
+        fm = getattr(ds, "file_meta", None)
+        uid = raw_value(fm, "TransferSyntaxUID") if fm is not None else None
+        ts = pydicom.uid.UID(str(uid)) if uid else None
+    try:
+        encapsulated = bool(ts is not None and ts.is_transfer_syntax and ts.is_encapsulated)
+    except (AttributeError, ValueError):
+        encapsulated = False
+    rows, cols = number("Rows", None), number("Columns", None)
+    bits = number("BitsAllocated", _PIXEL_BITS[keyword])
+    samples = number("SamplesPerPixel", 1)
+    frames = number("NumberOfFrames", 1)
+    elem = ds.get_item(keyword, keep_deferred=True)  # never the value itself: it may be deferred
+    length = getattr(elem, "length", None)
+    if length is None:  # an element created in memory: its value is all there is
+        value = getattr(elem, "value", None)
+        length = len(value) if isinstance(value, (bytes, bytearray)) else None
+    problem = pixel_module_problem(
+        keyword=keyword, rows=rows, cols=cols, frames=frames, samples=samples, bits=bits,
+        stored=number("BitsStored", bits), photometric=_text_value(raw_value(ds, "PhotometricInterpretation")),
+        representation=number("PixelRepresentation", 0), length=length, encapsulated=encapsulated,
+    )
+    if problem is None and encapsulated and keyword == "PixelData" and (
+            frames > 1 or isinstance(getattr(elem, "value", None), (bytes, bytearray))):
+        # (one deferred frame needs no count: the reader found its fragments and delimiter)
+        counted = _fragments(ds, elem, stop_after=max(frames, 1))
+        if counted is not None:
+            problem = fragments_problem(frames, *counted)
+    if problem is not None:
+        raise InputError(problem.pop("what"), path=where, **problem)
 
 
 _VRS = frozenset(v.encode() for v in ("AE", "AS", "AT", "CS", "DA", "DS", "DT", "FL", "FD", "IS", "LO", "LT",
@@ -308,11 +626,13 @@ _LONG_VRS = frozenset((b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b
 _QUICK_TAGS = {
     0x00080016: "sop_class", 0x00080018: "sop", 0x0020000D: "study", 0x0020000E: "series",
     0x00280002: "spp", 0x00280004: "photometric", 0x00280008: "frames", 0x00280010: "rows",
-    0x00280011: "columns", 0x00280100: "bits", 0x7FE00008: "float", 0x7FE00009: "double",
+    0x00280011: "columns", 0x00280100: "bits", 0x00280101: "stored", 0x00280103: "representation",
+    0x7FE00008: "float", 0x7FE00009: "double",
     0x7FE00010: "pixels",
 }
 _QUICK_VRS = {"sop_class": b"UI", "sop": b"UI", "study": b"UI", "series": b"UI", "spp": b"US", "photometric": b"CS",
-              "frames": b"IS", "rows": b"US", "columns": b"US", "bits": b"US"}
+              "frames": b"IS", "rows": b"US", "columns": b"US", "bits": b"US", "stored": b"US",
+              "representation": b"US"}
 
 
 class _Odd(Exception):
@@ -357,8 +677,6 @@ def received_facts(buf: bytes, ts) -> tuple[str, str, str, str] | None:
             if "rows" in found and "columns" in found and "float" not in found and "double" not in found:
                 return None  # image without pixel data: the thorough check says why
             return tuple(uids)
-        if ts.is_compressed:
-            return tuple(uids) if pixels else None
 
         def us(name: str, default: int | None = None) -> int:
             raw = found.get(name)
@@ -368,17 +686,29 @@ def received_facts(buf: bytes, ts) -> tuple[str, str, str, str] | None:
                 raise _Odd
             return struct.unpack("<H", raw)[0]
 
-        rows, cols, bits = us("rows"), us("columns"), us("bits")
-        spp = us("spp", 1) or 1
         frames_text = text("frames")
         frames = int(frames_text) if frames_text else 1
-        if frames == 0:
-            frames = 1  # as int(NumberOfFrames or 1)
-        expected = (rows * cols * frames * spp * bits + 7) // 8
-        if text("photometric").startswith("YBR_FULL_422"):
-            expected = expected // 3 * 2
-        if len(pixels) < expected:
+        bits = us("bits")
+        encapsulated = bool(ts.is_encapsulated)
+        # the same rule as check_pixel_length (a file read back later must pass it too)
+        if pixel_module_problem(
+                keyword="PixelData", rows=us("rows"), cols=us("columns"), frames=frames, samples=us("spp", 1),
+                bits=bits, stored=us("stored", bits), photometric=text("photometric").upper(),
+                representation=us("representation", 0), length=0xFFFFFFFF if encapsulated else len(pixels),
+                encapsulated=encapsulated) is not None:
             return None
+        if encapsulated:
+            data, at = memoryview(pixels), [0]
+
+            def read(n: int, skip: int) -> bytes:
+                at[0] += skip
+                out = bytes(data[at[0]:at[0] + n])
+                at[0] += n
+                return out
+
+            counted = _count_fragments(read, max(frames, 1))
+            if counted is None or fragments_problem(frames, *counted) is not None:
+                return None
     except (_Odd, ValueError):
         return None
     return tuple(uids)
