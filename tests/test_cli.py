@@ -340,7 +340,7 @@ def test_ingest_deidentify_refuses_copy(tmp_path, data, capsys):
     assert main(["init", str(root)]) == 0
     status, out, err = run(capsys, "ingest", data, "-w", root, "--deidentify", "--copy")
     assert status == 2
-    assert "--copy and --deidentify" in one_error(err)
+    assert "copy and de-identification together" in one_error(err)
 
 
 def test_a_closed_output_pipe_is_not_an_internal_error(tmp_path):

@@ -12,7 +12,7 @@ import pydicom
 import pytest
 
 from sobre.catalog import Workspace
-from sobre.catalog._workspace import canonical_json
+from sobre.base import canonical_json
 from sobre.errors import CatalogError
 
 WHERE = 'modality == "MR" and age >= 20 and age < 40'
@@ -34,7 +34,7 @@ def test_freeze_writes_an_immutable_hashed_manifest(ingested):
     path = ingested.root / "datasets" / "young" / "v1.json"
     assert ref.manifest_path == path
     assert stat.S_IMODE(path.stat().st_mode) == 0o444  # read-only on disk
-    man = ref.manifest()
+    man = json.loads(ref.manifest_path.read_text())
     assert man["content_hash"] == ref.content_hash == hashlib.sha256(canonical_json(man["content"])).hexdigest()
     assert (man["ref"], man["where"], man["n_files"], man["simulated"]) == ("young@v1", WHERE, 18, False)
     content = man["content"]
@@ -84,7 +84,7 @@ def test_same_content_same_hash_across_workspaces(ingested, cohort_dir, clinical
     ws2.cohort_create("the-same", 'age < 40 and modality in ["MR"]')  # other name, equivalent filter
     ref2 = ws2.freeze("the-same")
     assert ref2.content_hash == h1
-    man = ref2.manifest()
+    man = json.loads(ref2.manifest_path.read_text())
     assert all(str(other) in p for p in man["locations"].values())  # locations differ, the hash does not
     ws2.close()
 
@@ -101,15 +101,15 @@ def test_changed_file_is_refused_by_freeze_and_reported_by_verify(workspace, coh
         workspace.freeze("young")
     assert dump(workspace) == before
     problems = workspace.verify("young@v1")
-    assert problems == [{"path": str(victim), "problem": problems[0]["problem"]}]
-    assert problems[0]["problem"].startswith("content changed (expected sha256 ")
+    assert [(p.path, p.level, p.code) for p in problems] == [(str(victim), "error", "changed")]
+    assert problems[0].message.startswith("content changed (expected sha256 ")
     # after re-ingesting, a new version with another hash; v1 stays as it was
     report = workspace.ingest([cohort_copy])
     assert report.changed == 1
     v2 = workspace.freeze("young")
     assert v2.version == 2 and v2.content_hash != v1.content_hash
     assert workspace.verify("young@v2") == []
-    assert v1.manifest()["content_hash"] == v1.content_hash
+    assert json.loads(v1.manifest_path.read_text())["content_hash"] == v1.content_hash
     assert [d.ref for d in workspace.datasets()] == ["young@v1", "young@v2"]
 
 
@@ -121,7 +121,8 @@ def test_missing_file(workspace, cohort_copy):
     victim.unlink()
     with pytest.raises(CatalogError, match=rf"{victim}: file of the cohort cannot be read"):
         workspace.freeze("ct")
-    assert workspace.verify(ref.ref) == [{"path": str(victim), "problem": "cannot read (No such file or directory)"}]
+    assert [(p.path, p.message) for p in workspace.verify(ref.ref)] == \
+        [(str(victim), "cannot read (No such file or directory)")]
 
 
 def test_clinical_change_makes_a_new_version(ingested, tmp_path):
@@ -137,12 +138,15 @@ def test_clinical_change_makes_a_new_version(ingested, tmp_path):
 def test_tampered_manifest_is_reported(ingested):
     ingested.cohort_create("young", WHERE)
     ref = ingested.freeze("young")
-    man = ref.manifest()
+    man = json.loads(ref.manifest_path.read_text())
     man["content"]["series"][0]["metadata"]["age"] = 99
     os.chmod(ref.manifest_path, 0o644)
     ref.manifest_path.write_text(json.dumps(man))
-    assert ingested.verify(ref.ref) == [{"path": str(ref.manifest_path),
-                                         "problem": "manifest content does not match its hash"}]
+    (problem,) = ingested.verify(ref.ref)
+    assert (problem.path, problem.code) == (str(ref.manifest_path), "manifest")
+    assert problem.message.startswith("manifest content does not match the hash recorded in its own content_hash")
+    with pytest.raises(CatalogError, match="manifest content does not match"):
+        ingested.dataset(ref.ref)  # a tampered version cannot be opened for use
 
 
 def test_empty_cohort_is_not_frozen(ingested, dump):

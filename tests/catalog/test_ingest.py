@@ -321,7 +321,7 @@ def test_bad_files_are_reported_and_skipped(workspace, cohort_copy, tmp_path, wo
     for name, phrase in expected.items():
         assert phrase in skipped[name], (name, skipped[name])
         assert skipped[name]  # never an empty reason
-    assert report.new == 30 + 36 and report.series_new == 8 and not report.problems
+    assert report.new == 30 + 36 and report.series_new == 8 and not report.series_problems
     paths = {f for r in workspace.records() for f in workspace.files_of(r["series_uid"], r["label"])}
     assert not any("zz_bad" in p for p in paths)
 
@@ -330,8 +330,8 @@ def test_uneven_series_is_reported_as_a_problem(workspace, tmp_path):
     files = write_series(tmp_path / "gap", {"patient_id": "G1"}, shape=(8, 8, 6))
     files[2].unlink()
     report = workspace.ingest([tmp_path / "gap"])
-    assert report.new == 5 and len(report.problems) == 1
-    assert "slice spacing is uneven" in report.problems[0][1]
+    assert report.new == 5 and len(report.series_problems) == 1
+    assert "slice spacing is uneven" in report.series_problems[0][1]
     assert workspace.records() == []  # not queryable...
     (rec,) = workspace.records(include_errors=True)  # ...but catalogued, with its problem
     assert rec["status"] == "error" and rec["n_files"] == 5 and "uneven" in rec["problem"]
@@ -339,7 +339,7 @@ def test_uneven_series_is_reported_as_a_problem(workspace, tmp_path):
 
 @pytest.mark.skipif(multiprocessing.get_start_method() != "fork", reason="needs fork to patch the workers")
 def test_a_file_that_kills_a_worker_costs_that_file_only(workspace, tmp_path, monkeypatch):
-    from sobre.catalog import _scan, _workspace
+    from sobre.catalog import _ingest, _scan
 
     files = write_series(tmp_path / "many", {"patient_id": "K1"}, shape=(8, 8, 80))
     victim = str(files[37])
@@ -350,15 +350,15 @@ def test_a_file_that_kills_a_worker_costs_that_file_only(workspace, tmp_path, mo
             os._exit(3)  # what a segfault in a decoder would look like from outside
         return real(path)
 
-    _workspace._shutdown_pool(wait=True)
+    _ingest.shutdown_pool(wait=True)
     monkeypatch.setattr(_scan, "scan_file", scan_or_die)
     try:
         report = workspace.ingest([tmp_path / "many"], workers=2)
     finally:
-        _workspace._shutdown_pool(wait=True)
+        _ingest.shutdown_pool(wait=True)
     assert report.skipped == [(victim, "reading this file crashed the header-reading process "
                                        "(corrupted or hostile content); it was left out")]
-    assert report.new == 79 and report.problems and "uneven" in report.problems[0][1]
+    assert report.new == 79 and report.series_problems and "uneven" in report.series_problems[0][1]
 
 
 def test_parallel_and_serial_ingest_give_the_same_catalog(tmp_path, dump):
@@ -465,3 +465,61 @@ def test_two_files_swapping_contents(workspace, cohort_copy, dump):
     assert len(dump(workspace)["file"]) == 30
     rec = by_subject(workspace)["S01"]
     assert rec["n_files"] == 6 and rec["status"] == "ok"
+
+
+# --------------------------------------------------------------------------- instance UID conflicts
+def test_an_instance_uid_catalogued_with_other_content_is_a_conflict(workspace, cohort_copy, tmp_path, dump):
+    """A file claiming a catalogued SOP Instance UID with other bytes never joins the good series."""
+    workspace.ingest([cohort_copy])
+    good = by_subject(workspace)["S01"]
+    victim = sorted((cohort_copy / "S01_mr").iterdir())[2]
+    ds = pydicom.dcmread(victim)
+    arr = ds.pixel_array.copy()
+    arr[0, 0] += 1
+    ds.PixelData = arr.tobytes()
+    (tmp_path / "mutant").mkdir()
+    ds.save_as(tmp_path / "mutant" / "same_uid.dcm")
+    before = dump(workspace)
+    report = workspace.ingest([tmp_path / "mutant"])
+    (problem,) = report.problems
+    assert (problem.code, problem.level, problem.tag) == ("uid-conflict", "error", "(0008,0018) SOPInstanceUID")
+    assert problem.details["catalogued_path"] == str(victim)
+    assert problem.details["catalogued_sha256"] != problem.details["sha256"]
+    assert report.new == 0 and report.skipped == [(str(tmp_path / "mutant" / "same_uid.dcm"), problem.message)]
+    assert dump(workspace) == before  # the good series is untouched: same files, same volume
+    assert by_subject(workspace)["S01"] == good
+
+
+# --------------------------------------------------------------------------- non-image objects
+def test_rt_structure_sets_plans_and_reports_are_catalogued_as_objects(workspace, tmp_path, pydicom_test_files):
+    src = tmp_path / "rt"
+    src.mkdir()
+    for name in ("rtstruct.dcm", "rtplan.dcm", "test-SR.dcm"):
+        shutil.copyfile(pydicom_test_files / name, src / name)
+    report = workspace.ingest([src])
+    assert (report.new, report.objects, report.skipped) == (3, 3, [])
+    objs = {o["kind"]: o for o in workspace.objects()}
+    assert set(objs) == {"rtstruct", "rtplan", "sr"}
+    st = objs["rtstruct"]
+    assert st["label"] == "sep30" and st["modality"] == "RTSTRUCT"
+    assert st["references"]["series"] == ["1.2.826.0.1.3680043.8.498.2010020400001.2.1.1"]
+    assert workspace.objects(references="1.2.826.0.1.3680043.8.498.2010020400001.2.1.1") == [st]
+    assert workspace.records() == []  # objects are not image volumes: cohorts never hold them
+    assert workspace.summary()["objects"] == 3
+    again = workspace.ingest([src])  # idempotent
+    assert (again.new, again.known, len(workspace.objects())) == (0, 3, 3)
+
+
+# --------------------------------------------------------------------------- cohorts say what they leave out
+def test_a_cohort_says_which_matching_volumes_it_leaves_out(workspace, cohort_copy, tmp_path):
+    files = write_series(tmp_path / "gap", {"patient_id": "G1"}, shape=(8, 8, 6))
+    files[2].unlink()  # a missing slice: catalogued, state error
+    workspace.ingest([cohort_copy, tmp_path / "gap"])
+    c = workspace.cohort_create("mr", 'modality == "MR"')
+    assert c["n_series"] == 4 and list(c["left_out"].values()) == [1]
+    assert "slice spacing is uneven" in next(iter(c["left_out"]))
+    assert c["note"].startswith("1 catalogued volume(s) matching the filter were left out")
+    ct = workspace.cohort_create("ct", 'modality == "CT"')
+    assert ct["left_out"] == {} and ct["note"] is None  # the broken MR series does not match: not mentioned
+    sel = workspace.select('subject_id == "G1"')
+    assert sel.records == [] and sel.n_left_out == 1

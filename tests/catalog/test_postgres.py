@@ -142,7 +142,7 @@ def test_postgresql_reopen_idempotent_and_changed_files(pg_server, cohort_copy, 
     ds.save_as(victim)
     with pytest.raises(CatalogError, match=rf"{victim}: file changed since it was ingested"):
         ws.freeze("ct")
-    assert [p["path"] for p in ws.verify("ct@v1")] == [str(victim)]
+    assert [p.path for p in ws.verify("ct@v1")] == [str(victim)]
     assert ws.ingest([cohort_copy]).changed == 1
     assert ws.freeze("ct").version == 2
     ws.close()

@@ -8,7 +8,7 @@ import tomllib
 import pytest
 
 from sobre.catalog import Workspace
-from sobre.errors import CatalogError
+from sobre.errors import CatalogError, ConfigError
 
 
 def test_init_creates_sqlite_workspace(tmp_path):
@@ -93,7 +93,17 @@ def test_unreachable_database_is_a_clear_error_without_password(tmp_path):
 def test_unreadable_settings(tmp_path):
     (tmp_path / "ws").mkdir()
     (tmp_path / "ws" / "sobre.toml").write_text("[workspace]\nformat = 1\n")
-    with pytest.raises(CatalogError, match=r"sobre.toml: workspace settings are unreadable"):
+    with pytest.raises(ConfigError, match=r"sobre.toml: missing required key 'workspace.database'"):
+        Workspace.open(tmp_path / "ws")
+    (tmp_path / "ws" / "sobre.toml").write_text('[workspace]\ndatabase = "sqlite:///c.sqlite"\nformatt = 1\n')
+    with pytest.raises(ConfigError, match=r"unknown key 'workspace.formatt'; did you mean 'format'\?"):
+        Workspace.open(tmp_path / "ws")
+    (tmp_path / "ws" / "sobre.toml").write_text('[workspace]\ndatabase = "sqlite:///c.sqlite"\n[privacy]\n'
+                                                'deidentify = "yes"\n')
+    with pytest.raises(ConfigError, match=r"wrong value for 'privacy.deidentify' \(expected a valid boolean"):
+        Workspace.open(tmp_path / "ws")
+    (tmp_path / "ws" / "sobre.toml").write_text('[workspace\n')
+    with pytest.raises(ConfigError, match=r"sobre.toml: not valid TOML"):
         Workspace.open(tmp_path / "ws")
 
 

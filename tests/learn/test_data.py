@@ -68,7 +68,7 @@ def test_inconsistent_shapes_need_a_resampling_rule(tmp_path):
 
 def test_a_file_changed_after_the_freeze_is_refused(tmp_path):
     ws, ref = make_workspace(tmp_path, 8)
-    victim = ws.files_of(ref.manifest()["content"]["series"][3]["series_uid"])[0]
+    victim = ws.files_of(ws.dataset(ref.ref).series[3].series_uid)[0]
     os.chmod(victim, 0o644)
     with open(victim, "ab") as fh:
         fh.write(b"\0")

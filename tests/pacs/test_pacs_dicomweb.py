@@ -75,7 +75,7 @@ def test_cli_pull_into_workspace_deidentifies_and_ingests(orthanc_empty, storesc
         data = open(path, "rb").read()
         for value in PHI:
             assert value.encode() not in data, value
-        assert str(workspace.root / "incoming" / "dicomweb") in path
+        assert str(workspace.root / "incoming" / "deidentified") in path  # the only DICOM it keeps
     # the workspace demands de-identification: it cannot be switched off
     assert main(["pull", "--dicomweb", orthanc_empty.dicomweb, "--study", study, "-w", str(workspace.root),
                  "--no-deidentify"]) == 2

@@ -177,8 +177,9 @@ def test_cli_listen_ingests_into_workspace_and_stops_cleanly_on_sigterm(workspac
             proc.kill()
     assert proc.returncode == 0, err
     assert "5 received, 0 refused, 5 ingested" in err
-    stored = sorted((workspace.root / "incoming" / "dicom").rglob("*.dcm"))
-    assert len(stored) == 5
+    stored = sorted((workspace.root / "incoming" / "deidentified").rglob("*.dcm"))
+    assert len(stored) == 5  # de-identified: the only DICOM a de-identifying workspace keeps
+    assert not [p for p in (workspace.root / "incoming").rglob("*.dcm") if p not in stored]  # spool emptied
     records = workspace.records()
     assert len(records) == 1 and records[0]["n_files"] == 5 and records[0]["subject_id"].startswith("SUBJ-")
     for p in stored:

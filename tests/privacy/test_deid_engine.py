@@ -98,7 +98,7 @@ def test_institution_becomes_a_keyed_site_pseudonym(key, phi_dataset):
     off = _deid(key, phi_dataset, DeidProfile(site_pseudonyms=False))[0]
     assert str(off.get("InstitutionName", "")) in ("", "ANONYMIZED")
     assert DeidProfile.from_mapping({"site_pseudonyms": False}).site_pseudonyms is False
-    with pytest.raises(ConfigError, match="site_pseudonyms must be true or false"):
+    with pytest.raises(ConfigError, match="wrong value for 'privacy.site_pseudonyms'.*expected a valid boolean"):
         DeidProfile.from_mapping({"site_pseudonyms": "yes"})
 
 
@@ -231,12 +231,37 @@ def test_seg_and_sr_still_point_at_their_remapped_images(key, tmp_path):
 
 
 def test_pseudonym_map_records_subjects(key, tmp_path):
-    with PseudonymStore(tmp_path / "map.sqlite") as store:
+    with PseudonymStore(tmp_path / "map.sqlite", key) as store:
         Deidentifier(key, DeidProfile(), store).deidentify_to_bytes(make_phi_dataset())
         rows = store.rows()
     assert (tmp_path / "map.sqlite").stat().st_mode & 0o777 == 0o600
     assert len(rows) == 1 and rows[0]["patient_id"] == "IPP0042137"
     assert rows[0]["pseudonym"] == key.pseudonym("id:IPP0042137")
+    # the identities are sealed: no byte of the map (nor its WAL) holds them
+    raw = b"".join(f.read_bytes() for f in tmp_path.glob("map.sqlite*"))
+    assert b"IPP0042137" not in raw and b"DOE" not in raw.upper()
+    # another key cannot open them
+    from sobre.privacy import ProjectKey
+
+    with PseudonymStore(tmp_path / "map.sqlite", ProjectKey(bytes(range(32)))) as other:
+        with pytest.raises(ConfigError, match="cannot be opened with this project key"):
+            other.rows()
+
+
+def test_a_map_written_before_sealing_is_sealed_on_open(key, tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.pseudonyms.sqlite"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE subjects (pseudonym TEXT PRIMARY KEY, identity TEXT UNIQUE NOT NULL, patient_id TEXT,"
+               " patient_name TEXT, issuer TEXT, date_shift_days INTEGER, first_seen TEXT)")
+    db.execute("INSERT INTO subjects VALUES ('SUBJ-A', 'id:IPP777', 'IPP777', 'Doe^Jane', '', -400, '2026-01-01')")
+    db.commit()
+    db.close()
+    with PseudonymStore(path, key) as store:
+        assert store.rows()[0]["patient_name"] == "Doe^Jane"
+    raw = b"".join(f.read_bytes() for f in tmp_path.glob("old.pseudonyms.sqlite*"))
+    assert b"IPP777" not in raw and b"Doe^Jane" not in raw
 
 
 def test_burned_in_candidates_are_flagged(key):
@@ -331,19 +356,21 @@ def test_truncated_pixel_data_is_refused(key, tmp_path):
 def test_tree_skips_bad_files_and_duplicates_with_reasons(key, tmp_path):
     write_phi_file(tmp_path / "in" / "a.dcm")
     write_phi_file(tmp_path / "in" / "copy.dcm")
-    (tmp_path / "in" / "readme.txt").write_text("not dicom")
+    (tmp_path / "in" / "readme.txt").write_text("a sidecar: left out by file discovery, as everywhere")
+    (tmp_path / "in" / "scan.bin").write_bytes(b"not dicom at all" * 20)
     got = []
     report = Deidentifier(key).deidentify_tree(tmp_path / "in", tmp_path / "out", on_files=got.extend)
     assert len(report.outputs) == 1 and got == report.outputs
     reasons = dict(report.skipped)
     assert "duplicate instance" in reasons[str(tmp_path / "in" / "copy.dcm")]
-    assert "not a DICOM file" in reasons[str(tmp_path / "in" / "readme.txt")]
+    assert "not a DICOM file" in reasons[str(tmp_path / "in" / "scan.bin")]
+    assert str(tmp_path / "in" / "readme.txt") not in reasons
 
 
 def test_profile_config_errors():
-    with pytest.raises(ConfigError, match=r"unknown key\(s\).*retain_age"):
+    with pytest.raises(ConfigError, match=r"unknown key 'privacy.retain_age'"):
         DeidProfile.from_mapping({"retain_age": True})
-    with pytest.raises(ConfigError, match=r"must be true or false"):
+    with pytest.raises(ConfigError, match=r"clean_descriptions.*expected a valid boolean"):
         DeidProfile.from_mapping({"clean_descriptions": "yes"})
     with pytest.raises(ConfigError, match=r"not a private element"):
         DeidProfile.from_mapping({"safe_private": [["X", "0018", "10"]]})

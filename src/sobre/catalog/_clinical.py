@@ -14,7 +14,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sqlalchemy import bindparam, insert, select, update
+
 from sobre.errors import InputError
+
+from ._models import Subject, SubjectValue, Variable
 
 ID_COLUMNS = ("subject_id", "participant_id", "PatientID", "patient_id", "subject")
 MISSING = {"", "na", "n/a", "nan", "null", "none"}
@@ -37,6 +41,12 @@ class ClinicalTable:
     id_column: str
     columns: list[Column]
     subject_lines: dict[str, int]  # subject id -> line number in the file (1-based, header = 1)
+
+    def map_subjects(self, fn) -> None:
+        """Translate every subject id with ``fn`` (e.g. original PatientID -> keyed pseudonym), in place."""
+        self.subject_lines = {fn(k): v for k, v in self.subject_lines.items()}
+        for col in self.columns:
+            col.values = {fn(k): v for k, v in col.values.items()}
 
 
 def _read_frame(path: Path):
@@ -134,3 +144,59 @@ def read_clinical(path: str | Path) -> ClinicalTable:
             col.values.setdefault(sid, None)
         columns.append(col)
     return ClinicalTable(path=str(path), id_column=id_col, columns=columns, subject_lines=lines)
+
+
+def store_table(ws, table: ClinicalTable, path: str | Path) -> dict:
+    """Join a read clinical table to known subjects, all rows or none (one transaction)."""
+    with ws.session() as s, s.begin():
+        subjects = {sid: pk for pk, sid in s.execute(select(Subject.id, Subject.subject_id)).all()}
+        unknown = [sid for sid in table.subject_lines if sid not in subjects]
+        if unknown:
+            lines = ", ".join(f"'{u}' (line {table.subject_lines[u]})" for u in unknown[:5])
+            more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+            raise InputError(
+                f"{len(unknown)} subject id(s) in column '{table.id_column}' are not in the catalog: "
+                f"{lines}{more}", path=path,
+                expected="identifiers of ingested subjects (PatientID, or sub-XX for BIDS)",
+                fix="ingest the images first, or correct the identifiers; nothing from this table was stored",
+            )
+        vt = SubjectValue.__table__
+        for col in table.columns:
+            var = s.execute(select(Variable).where(Variable.name == col.name)).scalar_one_or_none()
+            if var is None:
+                if col.name in _base_fields() and col.name not in ("age", "sex", "bmi", "height", "weight", "site", "simulated"):
+                    raise InputError(f"column '{col.name}' would shadow a built-in field", path=path,
+                                     expected="a name other than: " + ", ".join(sorted(_base_fields())),
+                                     fix="rename the column; nothing from this table was stored")
+                var = Variable(name=col.name, kind=col.kind, unit=col.unit, source=str(path))
+                s.add(var)
+                s.flush()
+            elif var.kind != col.kind:
+                raise InputError(f"column '{col.name}' changes type", path=path,
+                                 expected=f"{var.kind} (as stored from {var.source})", found=col.kind,
+                                 fix="correct the column's values; nothing from this table was stored")
+            existing = {spk: (pk, num, text) for pk, spk, num, text in s.execute(
+                select(vt.c.id, vt.c.subject_pk, vt.c.num, vt.c.text).where(vt.c.variable_pk == var.id))}
+            inserts, updates = [], []
+            for sid, value in col.values.items():
+                spk = subjects[sid]
+                num = value if col.kind == "numeric" else None
+                text = None if col.kind == "numeric" or value is None else str(value)
+                old = existing.get(spk)
+                if old is None:
+                    inserts.append({"subject_pk": spk, "variable_pk": var.id, "num": num, "text": text})
+                elif (old[1], old[2]) != (num, text):
+                    updates.append({"b_id": old[0], "b_num": num, "b_text": text})
+            if inserts:
+                s.execute(insert(vt), inserts)
+            if updates:
+                s.connection().execute(update(vt).where(vt.c.id == bindparam("b_id"))
+                                       .values(num=bindparam("b_num"), text=bindparam("b_text")), updates)
+    return {"path": str(path), "subjects": len(table.subject_lines),
+            "variables": [{"name": c.name, "kind": c.kind, "unit": c.unit} for c in table.columns]}
+
+
+def _base_fields():
+    from ._cohorts import BASE_FIELDS
+
+    return BASE_FIELDS

@@ -147,3 +147,24 @@ class DatasetVersion(Base):
     n_files: Mapped[int] = mapped_column(Integer)
     n_subjects: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class DicomObject(Base):
+    """A DICOM instance that is not an image: RT structure set, RT plan, structured report, ...
+
+    Catalogued with what it refers to (``references``: the SeriesInstanceUIDs of the images it was
+    drawn on or planned on), so that a structure set can be found from its CT and the other way round.
+    """
+
+    __tablename__ = "dicom_object"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    file_pk: Mapped[int] = mapped_column(ForeignKey("file.id", ondelete="CASCADE"), unique=True)
+    sop_uid: Mapped[str] = mapped_column(String(128), index=True)
+    sop_class_uid: Mapped[str | None] = mapped_column(String(128))
+    kind: Mapped[str] = mapped_column(String(32))  # rtstruct | rtplan | sr | other
+    modality: Mapped[str | None] = mapped_column(String(16))
+    series_uid: Mapped[str] = mapped_column(String(128), index=True)
+    study_pk: Mapped[int | None] = mapped_column(ForeignKey("study.id"), index=True)
+    references: Mapped[list | None] = mapped_column(JSON)  # referenced SeriesInstanceUIDs
+    meta: Mapped[dict | None] = mapped_column(JSON)

@@ -6,14 +6,13 @@ a plain dict that the workspace writes to the catalog.
 
 from __future__ import annotations
 
-import hashlib
-import os
 import re
 from datetime import date
 from pathlib import Path
 
 import numpy as np
 
+from sobre.base import sha256_file
 from sobre.errors import SobreError
 
 BIDS_SUB = re.compile(r"^sub-[A-Za-z0-9]+$")
@@ -21,19 +20,8 @@ BIDS_SES = re.compile(r"^ses-[A-Za-z0-9]+$")
 BIDS_MODALITY = {"T1w": "MR", "T2w": "MR", "FLAIR": "MR", "PD": "MR", "bold": "MR", "dwi": "MR", "T2starw": "MR",
                  "ct": "CT", "CT": "CT", "pet": "PT"}
 _DA = re.compile(r"^\d{8}$")
-IGNORED_NAMES = {"DICOMDIR", "participants.tsv", "participants.json", "dataset_description.json", "README",
-                 "CHANGES", "LICENSE", ".DS_Store", "Thumbs.db"}
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while True:
-            b = fh.read(chunk)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
 
 
 def uid_from_hash(sha: str) -> str:
@@ -123,6 +111,10 @@ def _scan_file(path: str) -> dict:
         rec["sha256"] = sha256_file(p)
         if kind == "dicom":
             ds = read_header(p)
+            if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+                obj = _object_record(ds, p, rec)
+                if obj is not None:
+                    return obj
             check_image(ds, p)
             cut = _pixel_data_truncated(ds, st.st_size)
             if cut:
@@ -145,6 +137,9 @@ def _scan_file(path: str) -> dict:
             rec["sop_uid"] = frames[0].sop_uid or None
             rec["frames"] = [f.to_dict() for f in frames]
             rec["header"] = meta
+            _deid_mark(ds, meta)
+            if _compressed(meta.get("transfer_syntax")):
+                _decodes(p)  # compressed pixel data is only known to be good once decoded
         else:
             reader = {"nifti": _formats.read_nifti, "itk": _formats.read_itk, "optical": _formats.read_optical}[kind]
             img = reader(p)
@@ -173,6 +168,108 @@ def _scan_file(path: str) -> dict:
         rec["error"] = str(exc).removeprefix(f"{p}: ")
     except (OSError, ValueError, RuntimeError) as exc:
         rec["error"] = f"cannot read file ({type(exc).__name__}: {exc})"
+    return rec
+
+
+def _compressed(ts: str | None) -> bool:
+    if not ts:
+        return False
+    from pydicom.uid import UID
+
+    try:
+        return bool(UID(ts).is_compressed)
+    except Exception:  # noqa: BLE001 - a private or garbled syntax: the decoder will tell
+        return True
+
+
+def _decodes(path: Path) -> None:
+    """Decode every frame of a compressed file (one at a time, bounded memory), or raise InputError."""
+    from pydicom.pixels import iter_pixels
+
+    from sobre.errors import InputError
+    from sobre.image import tag_name
+
+    try:
+        for _ in iter_pixels(path):
+            pass
+    except Exception as exc:  # noqa: BLE001 - decoders raise many types; all mean "cannot decode"
+        raise InputError(f"compressed pixel data cannot be decoded ({type(exc).__name__}: {exc})", path=path,
+                         tag=tag_name("PixelData"),
+                         fix="the file is damaged or cut short; re-export or re-send it") from None
+
+
+def _deid_mark(ds, meta: dict) -> None:
+    """Record the de-identification mark (0012,0062) / (0012,0063) a de-identifying workspace checks."""
+    from sobre.image import raw_value
+
+    removed = raw_value(ds, "PatientIdentityRemoved")
+    if removed:
+        meta["patient_identity_removed"] = str(removed).strip().upper()
+        method = ds.get("DeidentificationMethod")
+        if method:
+            meta["deidentification_method"] = str(method if isinstance(method, str) else method[0])
+
+
+_OBJECT_KINDS = {"RTSTRUCT": "rtstruct", "RTPLAN": "rtplan", "RTRECORD": "rtrecord", "SR": "sr", "KO": "ko",
+                 "PR": "pr", "DOC": "document", "REG": "registration", "PLAN": "plan"}
+
+
+def _references(ds) -> dict:
+    """Series and instances a non-image object refers to (structure sets, plans, reports, ...)."""
+    series: list[str] = []
+    instances: list[str] = []
+
+    def walk(d, depth: int = 0) -> None:
+        if depth > 12:
+            return
+        for elem in d:
+            if elem.VR != "SQ":
+                continue
+            for item in elem.value or ():
+                uid = item.get("SeriesInstanceUID")
+                if uid and elem.keyword in ("ReferencedSeriesSequence", "RTReferencedSeriesSequence"):
+                    series.append(str(uid))
+                sop = item.get("ReferencedSOPInstanceUID")
+                if sop:
+                    instances.append(str(sop))
+                walk(item, depth + 1)
+
+    walk(ds)
+    return {"series": sorted(set(series)), "instances": sorted(set(instances))[:10000]}
+
+
+def _object_record(ds, p: Path, rec: dict) -> dict | None:
+    """The scan record of a non-image object (RT structure set, plan, report); None for an image object."""
+    from pydicom.uid import UID
+
+    from sobre.errors import InputError
+    from sobre.image import MEDIA_STORAGE_DIRECTORY, header_metadata, raw_value, tag_name
+
+    sop_class = str(raw_value(ds, "SOPClassUID") or "")
+    name = UID(sop_class).name if sop_class else ""
+    if sop_class == MEDIA_STORAGE_DIRECTORY or "DirectoryRecordSequence" in ds:
+        raise InputError("DICOMDIR is an index of a file set, not an instance", path=p,
+                         tag=tag_name("DirectoryRecordSequence"), fix="ingest the folder it indexes")
+    if not sop_class or "Image Storage" in name or "Rows" in ds:
+        return None  # an image object without pixels: check_image says why
+    sop = str(raw_value(ds, "SOPInstanceUID") or "").strip()
+    if not sop:
+        raise InputError("DICOM object has no SOP Instance UID", path=p, tag=tag_name("SOPInstanceUID"),
+                         expected="a UID", found="nothing", fix="the file is damaged or not an instance")
+    meta = header_metadata(ds)
+    meta["age_years"] = age_from_dicom(meta.get("patient_age"), meta.get("patient_birth_date"), meta.get("study_date"))
+    meta.pop("patient_birth_date", None)
+    if meta.get("study_date") and not _DA.match(meta["study_date"]):
+        meta["study_date"] = None
+    _deid_mark(ds, meta)
+    modality = str(meta.get("modality") or "").upper()
+    series = str(raw_value(ds, "SeriesInstanceUID") or "").strip()
+    if not series or len(series) > 64:
+        series = uid_from_hash(rec["sha256"])
+    label = ds.get("StructureSetLabel") or ds.get("RTPlanLabel") or ds.get("ContentLabel") or None
+    meta["object"] = {"sop_uid": sop, "kind": _OBJECT_KINDS.get(modality, "other"), "sop_class_name": name,
+                      "references": _references(ds), "label": str(label) if label else None}
+    rec.update(kind="dicom-object", series_uid=series, sop_uid=sop, frames=None, header=meta)
     return rec
 
 
@@ -285,35 +382,3 @@ def _gzip_intact(path: Path) -> str | None:
     if not d.eof:
         return "compressed data ends early: the file was cut short; re-export or re-send it"
     return None
-
-
-def walk(paths, exclude=()) -> tuple[list[str], list[tuple[str, str]]]:
-    """Files below ``paths`` (sorted, hidden and index files left out) and the paths that do not exist.
-
-    Folders in ``exclude`` (e.g. the workspace itself, when it lies inside the folder ingested) are
-    not walked.
-    """
-    files: list[str] = []
-    missing: list[tuple[str, str]] = []
-    skip_suffixes = (".json", ".tsv", ".csv", ".txt", ".md")
-    excluded = {os.path.abspath(os.fspath(e)) for e in exclude}
-    for raw in paths:
-        p = os.path.abspath(os.fspath(raw))
-        if not os.path.exists(p):
-            missing.append((p, "no such file or folder"))
-            continue
-        if os.path.isfile(p):
-            files.append(p)
-            continue
-        for root, dirs, names in os.walk(p):
-            if root in excluded:
-                dirs[:] = []
-                continue
-            bids_root = "participants.tsv" in names or "dataset_description.json" in names
-            dirs[:] = sorted(d for d in dirs if not d.startswith(".")
-                             and not (bids_root and d in ("derivatives", "sourcedata")))  # BIDS: raw data only
-            for n in sorted(names):
-                if n.startswith(".") or n in IGNORED_NAMES or n.endswith(skip_suffixes):
-                    continue
-                files.append(os.path.join(root, n))
-    return files, missing

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sobre.cli._common import add_json_arg, add_workspace_arg, emit_json, open_workspace, show_progress
+from sobre.cli._common import add_json_arg, add_workspace_arg, emit_json, open_workspace, progress_bars
 
 
 def register(sub) -> None:
@@ -66,7 +66,16 @@ def _create(ns) -> int:
         emit_json({k: v for k, v in c.items() if k != "members"})
     else:
         print(f"cohort {c['name']}: {c['n_series']} series from {c['n_subjects']} subjects")
+    _left_out(c)
     return 0
+
+
+def _left_out(c: dict) -> None:
+    """Say on stderr which matching volumes a cohort cannot hold (error state), never drop them silently."""
+    if c.get("note"):
+        import sys
+
+        print(f"note: {c['note']}", file=sys.stderr)
 
 
 def _list(ns) -> int:
@@ -91,11 +100,13 @@ def _show(ns) -> int:
             print(_row(m))
         for v in c["versions"]:
             print(f"version {v['ref']}  {v['content_hash']}  {v['n_series']} series  {v['created_at']}")
+    _left_out(c)
     return 0
 
 
 def _freeze(ns) -> int:
-    ref = open_workspace(ns).freeze(ns.name, progress=show_progress(ns))
+    with open_workspace(ns) as ws, progress_bars(ns) as progress:
+        ref = ws.freeze(ns.name, progress=progress)
     if ns.json:
         emit_json(ref.to_dict())
     else:
@@ -106,7 +117,7 @@ def _freeze(ns) -> int:
 
 
 def _fields(ns) -> int:
-    from sobre.catalog._workspace import BASE_FIELDS
+    from sobre.catalog import BASE_FIELDS
 
     ws = open_workspace(ns)
     variables = ws.variables()
@@ -133,7 +144,7 @@ def _dlist(ns) -> int:
 def _dshow(ns) -> int:
     d = open_workspace(ns).dataset(ns.ref)
     if ns.json:
-        emit_json(dict(d.to_dict(), manifest_content=d.manifest()))
+        emit_json(dict(d.to_dict(), manifest_content=d.manifest.model_dump(mode="json")))
     else:
         for k, v in d.to_dict().items():
             print(f"{k:14s} {v}")
@@ -141,14 +152,14 @@ def _dshow(ns) -> int:
 
 
 def _dverify(ns) -> int:
-    ws = open_workspace(ns)
-    d = ws.dataset(ns.ref)
-    problems = ws.verify(ns.ref)
+    with open_workspace(ns) as ws, progress_bars(ns) as progress:
+        d = ws.dataset(ns.ref)
+        problems = d.verify(progress=progress)
     if ns.json:
-        emit_json({"ref": d.ref, "ok": not problems, "problems": problems})
+        emit_json({"ref": d.ref, "ok": not problems, "problems": [p.to_dict() for p in problems]})
     else:
         if problems:
             for p in problems:
-                print(f"  {p['path']}: {p['problem']}")
+                print(f"  {p.path}: {p.message}")
         print(f"{d.ref}: {'intact' if not problems else f'{len(problems)} problem(s)'}")
     return 0 if not problems else 1

@@ -9,6 +9,7 @@ never exports the key). Keep that file to de-identify more data of the same proj
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from sobre.cli._common import add_json_arg, emit_json
@@ -141,20 +142,16 @@ def _open_key(key_file, out: Path | None, *, create: bool):
 
 
 def _profile_from_args(ns, base=None):
-    import tomllib
     from dataclasses import replace
 
+    from sobre.base import read_toml
     from sobre.errors import ConfigError
     from sobre.privacy import BlankRegion, DeidProfile, SafePrivateTag
 
     profile = base or DeidProfile()
     if ns.profile:
-        try:
-            with open(ns.profile, "rb") as fh:
-                table = tomllib.load(fh).get("privacy", {})
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError("cannot read profile file", path=ns.profile, found=str(exc)) from None
-        profile = DeidProfile.from_mapping(table, source=f"{ns.profile} [privacy]")
+        table = read_toml(ns.profile).get("privacy", {})
+        profile = DeidProfile.from_mapping(table, source=ns.profile)
     if ns.basic:
         profile = replace(DeidProfile.basic(), blank_regions=profile.blank_regions)
     changes = {}
@@ -203,7 +200,7 @@ def _write_reports(out: Path, report) -> Path | None:
 # -- commands ------------------------------------------------------------------------------
 def _deid(ns) -> int:
     from sobre.errors import InputError
-    from sobre.privacy import Deidentifier, PseudonymStore, map_path_for_key, workspace_privacy
+    from sobre.privacy import Deidentifier, PseudonymStore, map_path_for_key
 
     src, out = Path(ns.input), Path(ns.output)
     if not src.exists():
@@ -212,10 +209,12 @@ def _deid(ns) -> int:
         raise InputError("output folder must not be inside the input", path=out,
                          fix="choose an output folder outside the input")
     if ns.workspace:
-        wp = workspace_privacy(ns.workspace)
-        key = wp.key()
-        profile = _profile_from_args(ns, wp.profile)
-        map_path = wp.map_path
+        from sobre.catalog import Workspace
+
+        with Workspace.open(ns.workspace) as ws:
+            key = ws.intake.key()
+            profile = _profile_from_args(ns, ws.settings.privacy.profile())
+            map_path = ws.intake.map_path
     else:
         key = _open_key(ns.key_file, out, create=True)
         if key.path is not None and out.absolute() in Path(key.path).absolute().parents:
@@ -223,7 +222,7 @@ def _deid(ns) -> int:
                              fix="keep the key outside anything you export")
         profile = _profile_from_args(ns)
         map_path = map_path_for_key(key.path)
-    with PseudonymStore(map_path) as store:
+    with PseudonymStore(map_path, key) as store:
         deid = Deidentifier(key, profile, store)
         total = [0]
 
@@ -252,15 +251,18 @@ def _deid(ns) -> int:
 
 def _pseudonyms_export(ns) -> int:
     from sobre.errors import ConfigError
-    from sobre.privacy import export_map, map_path_for_key, workspace_privacy
+    from sobre.privacy import export_map, load_key, map_path_for_key
 
     if ns.workspace:
-        map_path = workspace_privacy(ns.workspace).map_path
+        from sobre.catalog import Workspace
+
+        with Workspace.open(ns.workspace) as ws:
+            key, map_path = ws.intake.key(create=False), ws.intake.map_path
     elif ns.key_file:
-        map_path = map_path_for_key(ns.key_file)
+        key, map_path = load_key(ns.key_file), map_path_for_key(ns.key_file)
     else:
         raise ConfigError("say whose pseudonym map to export", fix="pass -w WORKSPACE or --key-file K")
-    n = export_map(map_path, ns.out, overwrite=ns.force)
+    n = export_map(map_path, ns.out, key, overwrite=ns.force)
     if ns.json:
         emit_json({"subjects": n, "file": str(ns.out)})
     else:
@@ -269,47 +271,35 @@ def _pseudonyms_export(ns) -> int:
     return 0
 
 
+@contextmanager
 def _destination(ns, kind: str):
-    """(store folder, deidentifier or None, on_files or None, closer) for pull/listen."""
-    from sobre.errors import ConfigError
-    from sobre.privacy import Deidentifier, PseudonymStore, map_path_for_key, workspace_privacy
+    """``(store folder, deidentifier or None, on_files or None)`` for pull/listen.
+
+    Into a workspace, everything goes through its intake, which applies its privacy policy; with
+    --out, files are only written to a folder (de-identified with --deidentify).
+    """
+    from sobre.privacy import Deidentifier, PseudonymStore, map_path_for_key
 
     if ns.out:
         out = Path(ns.out)
-        deid = None
-        store = None
-        if ns.deidentify:
-            key = _open_key(ns.key_file, out, create=True)
-            store = PseudonymStore(map_path_for_key(key.path))
-            deid = Deidentifier(key, None, store)
-        return out, deid, None, (store.close if store else (lambda: None))
+        if not ns.deidentify:
+            yield out, None, None
+            return
+        key = _open_key(ns.key_file, out, create=True)
+        with PseudonymStore(map_path_for_key(key.path), key) as store:
+            yield out, Deidentifier(key, None, store), None
+        return
     from sobre.catalog import Workspace
 
-    ws = Workspace.open(ns.workspace or ".")
-    wp = workspace_privacy(ws.root)
-    if wp.required and ns.deidentify is False:
-        raise ConfigError("this workspace requires de-identification ([privacy] deidentify = true)",
-                          path=ws.root / "sobre.toml", fix="drop --no-deidentify")
-    deid = None
-    store = None
-    if wp.required or ns.deidentify:
-        store = PseudonymStore(wp.map_path)
-        deid = Deidentifier(wp.key(), wp.profile, store)
-    site = ns.site
+    with Workspace.open(ns.workspace or ".") as ws:
+        with ws.intake.route(kind, deidentify=ns.deidentify, site=ns.site, workers=INGEST_WORKERS) as route:
+            def on_files(files):
+                report = route.add(files)
+                for path, reason in report.skipped[:10]:
+                    _note(f"ingest skipped {path}: {reason}")
+                return report
 
-    def on_files(files):
-        report = ws.ingest(files, site=site, progress=False, workers=INGEST_WORKERS)
-        if report.skipped:
-            for path, reason in report.skipped[:10]:
-                _note(f"ingest skipped {path}: {reason}")
-        return report
-
-    def close():
-        if store is not None:
-            store.close()
-        ws.close()
-
-    return ws.root / "incoming" / kind, deid, on_files, close
+            yield route.store, route.deidentifier, on_files
 
 
 def _pull(ns) -> int:
@@ -320,11 +310,8 @@ def _pull(ns) -> int:
         raise InputError("nothing to pull", fix="pass --study UID or --query KEY=VALUE")
     query = parse_query(ns.query) if ns.query else None
     pacs = DicomWebPacs(ns.dicomweb, timeout=ns.timeout)
-    dest, deid, on_files, close = _destination(ns, "dicomweb")
-    try:
+    with _destination(ns, "dicomweb") as (dest, deid, on_files):
         report = pacs.pull(dest, studies=ns.study, query=query, deidentifier=deid, on_files=on_files)
-    finally:
-        close()
     if ns.json:
         emit_json(report.to_dict())
     else:
@@ -376,10 +363,6 @@ def _listen(ns) -> int:
     from sobre.pacs import Listener
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    dest, deid, on_files, close = _destination(ns, "dicom")
-    listener = Listener(dest, ae_title=ns.aet, host=ns.host, port=ns.port, deidentifier=deid, on_files=on_files,
-                        batch_size=ns.batch, batch_seconds=2.0, allowed_calling_aets=ns.allow_aet,
-                        deid_workers=ns.deid_workers)
     stop = threading.Event()
 
     def handler(signum, frame):  # noqa: ARG001
@@ -387,17 +370,20 @@ def _listen(ns) -> int:
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        listener.start()
-        print(f"listening as {ns.aet} on {ns.host}:{listener.port}; storing into {dest}"
-              f"{' (de-identified)' if deid else ''}; stop with SIGTERM or Ctrl-C", file=sys.stderr, flush=True)
-        while not stop.wait(0.5):
-            pass
-        _note("stopping: finishing open associations and pending ingests")
-        stats = listener.stop(grace=ns.grace)
+        with _destination(ns, "dicom") as (dest, deid, on_files):
+            listener = Listener(dest, ae_title=ns.aet, host=ns.host, port=ns.port, deidentifier=deid,
+                                on_files=on_files, batch_size=ns.batch, batch_seconds=2.0,
+                                allowed_calling_aets=ns.allow_aet, deid_workers=ns.deid_workers)
+            listener.start()
+            print(f"listening as {ns.aet} on {ns.host}:{listener.port}; storing into {dest}"
+                  f"{' (de-identified)' if deid else ''}; stop with SIGTERM or Ctrl-C", file=sys.stderr, flush=True)
+            while not stop.wait(0.5):
+                pass
+            _note("stopping: finishing open associations and pending ingests")
+            stats = listener.stop(grace=ns.grace)
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-        close()
     _note(f"stopped: {stats.received} received, {stats.failed} refused, {stats.ingested} ingested"
           + (f", {len(stats.ingest_errors)} ingest error(s)" if stats.ingest_errors else "")
           + (f", {len(stats.refused_after_ack)} quarantined by de-identification" if stats.refused_after_ack else ""))

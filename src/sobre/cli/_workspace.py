@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from sobre.cli._common import add_json_arg, add_workspace_arg, emit_json, open_workspace, show_progress
+from sobre.cli._common import add_json_arg, add_workspace_arg, emit_json, open_workspace, progress_bars
 
 
 def register(sub) -> None:
@@ -63,32 +63,26 @@ def _ingest(ns) -> int:
                          found=("also missing: " + ", ".join(missing[1:6]) + (" ..." if len(missing) > 6 else ""))
                          if len(missing) > 1 else None,
                          fix="check the path; nothing was ingested")
-    ws = open_workspace(ns)
-    from sobre.privacy import workspace_privacy
-
-    privacy = workspace_privacy(ws.root)
-    pixel_review = None
-    if ns.deidentify or privacy.required:
-        report, pixel_review = _ingest_deidentified(ws, privacy, ns)
-    else:
-        report = ws.ingest(ns.paths, site=ns.site, clinical=ns.clinical, copy=ns.copy,
-                           progress=show_progress(ns), workers=ns.workers)
+    with open_workspace(ns) as ws, progress_bars(ns) as progress:
+        report = ws.ingest(ns.paths, site=ns.site, clinical=ns.clinical, copy=ns.copy, progress=progress,
+                           workers=ns.workers, deidentify=True if ns.deidentify else None)
     if ns.json:
         emit_json(report.to_dict())
     else:
         print(f"files: {report.new} new, {report.known} already known, {report.changed} changed, "
-              f"{len(report.skipped)} skipped")
+              f"{len(report.skipped)} skipped" + (f"; {report.deidentified} de-identified" if report.deidentified else "")
+              + (f"; {report.objects} non-image objects" if report.objects else ""))
         print(f"series: {report.series_new} new, {report.series_updated} updated, "
-              f"{len(report.problems)} with problems")
+              f"{len(report.series_problems)} with problems")
         for path, reason in report.skipped[:20]:
             print(f"  skipped {path}: {reason}")
         if len(report.skipped) > 20:
             print(f"  ... and {len(report.skipped) - 20} more skipped (see --json)")
-        for uid, problem in report.problems[:20]:
+        for uid, problem in report.series_problems[:20]:
             print(f"  problem in series {uid}: {problem}")
-        if pixel_review:
-            print(f"  {pixel_review} de-identified instance(s) may carry burned-in text: review their pixels "
-                  "(see `sobre deid --json` for the list)")
+        if report.pixel_review:
+            print(f"  {len(report.pixel_review)} de-identified instance(s) may carry burned-in text: review their "
+                  "pixels (see --json for the list)")
         if report.clinical:
             names = ", ".join(v["name"] for v in report.clinical["variables"])
             print(f"clinical: {report.clinical['subjects']} subjects, variables: {names}")
@@ -115,49 +109,41 @@ def _catalogued(ns):
     return open_workspace(ns)
 
 
-def _ingest_deidentified(ws, privacy, ns):
-    """De-identify into the workspace (incoming/deidentified/...) and ingest the outputs batch by batch.
-
-    Clinical tables keep the original identifiers; they are translated into the same keyed pseudonyms
-    the de-identification wrote, so the join still works and no original id enters the catalog.
-    """
-    from sobre.catalog import IngestReport
-    from sobre.errors import SobreError
-
-    if ns.copy:
-        from sobre.errors import InputError
-
-        raise InputError("--copy and --deidentify together", expected="one of them",
-                         fix="de-identified files are already written inside the workspace; drop --copy")
-    parts: list[IngestReport] = []
-    deid = privacy.deidentify_into(
-        ns.paths, on_files=lambda files: parts.append(ws.ingest(files, site=ns.site, progress=False,
-                                                                workers=ns.workers)))
-    report = IngestReport()
-    for part in parts:
-        for name in ("new", "known", "changed", "duplicates", "series_new", "series_updated"):
-            setattr(report, name, getattr(report, name) + getattr(part, name))
-        report.skipped.extend(part.skipped)
-        report.problems.extend(part.problems)
-    report.skipped.extend((p, f"not de-identified: {r}") for p, r in deid.skipped)
-    if ns.clinical:
-        key = privacy.key()
-        prefix = privacy.profile.pseudonym_prefix
-        try:
-            report.clinical = ws.add_clinical(ns.clinical,
-                                              subject_map=lambda sid: key.pseudonym("id:" + sid.strip(), prefix))
-        except SobreError as exc:
-            report.clinical_error = str(exc)
-    return report, len(deid.pixel_review)
-
-
 def _info(ns) -> int:
-    import sobre
+    """Every readable image of a file or folder (or a catalogued series).
 
+    Files and series that cannot be shown are listed as problems: lines on stderr, or ``problems``
+    in ``--json`` (beside the summary when one image is shown, else ``{"images": [...],
+    "problems": [...]}``; a plain list of summaries when there are several images and no
+    problem). Exit status 0 when something was shown, 2 when nothing readable was found.
+    """
+    import sys
+
+    import sobre
+    from sobre.errors import InputError, Problems
+
+    problems = None
     if Path(ns.target).exists():
-        images = sobre.load_all(ns.target, on_warning=lambda m: None)
+        # every readable volume is shown; files and series that cannot be are listed as problems
+        problems = Problems()
+        images = sobre.load_all(ns.target, problems=problems)
+        if not images:
+            err = InputError("no readable image found", path=ns.target,
+                             expected="at least one DICOM series or NIfTI, NRRD/MetaImage, PNG, JPEG or TIFF file",
+                             found=f"{len(problems.at('error'))} file(s) or series that cannot be read"
+                             if problems else "no image file",
+                             fix="see the problems listed" if problems else None)
+            if ns.json:
+                emit_json(dict(err.to_dict(), problems=problems.to_list()))
+            for prob in problems:
+                print(f"problem: {prob}", file=sys.stderr)
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         out = [im.summary() for im in images]
-        out = out[0] if len(out) == 1 else out
+        if len(out) == 1:  # one image: its summary, as ever, with the problems beside it
+            out = dict(out[0], problems=problems.to_list())
+        elif problems:
+            out = {"images": out, "problems": problems.to_list()}
     else:
         ws = _catalogued(ns)
         rec = ws.series(ns.target)
@@ -167,14 +153,24 @@ def _info(ns) -> int:
     if ns.json:
         emit_json(out)
     else:
-        for item in out if isinstance(out, list) else [out]:
+        items = out.get("images", out) if isinstance(out, dict) else out
+        for item in items if isinstance(items, list) else [items]:
             img = item.get("image", item)
             print(f"shape {img.get('shape')}  spacing {img.get('spacing')}  orientation {img.get('orientation')}  "
                   f"modality {img.get('modality')}  dtype {img.get('dtype')}")
+            if img.get("metadata", {}).get("geometry_problem"):
+                print(f"geometry problem: {img['metadata']['geometry_problem']}")
             if "affine_lps" in img:
                 print("affine (LPS):")
                 for row in img["affine_lps"]:
                     print("  " + "  ".join(f"{v:10.4f}" for v in row))
+    if problems:
+        for prob in problems:
+            print(f"problem: {prob}", file=sys.stderr)
+        errors = len(problems.at("error"))
+        print(f"note: {len(images)} image(s) shown; {errors} file(s) or series could not be shown"
+              f"{f' and {len(problems) - errors} warning(s)' if len(problems) > errors else ''} (listed above)",
+              file=sys.stderr)
     return 0
 
 

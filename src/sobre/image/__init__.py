@@ -17,10 +17,13 @@ File discovery
 from sobre.base import write_atomic
 from sobre.image._dicom import Frame, SeriesWarning, VolumePlan, assemble, check_image, frames_of, header_metadata
 from sobre.image._dicom_write import write_dicom_series
+from sobre.image._discover import Discovery, discover
 from sobre.image._encode import (
     SOBRE_IMPLEMENTATION_UID, SOBRE_IMPLEMENTATION_VERSION, encode_dataset, file_meta_bytes,
 )
-from sobre.image._geometry import lps_to_ras, orientation_code, ras_to_lps
+from sobre.image._geometry import direction as affine_direction
+from sobre.image._geometry import is_oblique, lps_to_ras, make_affine, orientation_code, ras_to_lps
+from sobre.image._geometry import spacing as affine_spacing
 from sobre.image._image import Image
 from sobre.image._io import load, load_all, save
 from sobre.image._spatial import Grid, crop_or_pad, reorient, resample
@@ -30,8 +33,8 @@ from sobre.image._part10 import (
 )
 
 __all__ = [
-    "Image", "load", "load_all", "save", "write_dicom_series", "SeriesWarning",
-    "lps_to_ras", "ras_to_lps", "orientation_code",
+    "Image", "load", "load_all", "save", "write_dicom_series", "SeriesWarning", "discover", "Discovery",
+    "lps_to_ras", "ras_to_lps", "orientation_code", "affine_spacing", "affine_direction", "is_oblique", "make_affine",
     "read_header", "read_instance", "frames_of", "Frame", "header_metadata", "check_image", "assemble",
     "VolumePlan", "check_complete",
     "check_raw_lengths", "check_pixel_length", "received_facts", "raw_value", "encode_dataset",

@@ -413,52 +413,12 @@ def metadata_matrix(table: pd.DataFrame, variables: list[str], *, dataset: str, 
     return np.stack(cols, 1) if cols else np.zeros((len(table), 0))
 
 
-def _manifest_table(manifest: dict) -> tuple[list[dict], pd.DataFrame]:
-    entries = manifest["content"]["series"]
-    rows = []
-    for e in entries:
-        meta = dict(e.get("metadata") or {})
-        meta["series_label"] = meta.pop("label", e.get("label", ""))
-        meta["series_uid"] = e["series_uid"]
-        rows.append(meta)
-    table = pd.DataFrame(rows)
+def _dataset_table(dataset) -> tuple[list, pd.DataFrame]:
+    """The series of a dataset version and one table row per series (its frozen metadata)."""
+    table = pd.DataFrame(dataset.records())
     if "subject_id" in table.columns:
         table["subject_id"] = table["subject_id"].astype(str)
-    return entries, table
-
-
-def _load_entry(entry: dict, locations: dict, verify: bool, ref: str):
-    from sobre.catalog._scan import sha256_file
-    from sobre.image import load_all
-
-    paths = []
-    for f in entry["files"]:
-        p = locations.get(f["sha256"])
-        if p is None:
-            raise InputError("a file of the dataset version has no recorded location",
-                             expected=f"a path for sha256 {f['sha256'][:16]}…", found="none",
-                             fix=f"the manifest of {ref} is damaged; freeze the cohort again")
-        if verify:
-            try:
-                digest = sha256_file(p)
-            except OSError as exc:
-                raise InputError("a file of the dataset version cannot be read", path=p, found=exc.strerror,
-                                 fix="restore the file, or re-ingest and freeze a new version") from None
-            if digest != f["sha256"]:
-                raise InputError("a file changed since the dataset version was frozen", path=p,
-                                 expected=f"sha256 {f['sha256']}", found=f"sha256 {digest}",
-                                 fix=f"restore the original file; {ref} must stay exactly as frozen")
-        paths.append(p)
-    images = load_all(paths, on_warning=lambda m: None)
-    if len(images) > 1 and entry.get("shape"):
-        match = [im for im in images if list(im.shape) == list(entry["shape"])]
-        if entry.get("affine_lps") is not None:
-            match = [im for im in match if np.allclose(im.affine, entry["affine_lps"], atol=1e-3)] or match
-        images = match[:1] or images
-    if len(images) != 1:
-        raise InputError(f"series {entry['series_uid']} reads as {len(images)} volumes", path=paths[0],
-                         expected="one volume", fix="re-ingest the files and freeze a new version")
-    return images[0]
+    return dataset.series, table
 
 
 def cache_key(content_hash: str, data: DataConfig, pre: PreprocessConfig, mask_rule: MaskRule | None) -> str:
@@ -487,14 +447,13 @@ def load_cohort(ws, data: DataConfig, preprocess: PreprocessConfig, *, mask_rule
         Inconsistent shapes without a resampling rule, files changed since the freeze, masks
         missing or ambiguous, no series left after the filter.
     """
-    from sobre.catalog._query import compile_filter
+    from sobre.catalog import compile_filter
 
     ref = ws.dataset(data.dataset)
-    manifest = ref.manifest()
-    entries, table = _manifest_table(manifest)
+    entries, table = _dataset_table(ref)
     if data.where:
         pred = compile_filter(data.where, list(table.columns) + ["label"])
-        keep = [i for i, e in enumerate(entries) if pred(dict(e.get("metadata") or {}, **table.iloc[i].to_dict()))]
+        keep = [i for i, e in enumerate(entries) if pred(dict(e.metadata, **table.iloc[i].to_dict()))]
         entries = [entries[i] for i in keep]
         table = table.iloc[keep].reset_index(drop=True)
         if not entries:
@@ -519,7 +478,7 @@ def load_cohort(ws, data: DataConfig, preprocess: PreprocessConfig, *, mask_rule
             sid = table.at[i, "subject_id"]
             cands = by_subject.get(sid, [])
             if len(cands) != 1:
-                raise InputError(f"subject {sid} has {len(cands)} mask series for image {entries[i]['series_uid']}",
+                raise InputError(f"subject {sid} has {len(cands)} mask series for image {entries[i].series_uid}",
                                  path=config_path, expected="exactly one mask per subject",
                                  fix="use data.where to keep one image and one mask per subject")
             pairs.append((int(i), cands[0]))
@@ -528,10 +487,9 @@ def load_cohort(ws, data: DataConfig, preprocess: PreprocessConfig, *, mask_rule
         table = table.iloc[[i for i, _ in pairs]].reset_index(drop=True)
         entries, mask_of = entries_img, mask_entries
     key = cache_key(ref.content_hash, data, preprocess, mask_rule)
-    root = Path(ws.root) / "cache" / "learn"
-    folder = root / key[:24]
+    folder = ws.layout.cache_for("learn") / key[:24]
     if not (folder / "index.json").exists():
-        _build_cache(folder, entries, mask_of, table, manifest.get("locations", {}), preprocess,
+        _build_cache(folder, entries, mask_of, table, ref, preprocess,
                      verify=data.verify_hashes, ref=ref.ref, progress=progress, config_path=config_path,
                      threads=threads, meta={"key": key, "dataset": ref.ref, "content_hash": ref.content_hash,
                                             "where": data.where})
@@ -543,11 +501,11 @@ def load_cohort(ws, data: DataConfig, preprocess: PreprocessConfig, *, mask_rule
     table["subject_id"] = table["subject_id"].astype(str)
     return Cohort(images, table, masks=masks, affines=affines, source={
         "dataset": ref.ref, "content_hash": ref.content_hash, "cache": str(folder), "cache_key": key,
-        "simulated": bool(manifest.get("simulated", False)), "preprocess": index["preprocess"],
+        "simulated": bool(ref.simulated), "preprocess": index["preprocess"],
         "n_subjects_in_version": ref.n_subjects})
 
 
-def _build_cache(folder: Path, entries, mask_entries, table: pd.DataFrame, locations, pre: PreprocessConfig, *,
+def _build_cache(folder: Path, entries, mask_entries, table: pd.DataFrame, dataset, pre: PreprocessConfig, *,
                  verify, ref, progress, config_path, threads, meta) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
@@ -558,20 +516,20 @@ def _build_cache(folder: Path, entries, mask_entries, table: pd.DataFrame, locat
                          fix="ingest with PatientID / BIDS sub-XX so every series has a subject")
 
     def work(i):
-        img = _load_entry(entries[i], locations, verify, ref)
+        img = dataset.image(entries[i], verify=verify)
         arr, aff = preprocess_image(img, pre)
         img.unload()
         m = None
         if mask_entries[i] is not None:
-            mimg = _load_entry(mask_entries[i], locations, verify, ref)
+            mimg = dataset.image(mask_entries[i], verify=verify)
             m, _ = preprocess_image(mimg, pre, mask=True)
             if m.shape[1:] != arr.shape[1:]:
-                raise InputError(f"mask of series {entries[i]['series_uid']} does not match its image",
+                raise InputError(f"mask of series {entries[i].series_uid} does not match its image",
                                  expected=f"shape {arr.shape[1:]}", found=f"{m.shape[1:]}",
                                  fix="masks must be on the image grid (or use a resampling rule)")
             m = m[0]
             if m.min() < 0 or m.max() > 255:
-                raise InputError(f"mask of series {entries[i]['series_uid']} has labels outside 0..255",
+                raise InputError(f"mask of series {entries[i].series_uid} has labels outside 0..255",
                                  found=f"{int(m.min())}..{int(m.max())}", fix="relabel the classes 0..K-1")
         return arr, aff, m
 
@@ -581,8 +539,8 @@ def _build_cache(folder: Path, entries, mask_entries, table: pd.DataFrame, locat
     try:
         n = len(entries)
         if pre.resample == "none":
-            shapes = [tuple(e.get("shape") or ()) for e in entries]
-            _check_shapes([(0, *s) for s in shapes], [e["series_uid"] for e in entries], pre, config_path)
+            shapes = [tuple(e.shape or ()) for e in entries]
+            _check_shapes([(0, *s) for s in shapes], [e.series_uid for e in entries], pre, config_path)
         bar = tqdm(total=n, desc=f"caching {ref}", unit="img", disable=not progress, leave=False)
         images = masks = None
         affines = np.zeros((n, 4, 4))
@@ -598,8 +556,8 @@ def _build_cache(folder: Path, entries, mask_entries, table: pd.DataFrame, locat
                                                           shape=(n, *m.shape))
                 shapes_seen.append(arr.shape)
                 if arr.shape != images.shape[1:]:
-                    _check_shapes(shapes_seen + [images.shape[1:]], [e["series_uid"] for e in entries[: i + 1]]
-                                  + [entries[0]["series_uid"]], pre, config_path)
+                    _check_shapes(shapes_seen + [images.shape[1:]], [e.series_uid for e in entries[: i + 1]]
+                                  + [entries[0].series_uid], pre, config_path)
                 images[i] = arr
                 if masks is not None:
                     masks[i] = m
@@ -614,7 +572,7 @@ def _build_cache(folder: Path, entries, mask_entries, table: pd.DataFrame, locat
         np.save(tmp / "affines.npy", affines)
         table.to_json(tmp / "table.json", orient="records", date_format="iso")
         index = dict(meta, format=CACHE_FORMAT, n=n, preprocess=pre.model_dump(mode="json"),
-                     series=[e["series_uid"] for e in entries])
+                     series=[e.series_uid for e in entries])
         (tmp / "index.json").write_text(json.dumps(index, indent=1))
         try:
             os.replace(tmp, folder)

@@ -30,8 +30,7 @@ from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
-from sobre.catalog._scan import sha256_file
-from sobre.catalog._workspace import _atomic_write
+from sobre.base import sha256_file, write_atomic
 from sobre.errors import CatalogError, ConfigError
 
 __all__ = ["Run", "begin_run", "dataset_record", "reopen_run", "list_runs", "open_run", "code_version", "package_versions", "sha256_file", "runs_root"]
@@ -41,12 +40,13 @@ PACKAGES = ("sobre", "torch", "monai", "numpy", "scipy", "scikit-learn", "pandas
 
 
 def runs_root(ws_or_path) -> Path:
-    root = getattr(ws_or_path, "root", None)
-    return Path(root) / "runs" if root is not None else Path(ws_or_path)
+    """The runs folder of a workspace (``ws.layout.runs``), or the folder given."""
+    layout = getattr(ws_or_path, "layout", None)
+    return layout.runs if layout is not None else Path(ws_or_path)
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    _atomic_write(path, text.encode())
+    write_atomic(path, text, fsync=True)
 
 
 _CODE_CACHE: dict | None = None

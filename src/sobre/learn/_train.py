@@ -80,7 +80,7 @@ def load_encoder_checkpoint(init_from: str, runs_dir: Path | None, config_path=N
                               expected="a completed pretraining run (with encoder.pt)",
                               found=f"kind {run.record.get('kind')}, status {run.record.get('status')}",
                               fix="choose a pretraining run from `sobre runs list`")
-    from sobre.learn._runs import sha256_file
+    from sobre.base import sha256_file
 
     try:
         st = torch.load(p, map_location="cpu", weights_only=False)

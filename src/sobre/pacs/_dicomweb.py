@@ -284,8 +284,7 @@ class DicomWebPacs:
 
         Files that are not complete DICOM instances are not sent (listed in ``skipped``).
         """
-        from sobre.image import read_instance
-        from sobre.privacy import iter_files
+        from sobre.image import discover, read_instance
 
         report = PushReport()
         pending: list = []
@@ -297,7 +296,9 @@ class DicomWebPacs:
                 self._store(pending, report)
             pending, size = [], 0
 
-        for path in iter_files(paths):
+        found = discover(paths)
+        report.skipped.extend((p.path, p.message) for p in found.problems)
+        for path in found.files:
             try:
                 ds = read_instance(path)
             except SobreError as exc:

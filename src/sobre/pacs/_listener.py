@@ -506,8 +506,9 @@ _WORKER = {}
 def _worker_init(secret: bytes, profile, map_path: str | None) -> None:
     from sobre.privacy import Deidentifier, ProjectKey, PseudonymStore
 
-    store = PseudonymStore(map_path) if map_path else None
-    _WORKER["deid"] = Deidentifier(ProjectKey(secret), profile, store)
+    key = ProjectKey(secret)
+    store = PseudonymStore(map_path, key) if map_path else None
+    _WORKER["deid"] = Deidentifier(key, profile, store)
     # import now what de-identifying the first instance would import
     import pydicom.charset  # noqa: F401
     import pydicom.filereader  # noqa: F401

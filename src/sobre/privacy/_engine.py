@@ -17,7 +17,6 @@ For each instance it
 from __future__ import annotations
 
 import datetime as _dt
-import os
 import re
 import threading
 from dataclasses import dataclass, field
@@ -306,6 +305,10 @@ class Deidentifier:
         self._well_known = frozenset(UID_dictionary)
 
     # -- subject -----------------------------------------------------------------------------
+    def pseudonym_of(self, patient_id: str) -> str:
+        """The pseudonym a subject with this PatientID receives (to join tables keyed by original ids)."""
+        return self.key.pseudonym("id:" + str(patient_id).strip(), self.profile.pseudonym_prefix)
+
     def _subject(self, ds) -> _Subject:
         pid = str(ds.get("PatientID", "") or "").strip()
         name = str(ds.get("PatientName", "") or "").strip()
@@ -755,9 +758,15 @@ class Deidentifier:
         skipped with a reason; a verification failure also skips the file (nothing written) and is
         reported. ``on_files`` receives the written paths in batches (e.g. ``Workspace.ingest``).
         """
+        from sobre.image import discover
+
         out_dir = Path(out_dir)
-        files = list(iter_files(inputs))
+        found = discover(inputs, exclude=[out_dir])
+        if found.missing:
+            raise InputError("input not found", path=found.missing[0], fix="check the path; nothing was written")
+        files = found.files
         report = DeidReport(profile=self.profile.to_dict(), key_id=self.key.key_id)
+        report.skipped.extend((p.path, p.message) for p in found.problems)
         seen: dict[str, str] = {}
         pending: list[str] = []
         for i, path in enumerate(files):
@@ -786,21 +795,3 @@ class Deidentifier:
                                  tag="(0008,0018) SOPInstanceUID", fix="keep one copy of each instance")
             seen[sop] = str(path)
         return self._write_deidentified(ds, path, out_dir, True)
-
-
-def iter_files(inputs):
-    """Every regular file under the given paths (folders walked recursively, sorted; hidden skipped)."""
-    if isinstance(inputs, (str, Path)):
-        inputs = [inputs]
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            for root, dirs, names in os.walk(p):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                for n in sorted(names):
-                    if not n.startswith("."):
-                        yield Path(root) / n
-        elif p.exists():
-            yield p
-        else:
-            raise InputError("input not found", path=p)

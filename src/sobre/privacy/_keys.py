@@ -59,6 +59,24 @@ class ProjectKey:
         msg = purpose.encode() + b"\x00" + value.encode("utf-8", "surrogatepass")
         return hmac.new(self._secret, msg, hashlib.sha256).digest()
 
+    def seal(self, purpose: str, data: bytes) -> bytes:
+        """Encrypt and authenticate ``data`` (AES-256-GCM, a key derived for ``purpose``, random nonce)."""
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        nonce = secrets.token_bytes(12)
+        return nonce + AESGCM(self.digest("seal", purpose)).encrypt(nonce, data, purpose.encode())
+
+    def unseal(self, purpose: str, blob: bytes) -> bytes:
+        """Decrypt what :meth:`seal` made; ConfigError when the key is not the one that sealed it."""
+        from cryptography.exceptions import InvalidTag
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        try:
+            return AESGCM(self.digest("seal", purpose)).decrypt(bytes(blob[:12]), bytes(blob[12:]), purpose.encode())
+        except (InvalidTag, ValueError):
+            raise ConfigError("sealed data cannot be opened with this project key", path=self.path,
+                              fix="use the key that wrote it") from None
+
     def uid(self, original: str) -> str:
         """Replacement UID: ``2.25.<128-bit integer>`` (PS3.5 B.2), at most 44 characters."""
         return "2.25." + str(int.from_bytes(self.digest("uid", original.strip())[:16], "big"))

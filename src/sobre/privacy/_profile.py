@@ -1,8 +1,10 @@
 """Typed de-identification options: :class:`DeidProfile` and its parts.
 
-A profile is plain data. It is read from the ``[privacy]`` table of a workspace's ``sobre.toml``
-(or any TOML file) with :meth:`DeidProfile.from_mapping`, which rejects unknown keys and values of
-the wrong type, and written into every de-identification report with :meth:`DeidProfile.to_dict`.
+A profile is plain data, what the engine applies. Users write it as the ``[privacy]`` table of a
+workspace's ``sobre.toml`` (or any TOML file): :class:`PrivacySettings`, a typed configuration that
+refuses unknown keys (with the nearest valid one) and values of the wrong type, and gives the
+profile with :meth:`PrivacySettings.profile`. Every de-identification report records
+:meth:`DeidProfile.to_dict`.
 
 Example ``sobre.toml``::
 
@@ -26,12 +28,16 @@ Example ``sobre.toml``::
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import Annotated, Any, ClassVar
 
+from pydantic import AliasChoices, Field, StrictBool, field_validator, model_validator
+
+from sobre.base import Config, validate_config
 from sobre.errors import ConfigError
 
-__all__ = ["DeidProfile", "BlankRegion", "SafePrivateTag", "DEFAULT_SAFE_PRIVATE"]
+__all__ = ["DeidProfile", "BlankRegion", "SafePrivateTag", "DEFAULT_SAFE_PRIVATE", "PrivacySettings",
+           "BlankRegionSettings"]
 
 
 @dataclass(frozen=True)
@@ -219,68 +225,91 @@ class DeidProfile:
         return d
 
     @classmethod
-    def from_mapping(cls, data: dict[str, Any], *, source: str = "[privacy]") -> "DeidProfile":
-        """Build a profile from a TOML table; unknown keys or wrong types raise :class:`ConfigError`.
+    def from_mapping(cls, data: dict[str, Any], *, source: str | None = None) -> "DeidProfile":
+        """A profile from a ``[privacy]`` table (see :class:`PrivacySettings`); bad keys raise ConfigError."""
+        return validate_config(dict(data), PrivacySettings, path=source, section="privacy").profile()
 
-        ``safe_private`` entries are *added* to the default list unless ``default_safe_private =
-        false``; ``blank`` is a list of tables with :class:`BlankRegion` fields. The key
-        ``deidentify`` (a workspace switch, see :func:`sobre.privacy.workspace_settings`) is
-        accepted and ignored here.
-        """
-        known = {f.name for f in fields(cls)} | {"deidentify", "blank", "default_safe_private"}
-        unknown = sorted(set(data) - known - {"blank_regions"})
-        if unknown:
-            raise ConfigError(f"unknown key(s) in {source}: {', '.join(unknown)}",
-                              expected=", ".join(sorted(known)), found=", ".join(unknown))
-        kwargs: dict[str, Any] = {}
-        for name in ("retain_patient_characteristics", "retain_modified_dates", "clean_descriptions",
-                     "clean_structured_content", "retain_safe_private", "site_pseudonyms"):
-            if name in data:
-                if not isinstance(data[name], bool):
-                    raise ConfigError(f"{source} {name} must be true or false", expected="bool",
-                                      found=repr(data[name]))
-                kwargs[name] = data[name]
-        if "pseudonym_prefix" in data:
-            if not isinstance(data["pseudonym_prefix"], str):
-                raise ConfigError(f"{source} pseudonym_prefix must be a string", found=repr(data["pseudonym_prefix"]))
-            kwargs["pseudonym_prefix"] = data["pseudonym_prefix"]
-        if "date_shift_days" in data:
-            v = data["date_shift_days"]
-            if (not isinstance(v, (list, tuple)) or len(v) != 2
-                    or not all(isinstance(x, int) and not isinstance(x, bool) for x in v)):
-                raise ConfigError(f"{source} date_shift_days must be [low, high] in days", found=repr(v))
-            kwargs["date_shift_days"] = (v[0], v[1])
-        safe = list(DEFAULT_SAFE_PRIVATE) if data.get("default_safe_private", True) else []
-        for entry in data.get("safe_private", []):
+
+class BlankRegionSettings(Config):
+    """A ``[[privacy.blank]]`` table: a rectangle blanked in matching images (see :class:`BlankRegion`)."""
+
+    x: int = Field(ge=0)
+    y: int = Field(ge=0)
+    width: int = Field(gt=0)
+    height: int = Field(gt=0)
+    modality: str | None = None
+    manufacturer: str | None = None
+    model: str | None = None
+    rows: int | None = Field(None, gt=0)
+    columns: int | None = Field(None, gt=0)
+
+
+class PrivacySettings(Config):
+    """The ``[privacy]`` table of a workspace's ``sobre.toml`` (and of ``sobre deid --profile FILE``).
+
+    ``deidentify = true`` makes the workspace refuse to store identifiable data: every intake (Python
+    ``Workspace.ingest``, ``sobre ingest``, ``pull``, ``listen``, later the server and the inference
+    service) de-identifies on the way in. The other keys are the options of :class:`DeidProfile`;
+    ``safe_private`` entries (``["CREATOR", "GGGG", "EE"]``, hex) are added to the default safe list
+    unless ``default_safe_private = false``; ``key_file`` keeps the project key outside the workspace
+    (e.g. on a separate secure volume; default ``secrets/project.key`` inside it).
+    """
+
+    docs: ClassVar[str] = "docs/privacy.md"
+
+    deidentify: StrictBool = False
+    key_file: str | None = None
+    retain_patient_characteristics: StrictBool = True
+    retain_modified_dates: StrictBool = True
+    clean_descriptions: StrictBool = True
+    clean_structured_content: StrictBool = True
+    retain_safe_private: StrictBool = True
+    default_safe_private: StrictBool = True
+    safe_private: list[Annotated[list[str], Field(min_length=3, max_length=4)]] = []
+    date_shift_days: tuple[int, int] = (-3650, -365)
+    blank: list[BlankRegionSettings] = Field([], validation_alias=AliasChoices("blank", "blank_regions"))
+    pseudonym_prefix: str = Field("SUBJ-", max_length=40)
+    site_pseudonyms: StrictBool = True
+
+    @field_validator("safe_private")
+    @classmethod
+    def _private_tags(cls, entries):
+        for entry in entries:
             try:
-                creator, group, offset = entry[:3]
-                safe.append(SafePrivateTag(str(creator), int(str(group), 16), int(str(offset), 16),
-                                           str(entry[3]) if len(entry) > 3 else ""))
-            except (TypeError, ValueError):
-                raise ConfigError(f"{source} safe_private entry malformed",
-                                  expected='["CREATOR", "GGGG" (hex, odd), "EE" (hex, low byte)]',
-                                  found=repr(entry)) from None
-            if safe[-1].group % 2 == 0 or not 0 <= safe[-1].offset <= 0xFF:
-                raise ConfigError(f"{source} safe_private entry is not a private element",
-                                  expected="odd group, offset 00..FF", found=repr(entry))
+                group, offset = int(entry[1], 16), int(entry[2], 16)
+            except ValueError:
+                raise ValueError(f"safe_private entry {entry!r}: group and element offset must be hexadecimal "
+                                 '(e.g. ["SIEMENS MR HEADER", "0019", "0C"])') from None
+            if group % 2 == 0 or not 0 <= offset <= 0xFF:
+                raise ValueError(f"safe_private entry {entry!r} is not a private element "
+                                 "(expected an odd group and an offset 00..FF)")
+        return entries
+
+    @model_validator(mode="after")
+    def _rules(self):
+        low, high = self.date_shift_days
+        if low > high:
+            raise ValueError(f"date_shift_days [{low}, {high}] is an empty range (expected [low, high], low <= high)")
+        if low == high == 0:
+            raise ValueError("date_shift_days [0, 0] allows only 0: dates would not be shifted")
+        if not self.pseudonym_prefix.isascii():
+            raise ValueError(f"pseudonym_prefix must be ASCII, not {self.pseudonym_prefix!r}")
+        return self
+
+    def profile(self) -> DeidProfile:
+        """The engine's :class:`DeidProfile` for these settings."""
+        safe = list(DEFAULT_SAFE_PRIVATE) if self.default_safe_private else []
+        for entry in self.safe_private:
+            safe.append(SafePrivateTag(entry[0], int(entry[1], 16), int(entry[2], 16),
+                                       entry[3] if len(entry) > 3 else ""))
         unique: dict[tuple, SafePrivateTag] = {}
         for tag in safe:
             unique.setdefault(tag.key(), tag)
-        kwargs["safe_private"] = tuple(unique.values())
-        regions = []
-        for entry in list(data.get("blank", [])) + list(data.get("blank_regions", [])):
-            if not isinstance(entry, dict):
-                raise ConfigError(f"{source} blank entry must be a table", found=repr(entry))
-            allowed = {f.name for f in fields(BlankRegion)}
-            extra = sorted(set(entry) - allowed)
-            if extra:
-                raise ConfigError(f"unknown key(s) in {source} blank region: {', '.join(extra)}",
-                                  expected=", ".join(sorted(allowed)), found=", ".join(extra))
-            try:
-                regions.append(BlankRegion(**entry))
-            except TypeError as exc:
-                raise ConfigError(f"{source} blank region incomplete", expected="x, y, width, height",
-                                  found=str(exc)) from None
-        kwargs["blank_regions"] = tuple(regions)
-        return cls(**kwargs)
-
+        return DeidProfile(
+            retain_patient_characteristics=self.retain_patient_characteristics,
+            retain_modified_dates=self.retain_modified_dates, clean_descriptions=self.clean_descriptions,
+            clean_structured_content=self.clean_structured_content, retain_safe_private=self.retain_safe_private,
+            safe_private=tuple(unique.values()), date_shift_days=self.date_shift_days,
+            blank_regions=tuple(BlankRegion(**b.model_dump()) for b in self.blank),
+            pseudonym_prefix=self.pseudonym_prefix, site_pseudonyms=self.site_pseudonyms,
+        )
