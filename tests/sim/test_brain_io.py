@@ -186,3 +186,16 @@ def test_refuses_a_non_empty_folder(brain_template, tmp_path):
     (tmp_path / "x.txt").write_text("keep me")
     with pytest.raises(InputError, match="output folder is not empty"):
         write_brain_cohort(_cfg(subjects=1), tmp_path, format="nifti")
+
+
+def test_progress_is_reported_and_nothing_printed(brain_template, calib_cache, tmp_path, capsys):
+    from sobre.base import ProgressRecorder
+
+    rec = ProgressRecorder()
+    write_brain_cohort(_cfg(subjects=2, resolution=4.0), tmp_path / "c", format="nifti", truth=False,
+                       cache_dir=calib_cache, progress=rec)
+    subjects = [c for c in rec.calls if c[0] == "subjects"]
+    assert subjects == [("subjects", 0, 2), ("subjects", 1, 2), ("subjects", 2, 2)]
+    assert all(stage in ("calibrating", "subjects") for stage, _, _ in rec.calls)
+    printed = capsys.readouterr()
+    assert printed.out == "" and printed.err == ""  # library code reports through progress and logging only

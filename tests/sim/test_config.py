@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sobre.errors import ConfigError
-from sobre.sim import DISEASE_PRESETS, REGION_GROUPS, BrainCohortConfig, DiseaseModel, default_sites
+from sobre.sim import DISEASE_PRESETS, REGION_GROUPS, BrainCohortConfig, DiseaseModel, SiteConfig, default_sites
 from sobre.sim._config import DEFAULT_AGE_RATES, resolve_sites
 
 
@@ -26,14 +26,71 @@ def test_presets_overlap_ageing_or_not(brain_template):
 def test_unknown_preset_and_keys_are_refused():
     with pytest.raises(ConfigError, match="unknown disease preset 'flu'"):
         DiseaseModel.preset("flu")
-    with pytest.raises(ConfigError, match=r"unknown key\(s\) in \[simulation\]: subjcts"):
+    with pytest.raises(ConfigError, match=r"unknown key 'subjcts'; did you mean 'subjects'\?.*expected one of: age, "
+                                          r"anatomy.*found 'subjcts'.*docs/simulation\.md"):
         BrainCohortConfig.from_dict({"subjcts": 3})
-    with pytest.raises(ConfigError, match=r"unknown key\(s\) in \[anatomy\]"):
+    with pytest.raises(ConfigError, match=r"unknown key 'anatomy\.warp'.*expected one of: female_volume_ratio"):
         BrainCohortConfig.from_dict({"anatomy": {"warp": 1}})
-    with pytest.raises(ConfigError, match="resolution out of range"):
-        BrainCohortConfig(resolution=0.1).validate()
-    with pytest.raises(ConfigError, match="unknown region group"):
+    with pytest.raises(ConfigError, match=r"wrong value for 'resolution' \(expected 0\.5 to 8 mm; found 0\.1\)"):
+        BrainCohortConfig(resolution=0.1)
+    with pytest.raises(ConfigError, match=r"unknown region group\(s\) in age rates: hipocampus \(expected region "
+                                          r"groups frontal"):
         BrainCohortConfig.from_dict({"age": {"rates": {"hipocampus": -5}}})
+    with pytest.raises(ConfigError, match=r"\[disease\] unknown disease preset 'flu' \(expected one of "
+                                          r"accelerated-ageing, visual"):
+        BrainCohortConfig.from_dict({"disease": "flu"})
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"subjects": 0}, r"wrong value for 'subjects' \(expected at least 1 subject.*found 0\)"),
+    ({"seed": -1}, r"wrong value for 'seed' \(expected a whole number >= 0; found -1\)"),
+    ({"seed": 1.5}, r"wrong value for 'seed'.*found 1\.5"),
+    ({"disease": {"preset": "visual", "strength": float("inf")}},
+     r"wrong value for 'disease\.strength' \(expected a finite number; found inf\)"),
+    ({"disease": {"preset": "visual", "strength": float("nan")}},
+     r"wrong value for 'disease\.strength' \(expected a finite number; found nan\)"),
+    ({"disease": {"preset": "visual", "strength": 50}},
+     r"wrong value for 'disease\.strength' \(expected a finite number from -10 to 10.*found 50\)"),
+    ({"disease": {"effects": {"hippocampus": -120}}}, r"disease effect on 'hippocampus' must be above -100 %"),
+    ({"patient_fraction": 1.5}, r"wrong value for 'patient_fraction' \(expected less than or equal to 1; found 1\.5\)"),
+    ({"sites": 0}, r"wrong value for 'sites' \(expected 1 to 64 sites; found 0\)"),
+    ({"sites": "two"}, r"wrong value for 'sites' \(expected a number of sites \(1 to 64\) or a list"),
+    ({"sites": []}, r"wrong value for 'sites' \(expected at least one site"),
+    ({"sites": [{"name": "a"}, {"name": "a"}]}, r"expected unique site names \(found a, a\)"),
+    ({"sites": [{"name": "a", "noise": -1}]}, r"wrong value for 'sites\[0\]\.noise' \(expected greater than or "
+                                              r"equal to 0; found -1\)"),
+    ({"sites": [{"name": "a", "orientation": "oblique"}]}, r"wrong value for 'sites\[0\]\.orientation'.*'axial', "
+                                                           r"'sagittal' or 'coronal'.*found 'oblique'"),
+    ({"sites": [{"nme": "a"}]}, r"unknown key 'sites\[0\]\.nme'; did you mean 'name'\?"),
+    ({"sites": [{"name": "old", "age_min": 70, "age_max": 60}]}, r"site old: age_min must be below age_max "
+                                                                 r"\(found 70 >= 60\)"),
+    ({"output_grid": "both"}, r"wrong value for 'output_grid' \(expected 'site' or 'common'; found 'both'\)"),
+    ({"anatomy": {"group_sd": {"hippocampus": -0.1}}}, r"group_sd of hippocampus must be >= 0"),
+])
+def test_every_value_is_checked_with_key_expected_found(data, message):
+    with pytest.raises(ConfigError, match=message):
+        BrainCohortConfig.from_dict(data)
+
+
+def test_direct_construction_and_assignment_are_checked_too():
+    with pytest.raises(ConfigError, match=r"wrong value for 'sites\[1\]\.noise'"):
+        BrainCohortConfig(sites=[SiteConfig(name="a"), {"name": "b", "noise": -1}])
+    with pytest.raises(ConfigError, match=r"wrong value for 'voxel_size\[1\]' \(expected greater than 0; found 0\)"):
+        SiteConfig(name="a", voxel_size=(2, 0, 2))
+    cfg = BrainCohortConfig(subjects=2)
+    cfg.subjects = 0  # attributes are plain; validate() (and every simulator) checks them again
+    with pytest.raises(ConfigError, match="wrong value for 'subjects'"):
+        cfg.validate()
+
+
+def test_toml_errors_name_the_file_and_the_table(tmp_path):
+    p = tmp_path / "sim.toml"
+    p.write_text("[brain]\nsubjects = 3\nresolutoin = 2\n")
+    with pytest.raises(ConfigError, match=r"sim\.toml: unknown key 'brain\.resolutoin'; did you mean 'resolution'"):
+        BrainCohortConfig.from_toml(p)
+    p.write_text("[brain\nsubjects = 3\n")
+    with pytest.raises(ConfigError, match=r"sim\.toml: not valid TOML.*line 1"):
+        BrainCohortConfig.from_toml(p)
 
 
 def test_toml_roundtrip(tmp_path):
@@ -79,5 +136,6 @@ def test_id_prefix_keeps_cohorts_apart(brain_template, calib_cache):
     da, db = a.demographics(1), b.demographics(1)
     assert da["subject_id"] == "sub-H0002" and db["subject_id"] == "sub-0002"
     assert {k: v for k, v in da.items() if k != "subject_id"} == {k: v for k, v in db.items() if k != "subject_id"}
-    with pytest.raises(ConfigError, match="id_prefix must be letters and digits"):
-        BrainCohortConfig(id_prefix="H-1").validate()
+    with pytest.raises(ConfigError, match=r"wrong value for 'id_prefix' \(expected letters and digits only.*found "
+                                          r"'H-1'\)"):
+        BrainCohortConfig(id_prefix="H-1")

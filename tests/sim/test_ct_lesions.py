@@ -9,6 +9,7 @@ import pytest
 from scipy import ndimage as ndi
 
 import sobre
+from sobre.base import ProgressRecorder
 from sobre.errors import InputError
 from sobre.sim import CTLesionCohortConfig, LesionConfig, insert_lesions, tissue_masks, write_ct_lesion_cohort
 from sobre.sim._ct import stratum_name
@@ -75,7 +76,9 @@ def test_cohort_on_disk_with_phantom(tmp_path):
     sobre.save(phantom_ct(), src)
     cfg = CTLesionCohortConfig(backgrounds=[str(src)], cases=2, seed=5,
                                lesions=LesionConfig(lesions_per_case=(2, 4), sizes_mm=(3, 30)))
-    rep = write_ct_lesion_cohort(cfg, tmp_path / "out")
+    rec = ProgressRecorder()
+    rep = write_ct_lesion_cohort(cfg, tmp_path / "out", progress=rec)
+    assert rec.calls == [("cases", 0, 2), ("cases", 1, 2), ("cases", 2, 2)]
     rows = list(csv.DictReader(open(tmp_path / "out" / "lesions.tsv"), delimiter="\t"))
     assert len(rows) == rep.extra["lesions"] >= 4 and all(r["simulated"] == "yes" for r in rows)
     bg = sobre.load(src)

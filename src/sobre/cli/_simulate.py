@@ -72,72 +72,100 @@ def _range(text: str, what: str, cast=float, unit: str = "") -> tuple:
     t = text.strip().lower()
     if unit and t.endswith(unit):
         t = t[: -len(unit)]
-    m = re.fullmatch(r"\s*([0-9.]+)\s*(?:-\s*([0-9.]+))?\s*", t)
+    number = r"\d+" if cast is int else r"\d+(?:\.\d+)?"
+    m = re.fullmatch(rf"\s*({number})\s*(?:-\s*({number}))?\s*", t)
     if not m:
-        raise ConfigError(f"cannot read {what} {text!r}", expected=f"N or A-B{unit}, e.g. 3-30{unit}", found=text)
-    a = cast(float(m.group(1)))
-    b = cast(float(m.group(2))) if m.group(2) else a
+        kind = "whole numbers " if cast is int else ""
+        raise ConfigError(f"cannot read {what} {text!r}", expected=f"{kind}N or A-B{unit}, e.g. 3-30{unit}",
+                          found=text)
+    a = cast(m.group(1))
+    b = cast(m.group(2)) if m.group(2) else a
     return a, b
 
 
-def _progress(ns, total: int, desc: str):
-    from sobre.cli._common import show_progress
+class _Render:
+    """Turns the library's ``progress(stage, done, total)`` calls into stderr output: a line when the
+    (slow, once per configuration) calibration starts, a bar per stage on a terminal."""
 
-    if not show_progress(ns) or total <= 1:
-        return None
-    from tqdm import tqdm
+    NOTES = {"calibrating": "calibrating the brain deformation model (once per configuration; cached)"}
+    UNITS = {"subjects": "subject", "cases": "case"}
 
-    bar = tqdm(total=total, desc=desc, unit="subject", file=sys.stderr)
-    return bar
+    def __init__(self, ns) -> None:
+        from sobre.cli._common import show_progress
+
+        self.quiet = bool(getattr(ns, "json", False))
+        self.bars = show_progress(ns)
+        self.bar = None
+        self.stage = None
+
+    def __call__(self, stage: str, done: int, total: int | None) -> None:
+        if stage != self.stage:
+            self.close()
+            self.stage = stage
+            if stage in self.NOTES and not self.quiet:
+                print(self.NOTES[stage], file=sys.stderr)
+            if self.bars and stage in self.UNITS and (total or 0) > 1:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, desc=stage, unit=self.UNITS[stage], file=sys.stderr)
+        if self.bar is not None:
+            self.bar.n = done
+            self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _brain_config(ns):
+    """The cohort configuration: the TOML file (if any), then the flags on top, validated as one."""
+    from sobre.errors import ConfigError
+    from sobre.sim import BrainCohortConfig
+
+    data = BrainCohortConfig.from_toml(ns.config).model_dump() if ns.config else {}
+    flags = {"subjects": ns.subjects, "sites": ns.sites, "seed": ns.seed, "resolution": ns.resolution,
+             "patient_fraction": ns.patient_fraction, "id_prefix": ns.id_prefix}
+    data.update({k: v for k, v in flags.items() if v is not None})
+    if ns.no_site_effects:
+        data["site_effects"] = False
+    if ns.common_grid:
+        data["output_grid"] = "common"
+    if ns.disease_regions:
+        effects = {}
+        for part in ns.disease_regions.split(","):
+            if "=" not in part:
+                raise ConfigError(f"cannot read disease region {part!r}", expected="REGION=PERCENT, e.g. hippocampus=-8",
+                                  found=part, fix="write --disease-regions 'hippocampus=-8,Thalamus_L=-5'")
+            k, v = part.split("=", 1)
+            try:
+                effects[k.strip()] = float(v)
+            except ValueError:
+                raise ConfigError(f"disease effect of {k.strip()!r} is not a number", expected="a percent change, "
+                                  "e.g. -8", found=v, fix="write REGION=PERCENT, e.g. hippocampus=-8") from None
+        data["disease"] = {"name": ns.disease or "custom", "effects": effects}
+    elif ns.disease:
+        data["disease"] = {"preset": ns.disease}
+    if ns.disease_strength is not None:
+        if not data.get("disease"):
+            raise ConfigError("--disease-strength needs a disease", found=f"--disease-strength {ns.disease_strength}",
+                              fix="add --disease accelerated-ageing (or visual)")
+        data["disease"] = {**data["disease"], "strength": ns.disease_strength}
+    return BrainCohortConfig.from_dict(data)
 
 
 def _brain(ns) -> int:
     import json
 
-    from sobre.errors import ConfigError
-    from sobre.sim import BrainCohortConfig, DiseaseModel, write_brain_cohort
+    from sobre.sim import write_brain_cohort
 
-    cfg = BrainCohortConfig.from_toml(ns.config) if ns.config else BrainCohortConfig()
-    if ns.subjects is not None:
-        cfg.subjects = ns.subjects
-    if ns.sites is not None:
-        cfg.sites = ns.sites
-    if ns.seed is not None:
-        cfg.seed = ns.seed
-    if ns.resolution is not None:
-        cfg.resolution = ns.resolution
-    if ns.no_site_effects:
-        cfg.site_effects = False
-    if ns.common_grid:
-        cfg.output_grid = "common"
-    if ns.patient_fraction is not None:
-        cfg.patient_fraction = ns.patient_fraction
-    if ns.id_prefix is not None:
-        cfg.id_prefix = ns.id_prefix
-    if ns.disease_regions:
-        effects = {}
-        for part in ns.disease_regions.split(","):
-            if "=" not in part:
-                raise ConfigError(f"cannot read disease region {part!r}", expected="REGION=PERCENT, e.g. hippocampus=-8")
-            k, v = part.split("=", 1)
-            try:
-                effects[k.strip()] = float(v)
-            except ValueError:
-                raise ConfigError(f"disease effect of {k.strip()!r} is not a number", found=v) from None
-        cfg.disease = DiseaseModel(name=ns.disease or "custom", effects=effects)
-    elif ns.disease:
-        cfg.disease = DiseaseModel.preset(ns.disease)
-    if ns.disease_strength is not None:
-        if cfg.disease is None:
-            raise ConfigError("--disease-strength needs a disease", fix="add --disease accelerated-ageing (or visual)")
-        cfg.disease.strength = ns.disease_strength
-    cfg.validate()
-    bar = _progress(ns, cfg.subjects, "simulating")
-    log = None if ns.json else (lambda m: print(m, file=sys.stderr))
-    report = write_brain_cohort(cfg, ns.out, format=ns.format, jobs=ns.jobs, overwrite=ns.overwrite,
-                                truth=not ns.no_truth, progress=(bar.update if bar else None), log=log)
-    if bar:
-        bar.close()
+    cfg = _brain_config(ns)
+    render = _Render(ns)
+    try:
+        report = write_brain_cohort(cfg, ns.out, format=ns.format, jobs=ns.jobs, overwrite=ns.overwrite,
+                                    truth=not ns.no_truth, progress=render)
+    finally:
+        render.close()
     if ns.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
@@ -151,20 +179,21 @@ def _brain(ns) -> int:
 def _ct(ns) -> int:
     import json
 
-    from sobre.sim._ct import CTLesionCohortConfig, LesionConfig
-    from sobre.sim._ct_io import write_ct_lesion_cohort
+    from sobre.base import validate_config
+    from sobre.sim import CTLesionCohortConfig, write_ct_lesion_cohort
 
     n = _range(ns.lesions_per_case, "lesions per case", cast=int)
     sizes = _range(ns.sizes, "lesion sizes", unit="mm")
-    kinds = tuple(k.strip() for k in ns.kinds.split(",") if k.strip())
-    cfg = CTLesionCohortConfig(backgrounds=list(ns.backgrounds), cases=ns.cases, seed=ns.seed,
-                               lesions=LesionConfig(lesions_per_case=n, sizes_mm=sizes, kinds=kinds))
+    kinds = [k.strip() for k in ns.kinds.split(",") if k.strip()]
+    cfg = validate_config({"backgrounds": list(ns.backgrounds), "cases": ns.cases, "seed": ns.seed,
+                           "lesions": {"lesions_per_case": n, "sizes_mm": sizes, "kinds": kinds}}, CTLesionCohortConfig)
     total = cfg.resolved_cases()
-    bar = _progress(ns, total, "inserting lesions")
-    report = write_ct_lesion_cohort(cfg, ns.out, format=ns.format, jobs=ns.jobs, overwrite=ns.overwrite,
-                                    progress=(bar.update if bar else None))
-    if bar:
-        bar.close()
+    render = _Render(ns)
+    try:
+        report = write_ct_lesion_cohort(cfg, ns.out, format=ns.format, jobs=ns.jobs, overwrite=ns.overwrite,
+                                        progress=render)
+    finally:
+        render.close()
     if ns.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import math
 import os
 import tempfile
@@ -38,6 +39,7 @@ from typing import NamedTuple
 import numpy as np
 from scipy import ndimage as ndi
 
+from sobre.base import Progress, no_progress
 from sobre.errors import ConfigError
 from sobre.image import Image
 from sobre.sim import _fields as fl
@@ -55,6 +57,8 @@ AGE_PROBES = (-2.5, -1.25, 0.0, 1.25, 2.5, 3.75, 5.0)   # decades from the refer
 DISEASE_PROBES = (1.0, 2.0)                    # multiples of the configured strength
 DISEASE_DECADES = (-2.5, 0.0, 2.5, 5.0)
 SUBJECT, SITE = 1, 2                                # RNG domains
+
+log = logging.getLogger(__name__)
 
 
 class SimulatedBrain(NamedTuple):
@@ -414,12 +418,13 @@ def disease_pattern(template: BrainTemplate, disease: DiseaseModel | None) -> np
 
 
 def calibrate(core: _Core, age: AgeModel, disease: DiseaseModel | None, *, ventricle_sd: float = 0.0,
-              cache_dir: str | Path | bool | None = None, log=None) -> Calibration:
+              cache_dir: str | Path | bool | None = None, progress: Progress = no_progress) -> Calibration:
     """Calibrate the inputs that realise the age (and disease) patterns.
 
     Two parts, each cached on disk by content (``cache_dir``; default ``~/.cache/sobre/sim``; False:
     no cache): the age part (shared by every configuration with the same age model) and the disease
-    part. Calibration is deterministic, so a cached result equals a fresh one.
+    part. Calibration is deterministic, so a cached result equals a fresh one. When something must be
+    computed (not cached), ``progress("calibrating", done, 2)`` reports the age and disease parts.
     """
     folder = None if cache_dir is False else (Path(cache_dir) if cache_dir else _default_cache_dir())
     base_key = {"v": CALIBRATION_VERSION, "template": core.template.digest, "step": core.grid.step,
@@ -429,8 +434,8 @@ def calibrate(core: _Core, age: AgeModel, disease: DiseaseModel | None, *, ventr
     def get_meter() -> _Meter:
         nonlocal meter
         if meter is None:
-            if log:
-                log("calibrating the brain deformation model (once per configuration; cached)")
+            log.info("calibrating the brain deformation model (once per configuration; cached)")
+            progress("calibrating", 0, 2)
             meter = _Meter(core)
         return meter
 
@@ -439,6 +444,7 @@ def calibrate(core: _Core, age: AgeModel, disease: DiseaseModel | None, *, ventr
     if age_part is None:
         age_part = _calibrate_age(core, age, ventricle_sd, get_meter())
         _store_npz(path, age_part)
+        progress("calibrating", 1, 2)
     n_lab = N_LABELS
     dis_part = {"disease_decades": np.zeros(0), "disease_strengths": np.zeros(0),
                 "disease_inputs": np.zeros((0, 0, n_lab)), "disease_residual": np.float64(0.0)}
@@ -452,6 +458,8 @@ def calibrate(core: _Core, age: AgeModel, disease: DiseaseModel | None, *, ventr
             loaded = _calibrate_disease(core, age, disease, age_part, m)
             _store_npz(path, loaded)
         dis_part = loaded
+    if meter is not None:
+        progress("calibrating", 2, 2)
     return Calibration(
         age_decades=age_part["age_decades"], age_inputs=age_part["age_inputs"],
         disease_decades=dis_part["disease_decades"], disease_strengths=dis_part["disease_strengths"],
@@ -572,7 +580,8 @@ class BrainSimulator:
     >>> metadata["age"], truth.volumes["Hippocampus_L"]               # doctest: +SKIP
     """
 
-    def __init__(self, config: BrainCohortConfig, *, cache_dir: str | Path | None | bool = None, log=None) -> None:
+    def __init__(self, config: BrainCohortConfig, *, cache_dir: str | Path | None | bool = None,
+                 progress: Progress = no_progress) -> None:
         config.validate()
         self.config = config
         self.core = _core(config.template_dir, int(config.field_step))
@@ -581,7 +590,7 @@ class BrainSimulator:
         self.pattern = disease_pattern(self.template, config.disease)
         self._calibration: Calibration | None = None
         self._cache_dir = cache_dir
-        self._log = log
+        self._progress = progress
         self.digest = config_digest(config.to_dict())
         r = float(config.resolution)
         self.anatomy_grid = output_grid(self.template, (r, r, r), "axial")
@@ -600,7 +609,8 @@ class BrainSimulator:
         if self._calibration is None:
             cfg = self.config
             self._calibration = calibrate(self.core, cfg.age, cfg.disease, cache_dir=self._cache_dir,
-                                          ventricle_sd=cfg.anatomy.group_sd.get("ventricles", 0.0), log=self._log)
+                                          ventricle_sd=cfg.anatomy.group_sd.get("ventricles", 0.0),
+                                          progress=self._progress)
         return self._calibration
 
     def __len__(self) -> int:

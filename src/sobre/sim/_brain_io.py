@@ -24,11 +24,11 @@ Layout (``format="dicom"``; ``nifti`` puts ``nifti/sub-XXXX.nii.gz`` instead of 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from sobre.base import Progress, no_progress
 from sobre.errors import ConfigError
 from sobre.image import Image
 from sobre.sim import _write as w
@@ -55,7 +55,7 @@ PARTICIPANT_DESCRIPTION = {
 
 def write_brain_cohort(config: BrainCohortConfig, out_dir: str | Path, *, format: str = "dicom", jobs: int = 1,
                        overwrite: bool = False, truth: bool = True, cache_dir=None,
-                       progress: Callable[[int], None] | None = None, log=None) -> w.WriteReport:
+                       progress: Progress = no_progress) -> w.WriteReport:
     """Simulate ``config`` and write it under ``out_dir`` (see the module docstring for the layout).
 
     Parameters
@@ -66,13 +66,23 @@ def write_brain_cohort(config: BrainCohortConfig, out_dir: str | Path, *, format
     truth : bool
         Write the per-subject ground truth (label maps, deformations, disease maps); the tables
         (volumes.tsv, participants.tsv) are always written.
+    progress : callable
+        ``progress(stage, done, total)``: ``"calibrating"`` (only when not cached), then ``"subjects"``.
+
+    Raises
+    ------
+    ConfigError
+        An invalid configuration or format (checked before anything is written).
+    InputError
+        An output folder that is a file, not writable, or not empty without ``overwrite``.
     """
     if format not in w.FORMATS:
         raise ConfigError(f"unknown output format {format!r}", expected=", ".join(w.FORMATS), found=format)
+    config.validate()
     out = Path(out_dir)
     w.check_out_dir(out, overwrite)
     t0, c0 = time.perf_counter(), time.process_time()
-    sim = BrainSimulator(config, cache_dir=cache_dir, log=log)
+    sim = BrainSimulator(config, cache_dir=cache_dir, progress=progress)
     sim.calibration  # noqa: B018 - calibrate once in this process, before workers fork
     truth_dir = out / ("derivatives/sobre-sim" if format == "bids" else "truth")
     image_dir = out if format == "bids" else out / format
@@ -179,7 +189,7 @@ def _write_tables(sim: BrainSimulator, out: Path, truth_dir: Path, fmt: str, row
     summary = {
         "Simulated": True, "Notice": w.NOTICE, "generator": f"sobre.sim {__version__}", "digest": sim.digest,
         "format": fmt, "config": cfg.to_dict(),
-        "sites": [dict(vars(s), voxel_size=list(s.voxel_size) if s.voxel_size else None) for s in sim.sites],
+        "sites": [s.to_dict() for s in sim.sites],
         "template": {"source": "Colin27 (ch2) + AAL, Debian mricron-data", "digest": tpl.digest},
         "calibration": {"residual_log": round(float(sim.calibration.residual), 5),
                         "age_probes_decades": sim.calibration.age_decades.tolist()},

@@ -1,20 +1,23 @@
-"""Typed configuration of simulated cohorts (dataclasses, loadable from TOML or dicts).
+"""Typed configuration of simulated cohorts (:class:`sobre.base.Config` sections, loadable from TOML or dicts).
 
 Every number that shapes a cohort lives here, with its unit, so that the resolved configuration
-written next to a cohort (``simulation.json``) says exactly how it was made.
+written next to a cohort (``simulation.json``) says exactly how it was made. Unknown keys are refused
+with the nearest valid key; every value is checked (range, finiteness, known region groups) with a
+:class:`~sobre.errors.ConfigError` naming the key, what was expected and what was found.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import ConfigDict, Field, PositiveFloat, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
+from sobre.base import Config, read_toml, resolved, validate_config
 from sobre.errors import ConfigError
 
 # --------------------------------------------------------------------------- published-rate defaults
@@ -82,197 +85,313 @@ SCANNERS = [
 ]
 
 ORIENTATIONS = ("axial", "sagittal", "coronal")
+MAX_STRENGTH = 10.0  # |disease strength|: beyond, atrophy compounds past anything the model is calibrated for
 
 
-# --------------------------------------------------------------------------- dataclasses
-@dataclass
-class AgeModel:
+# --------------------------------------------------------------------------- configuration sections
+class _RaisesConfigError(type(Config)):  # type: ignore[misc]
+    """Direct construction (``SiteConfig(name=...)``) raises the same ConfigError as a TOML file would.
+
+    Only the call of the class itself is wrapped: pydantic's own validation (of nested sections, of
+    mappings) never goes through it, so a problem is described once, with its full key path.
+    """
+
+    def __call__(cls, *args, **data):
+        try:
+            return super().__call__(*args, **data)
+        except ValidationError:
+            if args:
+                raise
+            check = getattr(cls, "from_dict", None) or (lambda d: validate_config(d, cls))
+            check(data)  # raises ConfigError: key, expected, found, fix
+            raise
+
+
+class SimSection(Config, metaclass=_RaisesConfigError):
+    """Base of the simulator's configuration sections: unknown keys and non-finite numbers refused."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+    docs = "docs/simulation.md"
+
+    def validate(self) -> None:
+        """Check the current values again (after attribute assignments); raise :class:`ConfigError`."""
+        validate_config(self.model_dump(), type(self))
+
+    def to_dict(self) -> dict:
+        """The resolved configuration, JSON-able (every default filled in)."""
+        return resolved(self)
+
+
+def _bad(expected: str) -> PydanticCustomError:
+    """A value error whose message says what was expected (the key and the value found are added)."""
+    return PydanticCustomError("value_out_of_range", "expected {expected}", {"expected": expected})
+
+
+def _within(v: float, lo: float, hi: float, expected: str) -> float:
+    if not lo <= v <= hi:
+        raise _bad(expected)
+    return v
+
+
+def _known_groups(mapping: dict, what: str) -> dict:
+    unknown = sorted(set(mapping) - set(DEFAULT_AGE_RATES))
+    if unknown:
+        raise ValueError(f"unknown region group(s) in {what}: {', '.join(unknown)} (expected region groups "
+                         f"{', '.join(DEFAULT_AGE_RATES)})")
+    return mapping
+
+
+class AgeModel(SimSection):
     """How volumes change with age.
 
     ``log V_r(age) = log V_r(ref) + log(1 + rate_g / 100) * (age - reference_age) / 10`` for every
     region ``r`` of group ``g``.
     """
 
-    reference_age: float = 40.0
-    rates: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_AGE_RATES))
-    contrast_change: float = -3.0  # grey/white T1 contrast, percent per decade (Salat et al. 2009)
+    reference_age: float = Field(40.0, ge=0, le=120, description="years")
+    rates: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_AGE_RATES),
+                                    description="percent volume change per decade, per region group")
+    contrast_change: float = Field(-3.0, description="grey/white T1 contrast, percent per decade "
+                                   "(Salat et al. 2009)")
+
+    @field_validator("rates")
+    @classmethod
+    def _rates(cls, v: dict) -> dict:
+        for g, r in v.items():
+            if r <= -100:
+                raise ValueError(f"age rate of {g} must be above -100 % per decade (found {r:g})")
+        return _known_groups(v, "age rates")
 
     def beta(self, group: str) -> float:
         """Log-volume change per decade of ``group``."""
         return math.log1p(self.rates.get(group, 0.0) / 100.0)
 
 
-@dataclass
-class DiseaseModel:
+class DiseaseModel(SimSection):
     """Atrophy (or enlargement) of a set of regions in patients.
 
     ``effects`` maps a region group, an AAL region name or a name prefix ending in ``*`` to a percent
     volume change at ``strength`` 1.0; a patient's log-volume change is
     ``strength * m * log(1 + pct / 100)`` with ``m`` a per-patient multiplier of mean 1 and relative
     SD ``strength_sd`` (heterogeneity between patients).
+
+    In a TOML file or mapping, ``disease = "visual"`` names a preset and ``{preset = "visual",
+    strength = 0.5}`` starts from one.
     """
 
     name: str = "accelerated-ageing"
-    effects: dict[str, float] = field(default_factory=lambda: dict(DISEASE_PRESETS["accelerated-ageing"]["effects"]))
-    strength: float = 1.0
-    strength_sd: float = 0.25
-    label: str = "patient"
+    effects: dict[str, float] = Field(
+        default_factory=lambda: dict(DISEASE_PRESETS["accelerated-ageing"]["effects"]))
+    strength: float = Field(1.0, description="multiplies every effect (log scale); 0: patients without atrophy")
+    strength_sd: float = Field(0.25, ge=0, le=2, description="relative SD of the per-patient multiplier")
+    label: str = Field("patient", min_length=1, description="diagnosis of patients in participants.tsv")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_preset(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            return _preset_fields(data)
+        if isinstance(data, dict) and "preset" in data:
+            rest = {k: v for k, v in data.items() if k != "preset"}
+            return {**_preset_fields(data["preset"]), **rest}
+        return data
+
+    @field_validator("effects")
+    @classmethod
+    def _effects(cls, v: dict) -> dict:
+        for region, pct in v.items():
+            if pct <= -100:
+                raise ValueError(f"disease effect on {region!r} must be above -100 % (found {pct:g})")
+        return v
+
+    @field_validator("strength")
+    @classmethod
+    def _strength(cls, v: float) -> float:
+        return _within(v, -MAX_STRENGTH, MAX_STRENGTH, f"a finite number from {-MAX_STRENGTH:g} to {MAX_STRENGTH:g} "
+                       "(1 = the preset's effects)")
 
     @classmethod
     def preset(cls, name: str, strength: float = 1.0, **kw) -> DiseaseModel:
+        """A preset (``accelerated-ageing``, ``visual`` or an alias) at ``strength``."""
         key = DISEASE_ALIASES.get(name, name)
         if key not in DISEASE_PRESETS:
             raise ConfigError(f"unknown disease preset {name!r}",
                               expected=", ".join(list(DISEASE_PRESETS) + list(DISEASE_ALIASES)), found=name)
-        return cls(name=key, effects=dict(DISEASE_PRESETS[key]["effects"]), strength=float(strength), **kw)
+        return validate_config({**_preset_fields(key), "strength": strength, **kw}, cls)
 
 
-@dataclass
-class AnatomyModel:
+def _preset_fields(name: Any) -> dict:
+    key = DISEASE_ALIASES.get(name, name) if isinstance(name, str) else name
+    if key not in DISEASE_PRESETS:
+        raise ValueError(f"unknown disease preset {name!r} (expected one of "
+                         f"{', '.join(list(DISEASE_PRESETS) + list(DISEASE_ALIASES))})")
+    return {"name": key, "effects": dict(DISEASE_PRESETS[key]["effects"])}
+
+
+class AnatomyModel(SimSection):
     """Inter-subject anatomy: smooth random warps, individual regional offsets, head size, pose."""
 
-    warp_amplitude_mm: float = 2.0       # RMS of each component of the smooth random displacement
-    warp_smoothness_mm: float = 16.0     # Gaussian SD of its spatial correlation
-    group_sd: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_GROUP_SD))
-    head_size_sd: float = 0.08           # SD of log intracranial volume within a sex
-    female_volume_ratio: float = 0.90    # women / men intracranial volume (Ruigrok et al. 2014)
-    template_scale: float = 0.93         # linear: Colin27 lives in MNI space, ~25 % larger than a native head
-    pose_rotation_deg: float = 0.0       # SD of head rotation about each axis
-    pose_translation_mm: float = 0.0     # SD of head translation along each axis (plus a sub-voxel shift, always)
+    warp_amplitude_mm: float = Field(2.0, ge=0, le=20, description="RMS of each component of the smooth "
+                                     "random displacement")
+    warp_smoothness_mm: float = Field(16.0, gt=0, description="Gaussian SD of its spatial correlation")
+    group_sd: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_GROUP_SD),
+                                       description="SD of each subject's log-volume offset per region group")
+    head_size_sd: float = Field(0.08, ge=0, le=1, description="SD of log intracranial volume within a sex")
+    female_volume_ratio: float = Field(0.90, gt=0, le=2, description="women / men intracranial volume "
+                                       "(Ruigrok et al. 2014)")
+    template_scale: float = Field(0.93, gt=0, le=2, description="linear: Colin27 lives in MNI space, ~25 % "
+                                  "larger than a native head")
+    pose_rotation_deg: float = Field(0.0, ge=0, le=45, description="SD of head rotation about each axis")
+    pose_translation_mm: float = Field(0.0, ge=0, le=50, description="SD of head translation along each axis "
+                                       "(plus a sub-voxel shift, always)")
+
+    @field_validator("group_sd")
+    @classmethod
+    def _group_sd(cls, v: dict) -> dict:
+        for g, sd in v.items():
+            if sd < 0:
+                raise ValueError(f"group_sd of {g} must be >= 0 (found {sd:g})")
+        return _known_groups(v, "group_sd")
 
 
-@dataclass
-class SiteConfig:
+class SiteConfig(SimSection):
     """One acquisition site: its scanner, its image effects and its mix of subjects."""
 
-    name: str
+    name: str = Field(min_length=1)
     manufacturer: str = "SIEMENS"
     model: str = "Prisma"
-    field_strength: float = 3.0
+    field_strength: float = Field(3.0, gt=0, le=20, description="tesla")
     sequence: str = "MPRAGE"
-    repetition_time: float = 2300.0
-    echo_time: float = 2.98
-    inversion_time: float = 900.0
-    flip_angle: float = 9.0
-    intensity_scale: float = 1000.0      # stored value of white matter
+    repetition_time: float = Field(2300.0, ge=0, description="ms")
+    echo_time: float = Field(2.98, ge=0, description="ms")
+    inversion_time: float = Field(900.0, ge=0, description="ms (0: none)")
+    flip_angle: float = Field(9.0, ge=0, le=180, description="degrees")
+    intensity_scale: float = Field(1000.0, gt=0, description="stored value of white matter")
     intensity_offset: float = 0.0
-    gamma: float = 1.0                   # contrast: intensity ** gamma before scaling
-    bias_strength: float = 0.10          # RMS of the log bias field
-    noise: float = 0.02                  # Rician noise SD relative to white matter
-    voxel_size: tuple[float, float, float] | None = None  # (in-plane, in-plane, slice) mm; None: resolution
-    orientation: str = "axial"           # slice orientation: axial, sagittal, coronal
-    weight: float = 1.0                  # share of the cohort's subjects
-    age_min: float = 20.0
-    age_max: float = 80.0
-    age_mean: float | None = None        # with age_sd: truncated normal; otherwise uniform
-    age_sd: float | None = None
-    female_fraction: float = 0.5
-    patient_fraction: float | None = None  # None: the cohort's patient_fraction
+    gamma: float = Field(1.0, gt=0, le=5, description="contrast: intensity ** gamma before scaling")
+    bias_strength: float = Field(0.10, ge=0, le=2, description="RMS of the log bias field")
+    noise: float = Field(0.02, ge=0, le=1, description="Rician noise SD relative to white matter")
+    voxel_size: tuple[PositiveFloat, PositiveFloat, PositiveFloat] | None = Field(
+        None, description="(in-plane, in-plane, slice) mm; None: the cohort's resolution")
+    orientation: Literal["axial", "sagittal", "coronal"] = Field("axial", description="slice orientation")
+    weight: float = Field(1.0, ge=0, description="share of the cohort's subjects")
+    age_min: float = Field(20.0, ge=0, le=120)
+    age_max: float = Field(80.0, ge=0, le=120)
+    age_mean: float | None = Field(None, description="with age_sd: truncated normal; otherwise uniform")
+    age_sd: float | None = Field(None, gt=0)
+    female_fraction: float = Field(0.5, ge=0, le=1)
+    patient_fraction: float | None = Field(None, ge=0, le=1, description="None: the cohort's patient_fraction")
+
+    @model_validator(mode="after")
+    def _ages(self) -> SiteConfig:
+        if self.age_min >= self.age_max:
+            raise ValueError(f"site {self.name}: age_min must be below age_max "
+                             f"(found {self.age_min:g} >= {self.age_max:g})")
+        return self
 
 
-@dataclass
-class BrainCohortConfig:
-    """A simulated brain MRI cohort."""
+class BrainCohortConfig(SimSection):
+    """A simulated brain MRI cohort.
 
-    subjects: int = 10
-    seed: int = 0
-    sites: int | list[SiteConfig] = 3
+    Build it with keywords, or from a mapping / TOML file (:meth:`from_dict`, :meth:`from_toml`), which
+    refuse unknown keys with the nearest valid one and name the key, what was expected and what was found.
+    """
+
+    subjects: int = Field(10, description="number of subjects (at least 1)")
+    seed: int = Field(0, description="random seed (>= 0); the same seed gives the same bytes")
+    sites: int | list[SiteConfig] = Field(3, description="a number of default sites (1 to 64), or the sites")
     site_effects: bool = True
-    resolution: float = 2.0
+    resolution: float = Field(2.0, description="voxel size, mm (0.5 to 8)")
     disease: DiseaseModel | None = None
-    patient_fraction: float = 0.5
-    age: AgeModel = field(default_factory=AgeModel)
-    anatomy: AnatomyModel = field(default_factory=AnatomyModel)
-    output_grid: str = "site"            # "site": each site's voxels; "common": all on the resolution grid
+    patient_fraction: float = Field(0.5, ge=0, le=1)
+    age: AgeModel = Field(default_factory=AgeModel)
+    anatomy: AnatomyModel = Field(default_factory=AnatomyModel)
+    output_grid: Literal["site", "common"] = Field(
+        "site", description="site: each site's voxels; common: all on the resolution grid")
     template_dir: str | None = None
-    field_step: int = 4                  # template voxels (mm) between deformation nodes
-    paired_truth: bool = False           # also measure volumes without age/disease/individual effects
-    volume_measure: str = "labels"       # "labels": voxel counts of the label map; "partial": partial volumes
-    id_prefix: str = ""                  # participant ids sub-<prefix>0001...: distinct cohorts in one workspace
+    field_step: int = Field(4, ge=1, le=16, description="template voxels (mm) between deformation nodes")
+    paired_truth: bool = Field(False, description="also measure volumes without age/disease/individual effects")
+    volume_measure: Literal["labels", "partial"] = Field(
+        "labels", description="labels: voxel counts of the label map; partial: partial volumes")
+    id_prefix: str = Field("", description="participant ids sub-<prefix>0001...: distinct cohorts in one "
+                           "workspace")
 
-    def validate(self) -> None:
-        if self.subjects < 0:
-            raise ConfigError("subjects must be >= 0", found=str(self.subjects))
-        if not (self.id_prefix == "" or self.id_prefix.isascii() and self.id_prefix.isalnum()
-                and len(self.id_prefix) <= 16):
-            raise ConfigError("id_prefix must be letters and digits only (a BIDS label), at most 16",
-                              found=repr(self.id_prefix), fix="e.g. --id-prefix H for sub-H0001")
-        if not (0.5 <= float(self.resolution) <= 8.0):
-            raise ConfigError("resolution out of range", expected="0.5 to 8 mm", found=str(self.resolution))
-        if self.volume_measure not in ("labels", "partial"):
-            raise ConfigError("volume_measure must be 'labels' or 'partial'", found=self.volume_measure)
-        if self.output_grid not in ("site", "common"):
-            raise ConfigError("output_grid must be 'site' or 'common'", found=self.output_grid)
-        if not 0.0 <= self.patient_fraction <= 1.0:
-            raise ConfigError("patient_fraction must be within [0, 1]", found=str(self.patient_fraction))
-        if isinstance(self.sites, int) and not 1 <= self.sites <= 64:
-            raise ConfigError("sites must be between 1 and 64", found=str(self.sites))
-        unknown = set(self.age.rates) - set(DEFAULT_AGE_RATES)
-        if unknown:
-            raise ConfigError(f"unknown region group(s) in age rates: {', '.join(sorted(unknown))}",
-                              expected=", ".join(DEFAULT_AGE_RATES))
-        for site in self.sites if isinstance(self.sites, list) else []:
-            if site.orientation not in ORIENTATIONS:
-                raise ConfigError(f"site {site.name}: unknown orientation", expected=", ".join(ORIENTATIONS),
-                                  found=site.orientation)
-            if site.age_min >= site.age_max:
-                raise ConfigError(f"site {site.name}: age_min must be below age_max",
-                                  found=f"{site.age_min} >= {site.age_max}")
+    @field_validator("subjects")
+    @classmethod
+    def _subjects(cls, v: int) -> int:
+        return _within(v, 1, 1_000_000, "at least 1 subject (an empty cohort is not a cohort)")
+
+    @field_validator("seed")
+    @classmethod
+    def _seed(cls, v: int) -> int:
+        return _within(v, 0, 2**63 - 1, "a whole number >= 0")
+
+    @field_validator("resolution")
+    @classmethod
+    def _resolution(cls, v: float) -> float:
+        return _within(v, 0.5, 8.0, "0.5 to 8 mm")
+
+    @field_validator("sites")
+    @classmethod
+    def _sites(cls, v):
+        if isinstance(v, int) and not 1 <= v <= 64:
+            raise _bad("1 to 64 sites")
+        if isinstance(v, list):
+            if not v:
+                raise _bad("at least one site")
+            names = [s.name for s in v]
+            if len(set(names)) != len(names):
+                raise _bad(f"unique site names (found {', '.join(names)})")
+        return v
+
+    @field_validator("id_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if not (v == "" or v.isascii() and v.isalnum() and len(v) <= 16):
+            raise _bad("letters and digits only (a BIDS label), at most 16, e.g. --id-prefix H for sub-H0001")
+        return v
 
     # ------------------------------------------------------------------ (de)serialisation
-    def to_dict(self) -> dict:
-        return _jsonable(dataclasses.asdict(self))
-
     @classmethod
-    def from_dict(cls, data: dict) -> BrainCohortConfig:
-        data = dict(data)
-        sub = {}
-        if "age" in data:
-            sub["age"] = _build(AgeModel, data.pop("age"), "age")
-        if "anatomy" in data:
-            sub["anatomy"] = _build(AnatomyModel, data.pop("anatomy"), "anatomy")
-        if data.get("disease") is not None:
-            d = data.pop("disease")
-            if isinstance(d, str):
-                sub["disease"] = DiseaseModel.preset(d)
-            else:
-                d = dict(d)
-                base = DiseaseModel.preset(d.pop("preset")) if "preset" in d else DiseaseModel()
-                sub["disease"] = _build(DiseaseModel, {**dataclasses.asdict(base), **d}, "disease")
-        else:
-            data.pop("disease", None)
-        if isinstance(data.get("sites"), list):
-            sub["sites"] = [_build(SiteConfig, s, f"sites[{i}]") for i, s in enumerate(data.pop("sites"))]
-        cfg = _build(cls, {**data, **sub}, "simulation")
-        cfg.validate()
-        return cfg
+    def from_dict(cls, data: dict, *, path: str | Path | None = None, section: str | None = None
+                  ) -> BrainCohortConfig:
+        """Validate a mapping (a TOML ``[brain]`` table); raise :class:`ConfigError` naming every problem."""
+        if not isinstance(data, dict):
+            raise ConfigError("the brain cohort configuration must be a table", path=path,
+                              expected="a table of settings", found=type(data).__name__)
+        sites = data.get("sites")
+        where = f"{section}.sites" if section else "sites"
+        if isinstance(sites, list):  # each site on its own: messages name sites[i].key
+            for i, s in enumerate(sites):
+                if not isinstance(s, (dict, SiteConfig)):
+                    raise ConfigError(f"wrong value for '{where}[{i}]'", path=path, expected="a [[sites]] table",
+                                      found=repr(s), fix="correct the value; see docs/simulation.md")
+                if isinstance(s, dict):
+                    validate_config(s, SiteConfig, path=path, section=f"{where}[{i}]")
+        elif sites is not None and (isinstance(sites, bool) or not isinstance(sites, int)):
+            raise ConfigError(f"wrong value for '{where}'", path=path,
+                              expected="a number of sites (1 to 64) or a list of [[sites]] tables",
+                              found=repr(sites), fix="correct the value; see docs/simulation.md")
+        return validate_config(data, cls, path=path, section=section)
 
     @classmethod
     def from_toml(cls, path: str | Path) -> BrainCohortConfig:
-        import tomllib
+        """Read a TOML file: its ``[brain]`` table, or the whole file when there is none."""
+        data = read_toml(path)
+        if "brain" in data:
+            return cls.from_dict(data["brain"], path=path, section="brain")
+        return cls.from_dict(data, path=path)
 
-        try:
-            data = tomllib.loads(Path(path).read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"cannot read configuration ({exc})", path=path) from None
-        return cls.from_dict(data.get("brain", data))
+    def validate(self) -> None:
+        """Check the current values again (after attribute assignments); raise :class:`ConfigError`."""
+        type(self).from_dict(self.model_dump())
 
 
-def _build(cls, data: dict, where: str):
-    if not isinstance(data, dict):
-        raise ConfigError(f"[{where}] must be a table", found=type(data).__name__)
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(data) - set(names)
-    if unknown:
-        raise ConfigError(f"unknown key(s) in [{where}]: {', '.join(sorted(unknown))}",
-                          expected=", ".join(names))
-    kw = dict(data)
-    if cls is SiteConfig and kw.get("voxel_size") is not None:
-        kw["voxel_size"] = tuple(float(v) for v in kw["voxel_size"])
-    try:
-        return cls(**kw)
-    except TypeError as exc:
-        raise ConfigError(f"[{where}]: {exc}") from None
+def config_digest(obj) -> str:
+    """Short stable hash of a JSON-able object (used in UIDs and cache keys)."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(_jsonable(obj), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _jsonable(obj):
@@ -283,13 +402,6 @@ def _jsonable(obj):
     if isinstance(obj, (np.floating, np.integer)):
         return obj.item()
     return obj
-
-
-def config_digest(obj) -> str:
-    """Short stable hash of a JSON-able object (used in UIDs and cache keys)."""
-    import hashlib
-
-    return hashlib.sha256(json.dumps(_jsonable(obj), sort_keys=True).encode()).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------- sites
@@ -323,18 +435,20 @@ def default_sites(k: int, seed: int, resolution: float, site_effects: bool = Tru
 
 
 def resolve_sites(config: BrainCohortConfig) -> list[SiteConfig]:
+    """The cohort's sites: ``default_sites`` for a number, else copies of the configured ones."""
     if isinstance(config.sites, int):
         return default_sites(config.sites, config.seed, config.resolution, config.site_effects)
-    sites = [dataclasses.replace(s) for s in config.sites]
+    sites = [s.model_copy(deep=True) for s in config.sites]
     if not sites:
-        raise ConfigError("at least one site is needed")
+        raise ConfigError("at least one site is needed", expected="a [[sites]] table or a number of sites",
+                          found="an empty list")
     names = [s.name for s in sites]
     if len(set(names)) != len(names):
-        raise ConfigError("site names must be unique", found=", ".join(names))
+        raise ConfigError("site names must be unique", expected="a different name per site", found=", ".join(names))
     if not config.site_effects:  # keep names, scanners and subject mix; image every site like the first
         ref = SiteConfig(name="reference")
         keep = ("name", "manufacturer", "model", "field_strength", "sequence", "repetition_time", "echo_time",
                 "inversion_time", "flip_angle", "weight", "age_min", "age_max", "age_mean", "age_sd",
                 "female_fraction", "patient_fraction")
-        sites = [dataclasses.replace(ref, **{k: getattr(s, k) for k in keep}) for s in sites]
+        sites = [ref.model_copy(update={k: getattr(s, k) for k in keep}) for s in sites]
     return sites

@@ -18,48 +18,55 @@ The mask holds lesion ``k`` (1-based) where at least half of the voxel lies insi
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+from pydantic import Field, field_validator, model_validator
 from scipy import ndimage as ndi
 
 from sobre.errors import ConfigError, InputError
 from sobre.image import Image
+from sobre.sim._config import SimSection
 
 KINDS = ("solid", "ground-glass", "soft-tissue")
 LUNG_KINDS = ("solid", "ground-glass")
 
 
-@dataclass
-class LesionConfig:
+class LesionConfig(SimSection):
     """How lesions are drawn and placed."""
 
-    lesions_per_case: tuple[int, int] = (3, 3)        # inclusive range
-    sizes_mm: tuple[float, float] = (3.0, 30.0)       # longest diameter range
-    strata_mm: tuple[float, ...] = (10.0, 20.0)       # size strata boundaries: < 10, 10-20, >= 20
-    kinds: tuple[str, ...] = ("auto",)                # "auto": lung kinds where there is lung, else soft-tissue
-    kind_weights: dict[str, float] = field(default_factory=lambda: {"solid": 0.65, "ground-glass": 0.2,
-                                                                     "soft-tissue": 0.15})
-    max_elongation: float = 1.6                       # longest / shortest axis
-    edge_mm: float = 0.6                              # SD of the Gaussian edge profile
-    texture_hu: float = 12.0                          # SD of the internal texture
-    texture_mm: float = 2.0                           # its correlation length
-    gap_mm: float = 3.0                               # free space between lesions
-    supersample: int = 3                              # subsamples per voxel along each in-plane axis
+    lesions_per_case: tuple[int, int] = Field((3, 3), description="inclusive range")
+    sizes_mm: tuple[float, float] = Field((3.0, 30.0), description="longest diameter range")
+    strata_mm: tuple[float, ...] = Field((10.0, 20.0), description="size strata boundaries: < 10, 10-20, >= 20")
+    kinds: tuple[Literal["auto", "solid", "ground-glass", "soft-tissue"], ...] = Field(
+        ("auto",), min_length=1, description="auto: lung kinds where there is lung, else soft-tissue")
+    kind_weights: dict[Literal["solid", "ground-glass", "soft-tissue"], float] = Field(
+        default_factory=lambda: {"solid": 0.65, "ground-glass": 0.2, "soft-tissue": 0.15})
+    max_elongation: float = Field(1.6, ge=1, le=10, description="longest / shortest axis")
+    edge_mm: float = Field(0.6, gt=0, description="SD of the Gaussian edge profile")
+    texture_hu: float = Field(12.0, ge=0, description="SD of the internal texture")
+    texture_mm: float = Field(2.0, gt=0, description="its correlation length")
+    gap_mm: float = Field(3.0, ge=0, description="free space between lesions")
+    supersample: int = Field(3, ge=1, le=12, description="subsamples per voxel along each in-plane axis")
 
-    def validate(self) -> None:
+    @model_validator(mode="after")
+    def _ranges(self) -> LesionConfig:
         lo, hi = self.sizes_mm
         if not 0 < lo <= hi:
-            raise ConfigError("lesion sizes must satisfy 0 < min <= max", found=f"{lo}-{hi} mm")
+            raise ValueError(f"lesion sizes must satisfy 0 < min <= max (found {lo:g}-{hi:g} mm)")
         a, b = self.lesions_per_case
         if not 0 <= a <= b:
-            raise ConfigError("lesions per case must satisfy 0 <= min <= max", found=f"{a}-{b}")
-        for k in self.kinds:
-            if k not in KINDS + ("auto",):
-                raise ConfigError(f"unknown lesion kind {k!r}", expected=", ".join(KINDS + ("auto",)), found=k)
-        if self.max_elongation < 1:
-            raise ConfigError("max_elongation must be >= 1", found=str(self.max_elongation))
+            raise ValueError(f"lesions per case must satisfy 0 <= min <= max (found {a}-{b})")
+        return self
+
+    @field_validator("kind_weights")
+    @classmethod
+    def _weights(cls, v: dict) -> dict:
+        if any(w < 0 for w in v.values()):
+            raise ValueError(f"kind weights must be >= 0 (found {v})")
+        return v
 
     def strata(self) -> list[tuple[float, float]]:
         """Size strata (mm) intersected with ``sizes_mm``."""
@@ -334,14 +341,13 @@ def _texture(rng: np.random.Generator, shape, spacing, corr_mm: float) -> np.nda
 
 
 # --------------------------------------------------------------------------- cohorts
-@dataclass
-class CTLesionCohortConfig:
+class CTLesionCohortConfig(SimSection):
     """Cases made from real CT backgrounds: case ``i`` uses background ``i % len(backgrounds)``."""
 
-    backgrounds: list[str] = field(default_factory=list)
-    cases: int | None = None                # default: one per background
-    seed: int = 0
-    lesions: LesionConfig = field(default_factory=LesionConfig)
+    backgrounds: list[str] = Field(default_factory=list, description="CT volumes (files or DICOM folders), in HU")
+    cases: int | None = Field(None, ge=1, le=1_000_000, description="default: one per background")
+    seed: int = Field(0, ge=0, description="random seed; the same seed gives the same bytes")
+    lesions: LesionConfig = Field(default_factory=LesionConfig)
 
     def resolved_cases(self) -> int:
         return len(self.backgrounds) if self.cases is None else int(self.cases)

@@ -16,10 +16,9 @@ copied into the output.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-
+from sobre.base import Progress, no_progress
 from sobre.errors import ConfigError
 from sobre.sim import _write as w
 from sobre.sim._ct import CTLesionCohortConfig, case_id, simulate_ct_case
@@ -32,14 +31,17 @@ LESION_COLUMNS = ["case_id", "lesion_id", "kind", "region", "size_stratum", "dia
 
 
 def write_ct_lesion_cohort(config: CTLesionCohortConfig, out_dir: str | Path, *, format: str = "nifti",
-                           jobs: int = 1, overwrite: bool = False,
-                           progress: Callable[[int], None] | None = None) -> w.WriteReport:
-    """Make ``config.resolved_cases()`` cases and write them under ``out_dir`` (layout in the module docstring)."""
+                           jobs: int = 1, overwrite: bool = False, progress: Progress = no_progress) -> w.WriteReport:
+    """Make ``config.resolved_cases()`` cases and write them under ``out_dir`` (layout in the module docstring).
+
+    ``progress("cases", done, total)`` is called after each case. Configuration, format and output folder
+    are checked before anything is written (:class:`ConfigError`, :class:`InputError`).
+    """
     if format not in CT_FORMATS:
         raise ConfigError(f"unknown output format {format!r}", expected=", ".join(CT_FORMATS), found=format)
     if not config.backgrounds:
         raise ConfigError("no CT backgrounds given", fix="pass --backgrounds PATH [PATH ...]")
-    config.lesions.validate()
+    config.validate()
     out = Path(out_dir)
     w.check_out_dir(out, overwrite)
     t0, c0 = time.perf_counter(), time.process_time()
@@ -76,7 +78,7 @@ def write_ct_lesion_cohort(config: CTLesionCohortConfig, out_dir: str | Path, *,
             les.append(r)
         return {"case": case_row, "lesions": les, "files": files + 1}
 
-    results = w.run_ordered(config.resolved_cases(), work, max(1, int(jobs)), progress)
+    results = w.run_ordered(config.resolved_cases(), work, max(1, int(jobs)), progress, stage="cases")
     lesion_rows = [r for res in results for r in res["lesions"]]
     w.atomic_write_text(out / "lesions.tsv", w.tsv(lesion_rows, LESION_COLUMNS))
     case_cols = ["case_id", "background", "shape", "spacing_mm", "lesions", "skipped", "simulated"]
@@ -109,9 +111,7 @@ Only pixels and geometry of the backgrounds were used; no header information was
 
 
 def _config_dict(config: CTLesionCohortConfig) -> dict:
-    import dataclasses
-
-    d = dataclasses.asdict(config)
+    d = config.to_dict()
     d["backgrounds"] = [Path(b).name for b in config.backgrounds]
     return d
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sobre.base import Progress, no_progress
 from sobre.errors import InputError
 from sobre.image import Image, save, write_dicom_series
 
@@ -102,10 +103,31 @@ def tsv(rows: list[dict], columns: list[str]) -> str:
 
 
 def check_out_dir(out: Path, overwrite: bool) -> None:
-    if out.exists() and any(out.iterdir()) and not overwrite:
+    """Refuse an output folder that cannot be written, before anything is simulated or written.
+
+    ``out`` must be a folder (or not exist yet, under a folder) where a file can be created; a
+    non-empty folder needs ``overwrite``. Nothing is left behind by the check.
+    """
+    fix_path = "choose a folder you can write to"
+    if out.exists() and not out.is_dir():
+        raise InputError("the output path is a file, not a folder", path=out, expected="a new or empty folder",
+                         found="an existing file", fix=fix_path)
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise InputError("output folder is not empty", path=out, expected="a new or empty folder",
                          found=f"{sum(1 for _ in out.iterdir())} entries",
                          fix="choose another folder, or pass --overwrite (files of the same names are replaced)")
+    probe = out
+    while not probe.exists() and probe != probe.parent:  # the nearest folder that exists
+        probe = probe.parent
+    if not probe.is_dir():
+        raise InputError("the output folder cannot be created: a parent is a file", path=out,
+                         expected="a path under folders", found=f"{probe} is a file", fix=fix_path)
+    try:
+        with tempfile.TemporaryFile(dir=probe, prefix=".sobre-write-check-"):
+            pass
+    except OSError as exc:
+        raise InputError("the output folder is not writable", path=out, expected="a folder where files can be "
+                         "created", found=f"{probe}: {exc.strerror or exc}", fix=fix_path) from None
 
 
 # --------------------------------------------------------------------------- DICOM metadata
@@ -182,14 +204,18 @@ def bids_sidecar(meta: dict, image: Image) -> dict:
 
 
 # --------------------------------------------------------------------------- generic parallel driver
-def run_ordered(n: int, work: Callable[[int], dict], jobs: int, progress: Callable[[int], None] | None = None) -> list:
-    """Run ``work(i)`` for ``i < n`` on ``jobs`` processes (fork), results in index order."""
+def run_ordered(n: int, work: Callable[[int], dict], jobs: int, progress: Progress = no_progress,
+                stage: str = "subjects") -> list:
+    """Run ``work(i)`` for ``i < n`` on ``jobs`` processes (fork), results in index order.
+
+    ``progress(stage, done, n)`` is called after each item.
+    """
     results: list = [None] * n
+    progress(stage, 0, n)
     if jobs <= 1 or n <= 1:
         for i in range(n):
             results[i] = work(i)
-            if progress:
-                progress(1)
+            progress(stage, i + 1, n)
         return results
     import multiprocessing as mp
 
@@ -197,10 +223,9 @@ def run_ordered(n: int, work: Callable[[int], dict], jobs: int, progress: Callab
     _WORK = work
     ctx = mp.get_context("fork")
     with ctx.Pool(processes=jobs) as pool:
-        for i, res in pool.imap_unordered(_call, range(n), chunksize=1):
+        for done, (i, res) in enumerate(pool.imap_unordered(_call, range(n), chunksize=1), start=1):
             results[i] = res
-            if progress:
-                progress(1)
+            progress(stage, done, n)
     return results
 
 
