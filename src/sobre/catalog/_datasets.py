@@ -166,7 +166,7 @@ class Dataset:
     >>> ds = ws.dataset("brains@v1")        # doctest: +SKIP
     >>> ds.n_series, ds.subjects[:2]        # doctest: +SKIP
     (120, ['sub-001', 'sub-002'])
-    >>> img = ds.image(ds.series[0])        # doctest: +SKIP   (files re-hashed against the manifest)
+    >>> img = ds.image(ds.series[0])        # doctest: +SKIP
     """
 
     def __init__(self, ref: DatasetRef) -> None:

@@ -91,8 +91,7 @@ def scan_many(paths: list[str]) -> list[dict]:
 
 
 def _scan_file(path: str) -> dict:
-    from sobre.image import _formats
-    from sobre.image import check_image, frames_of, header_metadata, read_header
+    from sobre.image import check_image, file_kind, frames_of, header_metadata, load, read_header
 
     p = Path(path)
     rec: dict = {"path": str(p), "error": None}
@@ -103,7 +102,7 @@ def _scan_file(path: str) -> dict:
         if st.st_size == 0:
             rec["error"] = "empty file (0 bytes)"
             return rec
-        kind = _formats.sniff(p)
+        kind = file_kind(p)
         rec["kind"] = kind
         if kind is None:
             rec["error"] = "not an image file (neither DICOM, NIfTI, NRRD/MetaImage nor PNG/JPEG/TIFF by content)"
@@ -141,8 +140,7 @@ def _scan_file(path: str) -> dict:
             if _compressed(meta.get("transfer_syntax")):
                 _decodes(p)  # compressed pixel data is only known to be good once decoded
         else:
-            reader = {"nifti": _formats.read_nifti, "itk": _formats.read_itk, "optical": _formats.read_optical}[kind]
-            img = reader(p)
+            img = load(p)
             cut = _gzip_intact(p) if p.name.lower().endswith(".gz") else (
                 _nifti_truncated(p, img, st.st_size) if kind == "nifti" else None)
             if cut:

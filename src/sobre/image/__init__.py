@@ -18,6 +18,7 @@ from sobre.base import write_atomic
 from sobre.image._dicom import Frame, SeriesWarning, VolumePlan, assemble, check_image, frames_of, header_metadata
 from sobre.image._dicom_write import write_dicom_series
 from sobre.image._discover import Discovery, discover
+from sobre.image._formats import sniff as file_kind
 from sobre.image._encode import (
     SOBRE_IMPLEMENTATION_UID, SOBRE_IMPLEMENTATION_VERSION, encode_dataset, file_meta_bytes,
 )
@@ -31,9 +32,10 @@ from sobre.image._part10 import (
     MEDIA_STORAGE_DIRECTORY, check_complete, check_pixel_length, check_raw_lengths, looks_like_dicom,
     raw_value, read_header, read_instance, received_facts, tag_name,
 )
+from sobre.image._part10 import expected_pixel_bytes, header_value, pixel_module_problem
 
 __all__ = [
-    "Image", "load", "load_all", "save", "write_dicom_series", "SeriesWarning", "discover", "Discovery",
+    "Image", "load", "load_all", "save", "write_dicom_series", "SeriesWarning", "discover", "Discovery", "file_kind",
     "lps_to_ras", "ras_to_lps", "orientation_code", "affine_spacing", "affine_direction", "is_oblique", "make_affine",
     "read_header", "read_instance", "frames_of", "Frame", "header_metadata", "check_image", "assemble",
     "VolumePlan", "check_complete",
@@ -41,4 +43,5 @@ __all__ = [
     "file_meta_bytes", "tag_name", "looks_like_dicom", "write_atomic", "MEDIA_STORAGE_DIRECTORY",
     "SOBRE_IMPLEMENTATION_UID", "SOBRE_IMPLEMENTATION_VERSION",
     "Grid", "resample", "reorient", "crop_or_pad",
+    "expected_pixel_bytes", "pixel_module_problem", "header_value",
 ]

@@ -244,7 +244,7 @@ def identifying_values(ds, *, include_exam_dates: bool = True) -> IdentifyingVal
             return list(v)
         return [v]
 
-    from ._engine import _vr_of
+    from ._elements import _vr_of
 
     def walk(dataset) -> None:
         for key, raw in _raw_items(dataset):
