@@ -682,8 +682,9 @@ def _plan_stack(frames: list[Frame], label: str, header: Dataset | None) -> Volu
 
 
 def _check_steps(frames: list[Frame], steps: np.ndarray) -> None:
-    """Refuse gaps (missing slices), extra slices and duplicates, judged against the median step."""
-    med = float(np.median(steps))
+    """Refuse gaps (missing slices), extra slices and duplicates, judged against the (lower) median
+    step: with three slices and one missing, the steps are 1 and 2 and the reference is 1."""
+    med = float(np.sort(steps)[(len(steps) - 1) // 2])
     for k in range(len(steps)):
         if steps[k] < SPACING_ABS_TOL:
             what, fix = ("two slices at the same position", "the series holds duplicate or overlapping slices; "
@@ -839,6 +840,26 @@ def _little_endian_luts(ds: Dataset) -> None:
             ds[kw].value = np.frombuffer(data, ">u2").astype("<u2").tobytes()
 
 
+def _full_dataset(path: str) -> Dataset:
+    """The whole file through ``pydicom.dcmread``, made decodable where pydicom's pixel reader is
+    stricter than its file reader: a transfer syntax for files without file meta, and the image
+    pixel module defaults Sobre's header reading assumes (so that what ``info`` shows, ``export``
+    decodes)."""
+    ds = pydicom.dcmread(path, force=True)
+    if "TransferSyntaxUID" not in ds.file_meta:
+        ds.file_meta.TransferSyntaxUID = (
+            pydicom.uid.ImplicitVRLittleEndian if ds.original_encoding[0] else pydicom.uid.ExplicitVRLittleEndian)
+    samples = int(ds.get("SamplesPerPixel") or 1)
+    for keyword, value in (("SamplesPerPixel", 1), ("PixelRepresentation", 0),
+                           ("BitsStored", int(ds.get("BitsAllocated") or 16)),
+                           ("PhotometricInterpretation", "RGB" if samples == 3 else "MONOCHROME2")):
+        if keyword not in ds:
+            setattr(ds, keyword, value)
+    if samples > 1 and "PlanarConfiguration" not in ds:
+        ds.PlanarConfiguration = 0
+    return ds
+
+
 def _decode_file(path: str, indices: list[int | None], palette: bool = False) -> dict[int | None, np.ndarray]:
     """Decode the requested frames of one file; returns {index: array (rows, cols[, samples])}."""
     from pydicom.pixels import apply_color_lut, pixel_array
@@ -852,13 +873,10 @@ def _decode_file(path: str, indices: list[int | None], palette: bool = False) ->
             else:
                 arr = pixel_array(path)
             ds = None
-        except AttributeError:
-            # no file meta (pre-Part-10 file): decode through a full dataset read
-            ds = pydicom.dcmread(path, force=True)
-            if "TransferSyntaxUID" not in ds.file_meta:
-                ds.file_meta.TransferSyntaxUID = (
-                    pydicom.uid.ImplicitVRLittleEndian if ds.original_encoding[0]
-                    else pydicom.uid.ExplicitVRLittleEndian)
+        except Exception:  # noqa: BLE001 - pydicom's file-based decoder is the strict one: try the dataset
+            # no file meta (pre-Part-10 file), a dataset in another VR than its transfer syntax says,
+            # a missing pixel-module default: decode through a full dataset read
+            ds = _full_dataset(path)
             arr = ds.pixel_array
             if len(indices) == 1 and indices[0] is not None:
                 arr = arr[indices[0]]
@@ -944,6 +962,40 @@ def _store(dst: np.ndarray, a: np.ndarray, f: Frame) -> None:
         dst[...] = a.astype(np.int64) * s + c
 
 
+def _available_memory() -> int:
+    """Bytes of memory available now (Linux MemAvailable; else the physical memory; 0 if unknown)."""
+    try:
+        with open("/proc/meminfo", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return 0
+
+
+def _check_memory(plan: VolumePlan) -> None:
+    """Refuse, before allocating, a volume (plus the largest file pydicom decodes whole) that does
+    not fit in the memory available now."""
+    need = int(np.prod(plan.shape, dtype=np.float64)) * plan.dtype.itemsize
+    decoded = [f for f in plan.frames if f.native is None]
+    if decoded:
+        f = max(decoded, key=lambda f: f.rows * f.cols * f.n_frames_in_file * f.samples)
+        need += f.rows * f.cols * f.n_frames_in_file * f.samples * max(1, f.bits_allocated // 8)
+    available = _available_memory()
+    if available and need > available:
+        raise InputError(
+            "image does not fit in the memory available", path=plan.frames[0].path, tag=tag_name("PixelData"),
+            expected=f"at most {available / 2**30:.3g} GiB (available now)",
+            found=f"{need / 2**30:.3g} GiB for shape {plan.shape} {plan.dtype}",
+            fix="free memory, or check (0028,0010) Rows, (0028,0011) Columns and (0028,0008) NumberOfFrames "
+                "(a corrupted header)",
+        )
+
+
 def load_pixels(plan: VolumePlan) -> np.ndarray:
     """Decode and rescale the pixels of a plan into one array of ``plan.shape`` and ``plan.dtype``.
 
@@ -952,6 +1004,7 @@ def load_pixels(plan: VolumePlan) -> np.ndarray:
     are read straight from the files (no pydicom decode, no second header parse); everything else
     goes through pydicom's decoders.
     """
+    _check_memory(plan)
     out = np.empty(plan.shape, dtype=plan.dtype, order="F")
     by_file: dict[str, list[tuple[int, Frame]]] = defaultdict(list)
     for k, f in enumerate(plan.frames):
@@ -1088,22 +1141,53 @@ def check_image(ds: Dataset, path: str | Path) -> None:
                          expected="an image", found=f"SOP class {name}", fix=fix)
 
 
-def read_dicom(paths: Iterable[str | Path], *, on_warning=None) -> list[Image]:
+def read_dicom(paths: Iterable[str | Path], *, on_warning=None, problems=None) -> list[Image]:
     """Read DICOM files into lazily loaded Images, one per consistent volume.
 
-    Files that are not DICOM raise :class:`InputError`; use the catalog's ingest for lenient
-    batch reading that skips bad files with a reason.
+    Strict by default: the first file that is not a readable DICOM image, or the first series that
+    cannot be assembled, raises its :class:`~sobre.errors.SobreError`. With ``problems`` (a
+    :class:`~sobre.errors.Problems`), each such file or series becomes an ``error`` problem there
+    and is left out, series warnings become ``warning`` problems (and still go to ``on_warning``
+    when one is given), and every readable volume is returned.
     """
+    from sobre.errors import Problem
+
+    lenient = problems is not None
+    if lenient:
+        def warn(msg: str) -> None:
+            problems.add(Problem("warning", msg, code="series-warning"))
+            if on_warning is not None:
+                on_warning(msg)
+    else:
+        warn = on_warning
     frames: list[Frame] = []
     headers: dict[str, Dataset] = {}
     for p in paths:
-        ds = read_header(p)
-        check_image(ds, p)
+        try:
+            ds = read_header(p)
+            check_image(ds, p)
+            found = frames_of(ds, Path(p))
+        except SobreError as exc:
+            if not lenient:
+                raise
+            problems.add(Problem.from_error(exc, path=str(p)))
+            continue
         headers[str(Path(p))] = ds
-        frames.extend(frames_of(ds, Path(p)))
-    plans = assemble(frames, headers, on_warning=on_warning)
+        frames.extend(found)
+    if not lenient:
+        plans = assemble(frames, headers, on_warning=warn)
+        return [plan.image(header_metadata(headers[plan.frames[0].path])) for plan in plans]
+    by_series: dict[str, list[Frame]] = defaultdict(list)
+    for f in frames:
+        by_series[f.series_uid].append(f)
     images = []
-    for plan in plans:
-        meta = header_metadata(headers[plan.frames[0].path])
-        images.append(plan.image(meta))
+    for uid, fr in by_series.items():
+        try:
+            for plan in assemble(fr, headers, on_warning=warn):
+                images.append(plan.image(header_metadata(headers[plan.frames[0].path])))
+        except SobreError as exc:
+            problem = Problem.from_error(exc)
+            problems.add(Problem(problem.level, f"series {uid} cannot be shown: {problem.message}", path=problem.path,
+                                 tag=problem.tag, fix=problem.fix, code=problem.code,
+                                 details={"series_uid": uid, "files": len({f.path for f in fr})}))
     return images

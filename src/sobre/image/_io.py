@@ -23,47 +23,80 @@ def _walk(path: Path) -> list[Path]:
     return [path]
 
 
-def load_all(paths: str | Path | Iterable[str | Path], *, on_warning=None) -> list[Image]:
+def load_all(paths: str | Path | Iterable[str | Path], *, on_warning=None, problems=None) -> list[Image]:
     """Read every image in ``paths`` (files or folders, walked recursively).
 
     DICOM files are recognised by content and assembled into one Image per consistent volume;
     NIfTI, NRRD/MetaImage and PNG/JPEG/TIFF files give one Image each. Files of unknown type inside
     a folder are ignored (DICOMDIR index files too); a file named explicitly must be readable.
 
+    Parameters
+    ----------
+    paths : str, Path or iterable of them
+    on_warning : callable, optional
+        Receives each series warning (a split series, a damaged orientation) as a string; by
+        default they are issued as :class:`~sobre.image.SeriesWarning`.
+    problems : sobre.errors.Problems, optional
+        Strict when None (the default): the first unreadable file or series raises. With a
+        :class:`~sobre.errors.Problems`, every unreadable file and every series that cannot be
+        assembled is added to it as an ``error`` (series warnings as ``warning``) and the readable
+        images are returned — what ``sobre info FOLDER`` shows. The ``Problems``' own
+        ``raise_at`` still applies.
+
     Returns
     -------
     list of Image
         Lazily loaded: pixels are read on first access to ``.array``.
+
+    Examples
+    --------
+    >>> from sobre.errors import Problems
+    >>> found = Problems()
+    >>> images = load_all("study_dir", problems=found)   # doctest: +SKIP
+    >>> [str(p) for p in found]                           # doctest: +SKIP
+    ['[error] study_dir/plan.dcm: (7FE0,0010) PixelData: DICOM object holds no pixel data ...']
     """
+    from sobre.errors import Problem
+
     if isinstance(paths, (str, Path)):
         paths = [paths]
+    lenient = problems is not None
     dicom: list[Path] = []
     images: list[Image] = []
     for p in paths:
         p = Path(p)
         if not p.exists():
-            raise InputError("no such file or folder", path=p)
+            err = InputError("no such file or folder", path=p)
+            if not lenient:
+                raise err
+            problems.add(Problem.from_error(err))
+            continue
         explicit = p.is_file()
         for f in _walk(p):
-            kind = _formats.sniff(f)
-            if kind == "dicom":
-                if f.name.upper() == "DICOMDIR":
-                    continue
-                dicom.append(f)
-            elif kind == "nifti":
-                images.append(_formats.read_nifti(f))
-            elif kind == "itk":
-                images.append(_formats.read_itk(f))
-            elif kind == "optical":
-                images.append(_formats.read_optical(f))
-            elif explicit:
-                if f.stat().st_size == 0:
-                    raise InputError("file is empty (0 bytes)", path=f, expected="an image file", found="0 bytes")
-                raise InputError("unrecognised file type", path=f,
-                                 expected="DICOM, NIfTI, NRRD/MetaImage, PNG, JPEG or TIFF content",
-                                 found="none of these", fix="check the file; types are recognised by content")
+            try:
+                kind = _formats.sniff(f)
+                if kind == "dicom":
+                    if f.name.upper() == "DICOMDIR":
+                        continue
+                    dicom.append(f)
+                elif kind == "nifti":
+                    images.append(_formats.read_nifti(f))
+                elif kind == "itk":
+                    images.append(_formats.read_itk(f))
+                elif kind == "optical":
+                    images.append(_formats.read_optical(f))
+                elif explicit:
+                    if f.stat().st_size == 0:
+                        raise InputError("file is empty (0 bytes)", path=f, expected="an image file", found="0 bytes")
+                    raise InputError("unrecognised file type", path=f,
+                                     expected="DICOM, NIfTI, NRRD/MetaImage, PNG, JPEG or TIFF content",
+                                     found="none of these", fix="check the file; types are recognised by content")
+            except SobreError as exc:
+                if not lenient:
+                    raise
+                problems.add(Problem.from_error(exc, path=str(f)))
     if dicom:
-        images[:0] = read_dicom(dicom, on_warning=on_warning)
+        images[:0] = read_dicom(dicom, on_warning=on_warning, problems=problems)
     return images
 
 
@@ -104,8 +137,9 @@ def load(path: str | Path | Iterable[str | Path], *, series_uid: str | None = No
 def save(image: Image, path: str | Path) -> Path:
     """Write an image: ``.nii``/``.nii.gz`` (NIfTI, RAS on disk), ``.nrrd``/``.mha`` (LPS), ``.png``/``.jpg``.
 
-    The file is written to a temporary name and renamed into place, so a crash never leaves a
-    half-written file under the final name.
+    The pixels are read first (an error there names the input file and tag, as ``image.array``
+    would); the file is written to a temporary name and renamed into place, so a crash never leaves
+    a half-written file under the final name.
     """
     path = Path(path)
     name = path.name.lower()
@@ -118,6 +152,7 @@ def save(image: Image, path: str | Path) -> Path:
     else:
         raise InputError("unknown output format", path=path, expected=".nii.gz, .nii, .nrrd, .mha or .png",
                          found=path.suffix or "no suffix", fix="for DICOM use sobre.write_dicom_series()")
+    image.array  # noqa: B018 - pixels first: an error reading them names the input file and tag, not the output
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes[-2:]) if name.endswith(".nii.gz") else path.suffix
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
@@ -125,7 +160,10 @@ def save(image: Image, path: str | Path) -> Path:
     try:
         try:
             writer(image, tmp)
-        except SobreError as exc:  # name the file the caller asked for, not the temporary one
+        except SobreError as exc:
+            if exc.path not in (None, str(tmp)):
+                raise  # about an input file (pixels that cannot be read): it names that file and tag
+            # about the output: name the file the caller asked for, not the temporary one
             raise type(exc)(exc.what, path=path, tag=exc.tag, expected=exc.expected, found=exc.found,
                             fix=exc.fix) from None
         os.replace(tmp, path)

@@ -182,13 +182,16 @@ def check_complete(ds: Dataset, path: Path, size: int) -> None:
 
     name = f"({last.tag >> 16:04X},{last.tag & 0xFFFF:04X}) {keyword_for_tag(last.tag) or 'private element'}"
     fix = "the file was cut short (interrupted transfer or export); re-export or re-send it"
+    fm = getattr(ds, "file_meta", None)
+    deflated = fm is not None and str(raw_value(fm, "TransferSyntaxUID") or "") == DEFLATED
+    the_end = "the end of the inflated dataset" if deflated else "the end of the file"
     if end > size:
         raise InputError("file is truncated inside an element", path=path, tag=name,
                          expected=f"{length} bytes of value from byte {tell}",
-                         found=f"the end of the file at byte {size}", fix=fix)
+                         found=f"{the_end} at byte {size}", fix=fix)
     raise InputError("file is truncated: it ends inside an element header", path=path,
                      expected=f"a complete element after byte {end}",
-                     found=f"{size - end} stray byte(s) before the end of the file", fix=fix)
+                     found=f"{size - end} stray byte(s) before {the_end}", fix=fix)
 
 
 _FAST_TEXT_VRS = frozenset({"IS", "DS", "CS", "UI"})
@@ -490,33 +493,37 @@ def fragments_problem(frames: int, offsets: int, fragments: int) -> dict | None:
     return None
 
 
-def _count_fragments(read, stop_after: int) -> tuple[int, int] | None:
+def _count_fragments(read, stop_after: int) -> tuple[int, int] | bool:
     """``(offset table entries, fragments)`` of encapsulated data, walking item headers with
-    ``read(n_bytes, skip)``; stops counting after ``stop_after`` fragments. None when malformed."""
+    ``read(n_bytes, skip)``; stops counting after ``stop_after`` fragments. False when the data is
+    not a sequence of items (a truncation is :func:`check_complete`'s to report, not this)."""
     head = read(8, 0)
     if len(head) < 8:
-        return None
+        return False
     group, element, length = struct.unpack("<HHL", head)
     if (group, element) != (0xFFFE, 0xE000) or length == 0xFFFFFFFF:
-        return None
+        return False
     offsets, skip, fragments = length // 4, length, 0
     while fragments < stop_after:
         head = read(8, skip)
+        if not head:
+            break  # the end of a value read into memory (readers drop the sequence delimiter)
         if len(head) < 8:
-            return None
+            return False
         group, element, length = struct.unpack("<HHL", head)
         if (group, element) == (0xFFFE, 0xE0DD):
             break
         if (group, element) != (0xFFFE, 0xE000) or length == 0xFFFFFFFF:
-            return None
+            return False
         fragments += 1
         skip = length
     return offsets, fragments
 
 
-def _fragments(ds, elem, stop_after: int) -> tuple[int, int] | None:
+def _fragments(ds, elem, stop_after: int) -> tuple[int, int] | bool | None:
     """Fragment count of encapsulated pixel data, from its bytes in memory or from the file (item
-    headers only: the frames themselves are never read)."""
+    headers only: the frames themselves are never read); False when malformed, None when the
+    bytes are out of reach."""
     value = getattr(elem, "value", None)
     if isinstance(value, (bytes, bytearray, memoryview)):
         buf, pos = memoryview(value), [0]
@@ -609,11 +616,13 @@ def check_pixel_length(ds, path=None, *, transfer_syntax=None) -> None:
         stored=number("BitsStored", bits), photometric=_text_value(raw_value(ds, "PhotometricInterpretation")),
         representation=number("PixelRepresentation", 0), length=length, encapsulated=encapsulated,
     )
-    if problem is None and encapsulated and keyword == "PixelData" and (
-            frames > 1 or isinstance(getattr(elem, "value", None), (bytes, bytearray))):
-        # (one deferred frame needs no count: the reader found its fragments and delimiter)
-        counted = _fragments(ds, elem, stop_after=max(frames, 1))
-        if counted is not None:
+    if problem is None and encapsulated and keyword == "PixelData":
+        counted = _fragments(ds, elem, stop_after=max(frames, 1))  # item headers only
+        if counted is False:
+            problem = dict(what="compressed pixel data is not a sequence of items", tag=tag_name("PixelData"),
+                           expected="a Basic Offset Table item (FFFE,E000), then one item per fragment (PS3.5 A.4)",
+                           found="something else", fix="the file is damaged; re-export or re-send it")
+        elif counted is not None:
             problem = fragments_problem(frames, *counted)
     if problem is not None:
         raise InputError(problem.pop("what"), path=where, **problem)
@@ -707,7 +716,7 @@ def received_facts(buf: bytes, ts) -> tuple[str, str, str, str] | None:
                 return out
 
             counted = _count_fragments(read, max(frames, 1))
-            if counted is None or fragments_problem(frames, *counted) is not None:
+            if counted is False or fragments_problem(frames, *counted) is not None:
                 return None
     except (_Odd, ValueError):
         return None
