@@ -310,7 +310,7 @@ def test_quick_check_vouches_only_for_what_pydicom_accepts(tmp_path):
 def test_connections_are_polled_faster_than_pynetdicom_default(listener):
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
-    from sobre.pacs._listener import _DUL_POLL
+    from sobre.pacs._net import _DUL_POLL
 
     assoc = _assoc(listener.port, [(CTImageStorage, [ExplicitVRLittleEndian])])
     assert assoc.is_established

@@ -45,6 +45,9 @@ from typing import Callable
 from sobre.errors import InputError, SobreError
 from sobre.image import received_facts
 
+from ._net import disable_nagle, on_connection
+from ._workers import worker_deidentify, worker_init, worker_ready
+
 __all__ = ["Listener", "ListenerStats", "STATUS"]
 
 log = logging.getLogger("sobre.pacs.listener")
@@ -61,7 +64,6 @@ _DIRTY = ".listener-dirty"
 _PARTIAL = ".partial"
 _SPOOL = ".spool"
 _REFUSED = ".refused"
-_DUL_POLL = 0.0002  # s, idle poll interval of the connection (pynetdicom: 0.001)
 
 
 @dataclass
@@ -164,13 +166,13 @@ class Listener:
             store_path = getattr(deid.pseudonyms, "path", None)
             self._pool = ProcessPoolExecutor(
                 max_workers=self.deid_workers, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_worker_init, initargs=(deid.key._secret, deid.profile,
+                initializer=worker_init, initargs=(deid.key._secret, deid.profile,
                                                     str(store_path) if store_path else None))
             self._inflight = threading.BoundedSemaphore(4 * self.deid_workers + 4)
             # Start the workers now (spawn, imports) rather than on the first instance, which would
             # otherwise wait seconds while the sender's first instances pile up behind it.
             try:
-                for f in [self._pool.submit(_worker_ready) for _ in range(self.deid_workers)]:
+                for f in [self._pool.submit(worker_ready) for _ in range(self.deid_workers)]:
                     f.result(timeout=300)
             except Exception as exc:  # noqa: BLE001 - the worker cannot start: say so before listening
                 self._pool.shutdown(wait=False, cancel_futures=True)
@@ -203,7 +205,7 @@ class Listener:
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_REJECTED, self._on_rejected),
-            (evt.EVT_CONN_OPEN, _on_connection),
+            (evt.EVT_CONN_OPEN, on_connection),
         ]
         self._ae = ae
         self._worker = threading.Thread(target=self._ingest_loop, name="sobre-ingest", daemon=True)
@@ -214,7 +216,7 @@ class Listener:
             self._queue.put(None)
             raise InputError(f"cannot listen on {self.host}:{self._port}", found=str(exc),
                              fix="choose another --port, or stop the program using it") from None
-        _disable_nagle(self._server)
+        disable_nagle(self._server)
         log.info("listening as %s on %s:%d (de-identification %s)", self.ae_title, self.host, self.port,
                  "on" if self.deidentifier is not None else "off")
         return self
@@ -365,7 +367,7 @@ class Listener:
 
     def _submit(self, spool_file: Path) -> None:
         self._inflight.acquire()  # back-pressure: the sender waits while workers are behind
-        future = self._pool.submit(_worker_deidentify, str(spool_file), str(self.store_dir))
+        future = self._pool.submit(worker_deidentify, str(spool_file), str(self.store_dir))
         with self._lock:
             self._pending.add(future)
         future.add_done_callback(lambda f, p=spool_file: self._deid_done(f, p))
@@ -462,84 +464,3 @@ def _part10(event, ts) -> bytes:
     if meta is None:
         return event.encoded_dataset(include_meta=True)
     return b"".join((b"\x00" * 128, b"DICM", meta, event.encoded_dataset(include_meta=False)))
-
-
-def _on_connection(event) -> None:
-    """Poll the connection more often than pynetdicom's default (every 1 ms when idle).
-
-    pynetdicom's connection thread sleeps ``_run_loop_delay`` whenever it found nothing to do, so
-    each incoming instance and each response waits up to that long: with a peer that sends one
-    instance at a time (storescu, most modalities) that was a measurable part of every exchange
-    (about +15 % instances/s at 0.2 ms on the 2-core benchmark machine). An idle association costs
-    a few thousand cheap wake-ups a second instead of one thousand.
-    """
-    dul = getattr(event.assoc, "dul", None)
-    if dul is not None and hasattr(dul, "_run_loop_delay"):
-        dul._run_loop_delay = _DUL_POLL
-
-
-def _disable_nagle(server) -> None:
-    """Set TCP_NODELAY on every accepted connection.
-
-    DIMSE exchanges are small request/response messages; with Nagle's algorithm on both ends each
-    one waits for a delayed ACK (about 40 ms), which caps a C-STORE stream near 15 instances/s.
-    """
-    import socket
-
-    original = server.get_request
-
-    def get_request():
-        sock, addr = original()
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:  # pragma: no cover - not a TCP socket
-            pass
-        return sock, addr
-
-    server.get_request = get_request
-
-
-# -- de-identification worker processes ---------------------------------------------------------
-_WORKER = {}
-
-
-def _worker_init(secret: bytes, profile, map_path: str | None) -> None:
-    from sobre.privacy import Deidentifier, ProjectKey, PseudonymStore
-
-    key = ProjectKey(secret)
-    store = PseudonymStore(map_path, key) if map_path else None
-    _WORKER["deid"] = Deidentifier(key, profile, store)
-    # import now what de-identifying the first instance would import
-    import pydicom.charset  # noqa: F401
-    import pydicom.filereader  # noqa: F401
-    import pydicom.filewriter  # noqa: F401
-    import pydicom.pixels  # noqa: F401
-
-
-def _worker_ready() -> int:
-    import os
-
-    return os.getpid()
-
-
-def _worker_deidentify(spool_file: str, store_dir: str) -> tuple[str | None, list[str], str | None]:
-    """De-identify one spooled instance into ``store_dir``; returns (path, pixel review, error)."""
-    import os
-
-    import pydicom
-
-    from sobre.image import write_atomic
-
-    deid = _WORKER["deid"]
-    try:
-        ds = pydicom.dcmread(spool_file)  # checked by the handler before it was acknowledged
-        data, result = deid.deidentify_to_bytes(ds, source="C-STORE", copy=False)
-    except SobreError as exc:
-        return None, [], str(exc)
-    except Exception as exc:  # noqa: BLE001 - reported, the instance is quarantined
-        return None, [], f"{type(exc).__name__}: {exc}"
-    rel = f"{result.subject}/{result.study_instance_uid}/{result.series_instance_uid}/{result.sop_instance_uid}.dcm"
-    target = Path(store_dir) / rel
-    write_atomic(target, data)
-    os.unlink(spool_file)
-    return str(target), result.pixel_review, None
