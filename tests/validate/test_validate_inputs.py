@@ -72,7 +72,8 @@ def test_wrong_label_types(tmp_path):
         read_predictions(write(tmp_path, rows), task="binary")
     rows = binary_rows(6)
     rows["label"] = [10.5, 20, "abc", 30, 40, 50]
-    with pytest.raises(PredictionsError, match=r"column 'label' holds non-numeric values.*'abc' on line 4"):
+    with pytest.raises(PredictionsError, match=r"column 'label' holds numbers but for a few values that are not "
+                                               r"numbers.*found 'abc' on line 4"):
         read_predictions(write(tmp_path, rows), task="regression")
     rows = binary_rows(6)
     rows["label"] = ["no", "yes"] * 3

@@ -8,13 +8,14 @@ import pytest
 import torch
 from scipy import ndimage
 
+from sobre.image import Image, resample
 from sobre.validate import (
     MaskGeometryError,
-    MaskVolume,
+    MaskReadError,
     check_same_grid,
     hd95,
+    mask_voxels,
     read_mask,
-    resample_nearest,
     segmentation_metrics,
     segmentation_scores,
 )
@@ -142,19 +143,45 @@ def test_read_mask_and_geometry_refusal(tmp_path):
     b = read_mask(tmp_path / "moved.nii.gz")
     with pytest.raises(MaskGeometryError, match=r"moved\.nii\.gz.*position or orientation.*--resample"):
         check_same_grid(b, a)
-    half = MaskVolume(np.zeros((15, 15, 12)), np.array([2.0, 2.0, 2.5]), np.diag([2.0, 2.0, 2.5, 1.0]), "half.nii")
-    with pytest.raises(MaskGeometryError, match=r"expected shape \(30, 30, 12\)"):
+    assert a.sources and a.sources[0].endswith("ref.nii.gz")  # messages name the files
+    half = Image(np.zeros((15, 15, 12)), np.diag([2.0, 2.0, 2.5, 1.0]), sources=["half.nii"])
+    with pytest.raises(MaskGeometryError, match=r"half\.nii and reference mask do not have the same shape.*expected "
+                                                r"shape \(30, 30, 12\)"):
         check_same_grid(half, a)
+    coarser = Image(np.zeros((30, 30, 12)), np.diag([1.0, 1.0, 3.0, 1.0]), sources=["thick.nii"])
+    with pytest.raises(MaskGeometryError, match=r"thick\.nii and reference mask differ in voxel spacing.*expected "
+                                                r"spacing \[1\.0, 1\.0, 2\.5\] mm; found spacing \[1\.0, 1\.0, 3\.0\]"):
+        check_same_grid(coarser, a)
+
+
+def test_read_mask_refuses_what_is_not_a_mask(tmp_path):
+    (tmp_path / "broken.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
+    with pytest.raises(MaskReadError, match=r"broken\.nii\.gz: cannot read mask file.*convert the mask to NIfTI"):
+        read_mask(tmp_path / "broken.nii.gz")
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 3, 2), np.uint8), np.eye(4)), str(tmp_path / "onehot.nii.gz"))
+    with pytest.raises(MaskReadError, match=r"one value per voxel.*found shape \(4, 4, 3, 2\)"):
+        read_mask(tmp_path / "onehot.nii.gz")
+    np.save(tmp_path / "m.npy", np.ones((5, 4), np.uint8))
+    m = read_mask(tmp_path / "m.npy")
+    assert m.spatial_shape == (5, 4) and m.spacing == (1.0, 1.0) and m.sources == [str(tmp_path / "m.npy")]
+
+
+def test_a_2d_mask_stored_as_one_slice_counts_as_2d(tmp_path):
+    img = Image(np.ones((6, 5, 1), np.uint8), np.diag([0.5, 0.7, 3.0, 1.0]))
+    arr, spacing = mask_voxels(img)
+    assert arr.shape == (6, 5) and spacing == pytest.approx((0.5, 0.7))
 
 
 def test_resample_onto_reference_grid():
     # the same object on a grid of half the resolution in x, y
     fine = ellipsoid((40, 40, 10), (20, 20, 5), (10, 10, 3))
     coarse = fine[::2, ::2, :]
-    ref = MaskVolume(fine, np.array([1.0, 1.0, 3.0]), np.diag([1.0, 1.0, 3.0, 1.0]), "ref")
-    prd = MaskVolume(coarse, np.array([2.0, 2.0, 3.0]), np.diag([2.0, 2.0, 3.0, 1.0]), "pred")
-    out = resample_nearest(prd, ref)
-    assert out.array.shape == fine.shape
+    ref = Image(fine, np.diag([1.0, 1.0, 3.0, 1.0]))
+    prd = Image(coarse, np.diag([2.0, 2.0, 3.0, 1.0]))  # coarse voxel k is fine voxel 2k: same first centre
+    out = resample(prd, ref, order="nearest")
+    assert out.array.shape == fine.shape and out.dtype == np.bool_
     assert segmentation_scores(out.array, fine, ref.spacing).dice > 0.9
 
 

@@ -24,7 +24,10 @@ def register(sub) -> None:
     p.add_argument("--task", choices=["binary", "multiclass", "regression", "segmentation", "detection"],
                    help="override the task inferred from the columns")
     p.add_argument("--positive", help="positive class of a binary label (when not 0/1)")
-    p.add_argument("--threshold", type=float, help="operating threshold (score >= threshold is positive)")
+    p.add_argument("--threshold", type=float,
+                   help="operating threshold (score >= threshold is positive); default 0.5 for probabilities; "
+                        "scores outside [0, 1] get the Youden-optimal threshold of the validation rows, or no "
+                        "threshold-based metric without validation rows")
     p.add_argument("--target-sensitivity", type=float, default=0.99,
                    help="triage operating point, chosen on validation rows (default 0.99)")
     p.add_argument("--compare", metavar="COLUMN", help="second score column to compare by DeLong's test")
@@ -43,18 +46,22 @@ def register(sub) -> None:
 
 
 def _evaluate(ns) -> int:
+    from sobre.base import validate_config
     from sobre.validate import EvaluationSettings, evaluate
 
     by = None if ns.by is None else tuple(x.strip() for x in ns.by.split(",") if x.strip())
-    settings = EvaluationSettings(
+    settings = validate_config(dict(
         by=by, n_bootstrap=ns.bootstrap, ci_method=ns.ci, level=ns.level, seed=ns.seed, threshold=ns.threshold,
         target_sensitivity=ns.target_sensitivity, compare=ns.compare, task=ns.task, positive=ns.positive,
         resample_masks=ns.resample, nsd_tolerance_mm=ns.nsd_tolerance, empty_distance=ns.empty,
         detection_threshold=ns.detection_threshold, site_analysis=not ns.no_site,
-    )
+    ), EvaluationSettings)
     ev = evaluate(ns.source, settings)
     if ns.out:
         html_path, json_path = ev.write(ns.out)
+    for q in ev.problems:  # what changes how the numbers read (no default threshold, ...) is said on stderr too
+        if q.level in ("warning", "error"):
+            print(f"warning: {q.message}" + (f". {q.fix}" if q.fix else ""), file=sys.stderr)
     if ns.json:
         print(json.dumps(ev.to_dict(), indent=2, default=str))
     else:

@@ -2,7 +2,8 @@
 triage operating points, lesion-wise detection, and HTML/JSON reports.
 
 The entry point is :func:`evaluate` (``sobre evaluate`` on the command line); every analysis is
-also a plain function of arrays. The predictions-file format is documented in
+also a plain function of arrays. Masks are :class:`sobre.Image` s (:func:`read_mask`), resampled with
+:func:`sobre.image.resample`; the settings are a :class:`sobre.base.Config` (:class:`EvaluationSettings`). The predictions-file format is documented in
 ``docs/validate.md`` and in :mod:`sobre.validate._predictions`.
 
 Examples
@@ -48,7 +49,7 @@ from sobre.validate._detection import (
 from sobre.validate._errors import MaskGeometryError, MaskReadError, PredictionsError, SingleClassError
 from sobre.validate._estimate import Estimate, bootstrap, bootstrap_weights, interval_from_replicates
 from sobre.validate._evaluate import Evaluation, EvaluationSettings, evaluate
-from sobre.validate._masks import MaskVolume, check_same_grid, read_mask, resample_nearest
+from sobre.validate._masks import check_same_grid, mask_voxels, read_mask
 from sobre.validate._predictions import Predictions, read_predictions
 from sobre.validate._regression import RegressionResult, regression_metrics
 from sobre.validate._report import render_html, write_report
@@ -64,7 +65,7 @@ from sobre.validate._site import (
 )
 from sobre.validate._subgroups import age_bands, subgroup_analysis
 from sobre.validate._surface import SegmentationScores, hd95, segmentation_scores, surface_distances
-from sobre.validate._triage import TriageResult, threshold_for_sensitivity, triage_operating_point
+from sobre.validate._triage import TriageResult, threshold_for_sensitivity, threshold_youden, triage_operating_point
 
 __all__ = [
     # core
@@ -78,13 +79,13 @@ __all__ = [
     "regression_metrics", "RegressionResult",
     # segmentation / detection
     "segmentation_scores", "SegmentationScores", "surface_distances", "hd95", "segmentation_metrics",
-    "SegmentationResult", "read_mask", "MaskVolume", "check_same_grid", "resample_nearest",
+    "SegmentationResult", "read_mask", "check_same_grid", "mask_voxels",
     "CaseDetections", "match_candidates", "lesions_from_mask", "detect_case", "detection_metrics",
     "DetectionResult",
     # calibration / triage
     "reliability_diagram", "expected_calibration_error", "brier_score", "fit_temperature", "apply_temperature",
     "calibration_report", "CalibrationResult",
-    "threshold_for_sensitivity", "triage_operating_point", "TriageResult",
+    "threshold_for_sensitivity", "threshold_youden", "triage_operating_point", "TriageResult",
     # site effects / subgroups
     "site_probe", "SiteProbeResult", "leave_one_site_out", "LeaveOneSiteOutResult", "combat_cross_validated",
     "CombatResult", "label_site_dependence", "subgroup_analysis", "age_bands",

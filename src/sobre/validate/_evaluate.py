@@ -6,11 +6,16 @@ import datetime as _dt
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
+from pydantic import ConfigDict, Field, PositiveFloat, field_validator
+from pydantic_core import PydanticCustomError
 
-from sobre.errors import ConfigError, Problem
+from sobre.base import Config, resolved, validate_config
+from sobre.errors import Problem
+from sobre.image import resample
 from sobre.validate import _classification as C
 from sobre.validate import _regression as R
 from sobre.validate import _segmentation as S
@@ -18,8 +23,8 @@ from sobre.validate._calibration import CalibrationResult, calibration_report
 from sobre.validate._delong import DeLongTest, delong_auc, delong_test
 from sobre.validate._detection import DEFAULT_FP_RATES, DEFAULT_SIZE_BINS, detect_case, detection_metrics
 from sobre.validate._errors import MaskGeometryError, PredictionsError
-from sobre.validate._estimate import CI_METHODS, Estimate
-from sobre.validate._masks import check_same_grid, read_mask, resample_nearest
+from sobre.validate._estimate import Estimate
+from sobre.validate._masks import check_same_grid, mask_voxels, read_mask
 from sobre.validate._predictions import Predictions, read_predictions
 from sobre.validate._site import (
     combat_cross_validated,
@@ -28,16 +33,19 @@ from sobre.validate._site import (
     site_probe,
 )
 from sobre.validate._subgroups import DEFAULT_AGE_BANDS, age_bands, subgroup_analysis, subgroups_to_dict
-from sobre.validate._surface import EMPTY_CONVENTIONS, segmentation_scores
-from sobre.validate._triage import TriageResult, triage_operating_point
+from sobre.validate._surface import segmentation_scores
+from sobre.validate._triage import TriageResult, threshold_youden, triage_operating_point
 
-__all__ = ["EvaluationSettings", "Evaluation", "evaluate", "PRIMARY_METRIC"]
+__all__ = ["EvaluationSettings", "Evaluation", "evaluate", "PRIMARY_METRIC", "THRESHOLD_METRICS"]
 
 #: The metric shown in forest plots and used for the headline, per task.
 PRIMARY_METRIC = {"binary": "auc", "multiclass": "macro_auc", "regression": "mae", "segmentation": "dice",
                   "detection": "sensitivity"}
 
 _DEFAULT_BY = ("site", "sex", "age_band", "manufacturer")
+
+#: Binary metrics that need an operating threshold (the AUC does not).
+THRESHOLD_METRICS = ("balanced_accuracy", "sensitivity", "specificity", "ppv", "npv", "accuracy")
 
 
 def _directions(task: str) -> dict:
@@ -50,9 +58,23 @@ def _directions(task: str) -> dict:
     return {"sensitivity": 1, "fp_per_case": -1, "cpm": 1}
 
 
-@dataclass
-class EvaluationSettings:
-    """Settings of :func:`evaluate` (all optional).
+def _bad(expected: str) -> PydanticCustomError:
+    return PydanticCustomError("value_out_of_range", "expected {expected}", {"expected": expected})
+
+
+def _increasing(v: tuple, what: str) -> tuple:
+    if any(b <= a for a, b in zip(v, v[1:])):
+        raise _bad(f"{what} in increasing order")
+    return v
+
+
+class EvaluationSettings(Config):
+    """Settings of :func:`evaluate` (all optional), a :class:`sobre.base.Config`.
+
+    Unknown keys, wrong types and values out of range are refused with a
+    :class:`~sobre.errors.ConfigError` naming the key, what was expected and what was found (from a
+    mapping, :func:`evaluate`'s keywords or the command line; direct construction raises pydantic's
+    ``ValidationError``).
 
     Parameters
     ----------
@@ -60,14 +82,16 @@ class EvaluationSettings:
         Grouping columns for subgroup analysis; default: those of site, sex, age_band,
         manufacturer present in the file. ``age_band`` is derived from ``age``.
     n_bootstrap : int
-        Bootstrap resamples for every interval (0: no intervals).
+        Bootstrap resamples for every interval (0: no intervals; else at least 100).
     ci_method : {"bca", "percentile"}
     level : float
-        Confidence level.
+        Confidence level, between 0.5 and 1.
     seed : int
     threshold : float, optional
-        Binary operating threshold (``score >= threshold`` is positive); default 0.5 for
-        probabilities, 0 otherwise.
+        Binary operating threshold (``score >= threshold`` is positive). Without it: 0.5 when every
+        score is a probability (in [0, 1]); otherwise the threshold that maximises Youden's J on the
+        validation rows, and when there are none, no threshold-based metric at all (sensitivity,
+        specificity, PPV, NPV, accuracy, balanced accuracy) — the report says which, and why.
     target_sensitivity : float
         Triage operating point, chosen on validation rows.
     compare : str, optional
@@ -75,7 +99,8 @@ class EvaluationSettings:
     task, positive
         Override the inferred task / the positive class of a binary label.
     resample_masks : bool
-        Resample predicted masks onto the reference grid instead of refusing a mismatch.
+        Resample predicted masks onto the reference grid (nearest neighbour) instead of refusing a
+        mismatch.
     nsd_tolerance_mm, empty_distance
         Segmentation settings (see :func:`sobre.validate.segmentation_scores`).
     candidate_threshold, detection_threshold, lesion_size, size_bins, fp_rates
@@ -89,54 +114,63 @@ class EvaluationSettings:
         Every one must have a row.
     """
 
-    by: tuple | None = None
+    model_config = ConfigDict(allow_inf_nan=False)
+    docs = "docs/validate.md"
+
+    by: tuple[str, ...] | None = None
     n_bootstrap: int = 2000
-    ci_method: str = "bca"
+    ci_method: Literal["bca", "percentile"] = "bca"
     level: float = 0.95
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     threshold: float | None = None
     target_sensitivity: float = 0.99
     compare: str | None = None
-    task: str | None = None
-    positive: object = None
+    task: Literal["binary", "multiclass", "regression", "segmentation", "detection"] | None = None
+    positive: bool | int | float | str | None = None
     resample_masks: bool = False
-    nsd_tolerance_mm: float = 1.0
-    empty_distance: str = "diagonal"
+    nsd_tolerance_mm: float = Field(1.0, ge=0)
+    empty_distance: Literal["diagonal", "nan"] = "diagonal"
     candidate_threshold: float = 0.5
     detection_threshold: float = 0.5
-    lesion_size: str = "equivalent"
-    size_bins: tuple = DEFAULT_SIZE_BINS
-    fp_rates: tuple = DEFAULT_FP_RATES
-    calibration_bins: int = 10
-    age_bands: tuple = DEFAULT_AGE_BANDS
-    min_subgroup_size: int = 10
+    lesion_size: Literal["equivalent", "longest"] = "equivalent"
+    size_bins: tuple[PositiveFloat, ...] = DEFAULT_SIZE_BINS
+    fp_rates: tuple[PositiveFloat, ...] = DEFAULT_FP_RATES
+    calibration_bins: int = Field(10, ge=2, le=100)
+    age_bands: tuple[float, ...] = DEFAULT_AGE_BANDS
+    min_subgroup_size: int = Field(10, ge=1)
     site_analysis: bool = True
-    expected_subjects: list | None = None
+    expected_subjects: list[str] | None = None
 
-    def __post_init__(self) -> None:
-        if self.ci_method not in CI_METHODS:
-            raise ConfigError("unknown confidence-interval method", expected=" or ".join(CI_METHODS),
-                              found=repr(self.ci_method), fix="use bca (default) or percentile")
-        if not 0.5 < self.level < 1:
-            raise ConfigError("confidence level out of range", expected="between 0.5 and 1 (e.g. 0.95)",
-                              found=repr(self.level), fix="pass a level such as 0.95")
-        if self.n_bootstrap < 0 or (0 < self.n_bootstrap < 100):
-            raise ConfigError("too few bootstrap resamples", expected="0 (no intervals) or at least 100 "
-                              "(2000 recommended)", found=str(self.n_bootstrap), fix="pass --bootstrap 2000")
-        if not 0 < self.target_sensitivity <= 1:
-            raise ConfigError("target sensitivity out of range", expected="in (0, 1], e.g. 0.99",
-                              found=repr(self.target_sensitivity), fix="pass --target-sensitivity 0.99")
-        if self.empty_distance not in EMPTY_CONVENTIONS:
-            raise ConfigError("unknown empty-mask convention", expected=" or ".join(EMPTY_CONVENTIONS),
-                              found=repr(self.empty_distance), fix="use diagonal (default) or nan")
-        if self.by is not None:
-            self.by = tuple(self.by)
+    @field_validator("n_bootstrap")
+    @classmethod
+    def _n_bootstrap(cls, v: int) -> int:
+        if v < 0 or 0 < v < 100:
+            raise _bad("0 (no intervals) or at least 100 (2000 recommended; --bootstrap 2000)")
+        return v
+
+    @field_validator("level")
+    @classmethod
+    def _level(cls, v: float) -> float:
+        if not 0.5 < v < 1:
+            raise _bad("a confidence level between 0.5 and 1 (e.g. 0.95)")
+        return v
+
+    @field_validator("target_sensitivity")
+    @classmethod
+    def _target(cls, v: float) -> float:
+        if not 0 < v <= 1:
+            raise _bad("a sensitivity in (0, 1], e.g. 0.99")
+        return v
+
+    @field_validator("size_bins", "fp_rates", "age_bands")
+    @classmethod
+    def _ordered(cls, v: tuple, info) -> tuple:
+        return _increasing(v, info.field_name)
 
     def to_dict(self) -> dict:
-        d = dict(self.__dict__)
+        """The resolved settings, JSON-able (without the expected-subject list)."""
+        d = resolved(self)
         d["positive"] = None if self.positive is None else str(self.positive)
-        for k in ("by", "size_bins", "fp_rates", "age_bands"):
-            d[k] = None if d[k] is None else list(d[k])
         d.pop("expected_subjects")
         return d
 
@@ -226,6 +260,10 @@ class Evaluation:
         lines = [f"{p.path}: {self.task}, {int((p.table['split'] == 'test').sum())} test subjects"]
         for k, v in self.metrics.items():
             lines.append(f"  {k:<32s} {v}")
+        if self.task == "binary":
+            thr = self.details.get("threshold")
+            lines.append(f"  threshold: {'none' if thr is None else f'{thr:.6g}'} "
+                         f"({self.details.get('threshold_source')})")
         if self.comparison is not None:
             c = self.comparison
             lines.append(f"  DeLong: AUC {c.auc_a:.3f} vs {c.auc_b:.3f} ({self.settings.compare}), "
@@ -302,12 +340,36 @@ def _groups(pred: Predictions, frame: pd.DataFrame, settings: EvaluationSettings
     return pd.DataFrame(cols, index=frame.index), problems
 
 
-def _default_threshold(score: np.ndarray, problems: list, path) -> float:
-    if np.all((score >= 0) & (score <= 1)):
-        return 0.5
-    problems.append(Problem("info", "scores are not probabilities (outside [0, 1]): threshold 0 used "
-                            "(logit scale)", path=str(path), fix="pass --threshold to choose the operating point"))
-    return 0.0
+def _operating_threshold(ev: Evaluation, s: np.ndarray) -> tuple[float | None, str]:
+    """``(threshold or None, where it comes from)`` for the threshold-based binary metrics.
+
+    A given threshold is used as is; probabilities get 0.5; other scores (logits, 0-100 ratings...)
+    have no natural threshold: it is chosen on the validation rows (maximum Youden J) when there are
+    some with both classes, and otherwise the threshold-based metrics are not computed. Both cases
+    are reported as warnings (stderr, report).
+    """
+    pred, st = ev.predictions, ev.settings
+    if st.threshold is not None:
+        return st.threshold, "given"
+    if np.all((s >= 0) & (s <= 1)):
+        return 0.5, "default for probabilities"
+    val = pred.validation
+    span = f"{s.min():.4g} to {s.max():.4g}"
+    fix = "pass --threshold (threshold=...) with the operating point the model is meant to be used at"
+    vy = pred.positive(val) if len(val) else np.zeros(0, bool)
+    if vy.any() and not vy.all():
+        thr = threshold_youden(vy, val["score"].to_numpy(dtype=float))
+        ev.problems.append(Problem(
+            "warning", f"scores are not probabilities (they range from {span}), so there is no default threshold: "
+            f"threshold {thr:.6g} chosen on the {len(val)} validation rows (maximum Youden J) for "
+            f"{', '.join(THRESHOLD_METRICS)}", path=str(pred.path), fix=fix, code="threshold-from-validation"))
+        return thr, "chosen on validation rows (maximum Youden J)"
+    ev.problems.append(Problem(
+        "warning", f"scores are not probabilities (they range from {span}) and no threshold was given: "
+        f"{', '.join(THRESHOLD_METRICS)} not computed (only the AUC does not need a threshold); "
+        "no validation rows with both classes to choose one on", path=str(pred.path), fix=fix,
+        code="no-threshold"))
+    return None, "scores are not probabilities; no threshold given, no validation rows to choose one on"
 
 
 def _load_pair(pred: Predictions, row, settings: EvaluationSettings):
@@ -323,7 +385,7 @@ def _load_pair(pred: Predictions, row, settings: EvaluationSettings):
         try:
             check_same_grid(prd, ref)
         except MaskGeometryError:
-            prd = resample_nearest(prd, ref)
+            prd = resample(prd, ref, order="nearest")
     else:
         check_same_grid(prd, ref)
     return ref, prd
@@ -351,9 +413,9 @@ def evaluate(source, settings: EvaluationSettings | None = None, **kwargs) -> Ev
         For bad input, with the file, column/row, expected vs found, and the fix.
     """
     if settings is None:
-        settings = EvaluationSettings(**kwargs)
+        settings = validate_config(kwargs, EvaluationSettings)
     elif kwargs:
-        settings = EvaluationSettings(**{**settings.__dict__, **kwargs})
+        settings = validate_config({**settings.model_dump(), **kwargs}, EvaluationSettings)
     pred = source if isinstance(source, Predictions) else read_predictions(
         source, task=settings.task, positive=settings.positive, expected_subjects=settings.expected_subjects)
     test = pred.test
@@ -381,11 +443,20 @@ def _binary(ev: Evaluation, test: pd.DataFrame):
     pred, st = ev.predictions, ev.settings
     y = pred.positive(test)
     s = test["score"].to_numpy(dtype=float)
-    thr = st.threshold if st.threshold is not None else _default_threshold(s, ev.problems, pred.path)
-    res = C.binary_metrics(y, s, threshold=thr, **_boot(st))
+    thr, source = _operating_threshold(ev, s)
+
+    def metrics_at(idx=slice(None)):
+        r = C.binary_metrics(y[idx], s[idx], threshold=0.0 if thr is None else thr, **_boot(st))
+        if thr is None:  # no operating point: only the threshold-free metrics
+            r.metrics = {k: v for k, v in r.metrics.items() if k not in THRESHOLD_METRICS}
+        return r
+
+    res = metrics_at()
     ev.metrics = res.metrics
     ev.details["threshold"] = thr
-    ev.details["counts"] = res.counts
+    ev.details["threshold_source"] = source
+    ev.details["counts"] = res.counts if thr is not None else {k: res.counts[k] for k in ("n", "positives",
+                                                                                         "negatives")}
     ev.details["positive_class"] = str(pred.classes[1])
     try:
         ev.details["auc_delong"] = delong_auc(y, s, level=st.level)
@@ -421,7 +492,7 @@ def _binary(ev: Evaluation, test: pd.DataFrame):
                                 "(rows with split = validation, including positives)")
 
     def compute(idx):
-        return C.binary_metrics(y[idx], s[idx], threshold=thr, **_boot(st)).metrics
+        return metrics_at(idx).metrics
 
     return compute
 
@@ -471,11 +542,11 @@ def _segmentation(ev: Evaluation, test: pd.DataFrame):
     cases = []
     for _, row in test.iterrows():
         ref, prd = _load_pair(pred, row, st)
-        ref_arr = np.asarray(ref.array)
-        prd_arr = np.asarray(prd.array)
+        ref_arr, spacing = mask_voxels(ref)
+        prd_arr, _ = mask_voxels(prd)
         if np.issubdtype(prd_arr.dtype, np.floating) and not np.all((prd_arr == 0) | (prd_arr == 1)):
             prd_arr = prd_arr >= 0.5
-        cases.append(segmentation_scores(prd_arr != 0, ref_arr != 0, ref.spacing,
+        cases.append(segmentation_scores(prd_arr != 0, ref_arr != 0, spacing,
                                          tolerance_mm=st.nsd_tolerance_mm, empty_distance=st.empty_distance))
     res = S.segmentation_metrics(cases, subject_ids=list(test["subject_id"]), tolerance_mm=st.nsd_tolerance_mm,
                                  empty_distance=st.empty_distance, **_boot(st))
@@ -504,7 +575,8 @@ def _detection(ev: Evaluation, test: pd.DataFrame):
     cases = []
     for _, row in test.iterrows():
         ref, prd = _load_pair(pred, row, st)
-        cases.append(detect_case(ref.array, prd.array, ref.spacing, candidate_threshold=st.candidate_threshold,
+        (ref_arr, spacing), (prd_arr, _) = mask_voxels(ref), mask_voxels(prd)
+        cases.append(detect_case(ref_arr, prd_arr, spacing, candidate_threshold=st.candidate_threshold,
                                  size=st.lesion_size))
     res = detection_metrics(cases, threshold=st.detection_threshold, size_bins=st.size_bins, fp_rates=st.fp_rates,
                             **_boot(st))
@@ -632,6 +704,9 @@ def _limits(ev: Evaluation) -> list[str]:
         ece = ev.calibration.metrics.get("ece")
         if ece is not None and np.isfinite(ece.ci_low) and ece.ci_low > 0.05:
             out.append(f"probabilities are miscalibrated: ECE {ece}")
+    for q in ev.problems:
+        if q.code in ("no-threshold", "threshold-from-validation"):
+            out.append(q.message)
     if ev.triage is not None and ev.triage.note:
         out.append(f"triage: {ev.triage.note}")
     if ev.triage is not None:

@@ -190,6 +190,46 @@ def _read_table(path: Path) -> pd.DataFrame:
                            found=suffix or "no extension", fix="save the predictions as CSV")
 
 
+def _rare(counts: pd.Series, n: int) -> list:
+    """Values of a column seen so seldom that they look like typos (at most 5 % of the rows, and 3)."""
+    return [v for v, c in counts.items() if c <= max(1, min(3, int(0.05 * n)))]
+
+
+def _values_found(raw: pd.Series, path: Path, values) -> str:
+    """``'x' on line 9, 'y' on lines 3, 4``: where each of ``values`` stands in ``raw``."""
+    parts = []
+    for v in values:
+        idx = np.flatnonzero((raw == v).to_numpy())
+        parts.append(f"{v!r} on {_lines(path, idx)}")
+    return "; ".join(parts)
+
+
+def _check_label_typos(df: pd.DataFrame, path: Path, task: str | None) -> None:
+    """Refuse a reference column that is all numbers but for a few values, naming those lines.
+
+    One mistyped value (``1x``, ``O`` for ``0``) makes pandas read the whole column as text, which
+    would otherwise look like a multi-class label.
+    """
+    if task not in (None, "binary", "regression") or "label" not in df.columns:
+        return
+    raw = df["label"]
+    if pd.api.types.is_numeric_dtype(raw) or pd.api.types.is_bool_dtype(raw):
+        return
+    present = raw.notna() & (raw.astype(str).str.strip() != "")
+    numbers = pd.to_numeric(raw.where(present), errors="coerce")
+    text = present & numbers.isna()
+    n = int(present.sum())
+    if not text.any() or (task is None and text.sum() > max(1, min(3, int(0.05 * n)))):
+        return  # text labels (or mostly text): the class checks below speak to those
+    if task is None and numbers.notna().sum() < 2:
+        return
+    values = list(dict.fromkeys(raw[text]))
+    raise PredictionsError("column 'label' holds numbers but for a few values that are not numbers", path=path,
+                           expected="a number on every row (e.g. 0/1, or the reference value)",
+                           found=_values_found(raw, path, values[:5]),
+                           fix="correct the value on the line(s) named (a typo makes the whole column text)")
+
+
 def _infer_task(df: pd.DataFrame, path: Path, positive) -> str:
     cols = set(df.columns)
     if "mask_path" in cols or "pred_path" in cols:
@@ -199,6 +239,14 @@ def _infer_task(df: pd.DataFrame, path: Path, positive) -> str:
     if "label" not in cols:
         return "binary"  # the missing column is reported by the checks
     lab = df["label"].dropna()
+    counts = lab.astype(str).value_counts()
+    if positive is None and len(counts) > 2 and "score" in cols and len(counts) - len(_rare(counts, len(lab))) == 2:
+        rare = _rare(counts, len(lab))
+        a, b = sorted(v for v in counts.index if v not in rare)
+        raise PredictionsError("column 'label' has two classes and a few rows with other values", path=path,
+                               expected=f"{a!r} or {b!r} (one 'score' column: a binary task)", found=_values_found(df["label"].astype(str), path, rare[:5]),
+                               fix="correct the label on the line(s) named; for multi-class write one score_<class> "
+                                   "column per class")
     numeric = pd.api.types.is_numeric_dtype(lab) or pd.api.types.is_bool_dtype(lab)
     distinct = lab.unique()
     if len(distinct) <= 2 or positive is not None:
@@ -369,6 +417,7 @@ def read_predictions(
                                    fix="add a row for every subject (a failed case is a prediction too: score it, "
                                        "or report it), or evaluate against the right subject list")
 
+    _check_label_typos(df, path, task or meta.get("task"))
     task = task or meta.get("task") or _infer_task(df, path, positive if positive is not None
                                                    else meta.get("positive_label"))
     if task not in TASKS:
@@ -452,8 +501,11 @@ def _binary_classes(df: pd.DataFrame, path: Path, positive) -> list:
                                expected="class labels such as 0/1", found=f"{floats[0]!r} on {_lines(path, idx)}",
                                fix="use --task regression for a continuous target, or write 0/1 labels")
     if len(distinct) > 2:
+        counts = pd.Series(values).astype(str).value_counts()
+        rare = _rare(counts, len(values))
+        where = f"; {_values_found(pd.Series(values).astype(str), path, rare[:3])}" if rare else ""
         raise PredictionsError("column 'label' has more than two values for a binary evaluation", path=path,
-                               expected="two classes", found=", ".join(map(repr, distinct[:6])),
+                               expected="two classes", found=", ".join(map(repr, distinct[:6])) + where,
                                fix="for multi-class write one score_<class> column per class; for regression "
                                    "pass --task regression")
     if positive is not None:

@@ -278,9 +278,14 @@ def render_html(ev) -> str:
                  f"resamples, {html.escape(st.ci_method)}), seed {st.seed}.</p>")
     if "threshold" in ev.details and ev.task == "binary":
         c = ev.details["counts"]
-        parts.append(f"<p>Threshold {ev.details['threshold']:g} (score ≥ threshold is positive, positive class "
-                     f"{html.escape(ev.details['positive_class'])}): TP {c['tp']}, FN {c['fn']}, TN {c['tn']}, "
-                     f"FP {c['fp']}.</p>")
+        source = html.escape(str(ev.details.get("threshold_source", "")))
+        if ev.details["threshold"] is None:
+            parts.append(f"<p><strong>No operating threshold</strong> ({source}): sensitivity, specificity, PPV, "
+                         "NPV and accuracy are not reported.</p>")
+        else:
+            parts.append(f"<p>Threshold {ev.details['threshold']:g} ({source}; score ≥ threshold is positive, "
+                         f"positive class {html.escape(ev.details['positive_class'])}): TP {c['tp']}, FN {c['fn']}, "
+                         f"TN {c['tn']}, FP {c['fp']}.</p>")
     parts.append(_metric_table(ev.metrics))
     if isinstance(ev.details.get("auc_delong"), Estimate):
         parts.append(f"<p>AUC with DeLong's asymptotic interval: {ev.details['auc_delong']}.</p>")

@@ -19,7 +19,7 @@ from scipy import stats
 
 from sobre.validate._estimate import Estimate, bootstrap_weights, interval_from_replicates
 
-__all__ = ["threshold_for_sensitivity", "triage_operating_point", "TriageResult"]
+__all__ = ["threshold_for_sensitivity", "threshold_youden", "triage_operating_point", "TriageResult"]
 
 
 def threshold_for_sensitivity(positive: np.ndarray, score: np.ndarray, target: float) -> float:
@@ -42,6 +42,30 @@ def threshold_for_sensitivity(positive: np.ndarray, score: np.ndarray, target: f
     k = int(math.ceil(target * len(pos) - 1e-12))
     k = min(max(k, 1), len(pos))
     return float(pos[k - 1])
+
+
+def threshold_youden(positive: np.ndarray, score: np.ndarray) -> float:
+    """The threshold ``t`` (one of the scores) that maximises Youden's J = sensitivity + specificity - 1.
+
+    ``score >= t`` is positive. Among equally good thresholds the lowest (the most sensitive) is
+    returned. Meant for validation rows: choosing it on the test rows would flatter the test metrics.
+
+    Examples
+    --------
+    >>> threshold_youden(np.array([0, 0, 1, 0, 1, 1], bool), np.array([10, 20, 30, 40, 50, 60.0]))
+    30.0
+    """
+    positive = np.asarray(positive, dtype=bool)
+    score = np.asarray(score, dtype=float)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return math.nan
+    cand = np.unique(score)
+    pos = np.sort(score[positive])
+    neg = np.sort(score[~positive])
+    sens = (n_pos - np.searchsorted(pos, cand, side="left")) / n_pos
+    spec = np.searchsorted(neg, cand, side="left") / n_neg
+    return float(cand[int(np.argmax(sens + spec))])
 
 
 def _thresholds_weighted(pos_scores_desc: np.ndarray, w_pos: np.ndarray, target: float) -> np.ndarray:
