@@ -60,7 +60,8 @@ FAILURES = {
     "undecodable_exit0": "info exited 0 but export of the same file failed (exit-0 file that does not decode)",
     "unnamed_refusal": "a refusal whose message does not name the input file",
     "unexpected_exit": "an exit status outside 0/1/2 (1 only for deid)",
-    "geometry_fallback": "the original has patient coordinates (LPS); the mutant is accepted in pixel coordinates",
+    "geometry_fallback": "the unmodified file has patient coordinates (LPS); the mutant is accepted (exit 0) in pixel "
+                         "coordinates without a warning",
     "workspace_changed": "the originals' series, files or hashes changed after ingesting the mutant",
     "ingest_ok_undecodable": "ingest put the mutant in a series with status ok that does not load",
     "ingest_silent_drop": "the mutant is catalogued in no series (or not at all) and no message names it",
@@ -98,12 +99,18 @@ class _Worker:
         _config.STORE_SEND_CHUNKED_DATASET = True
         self.sobre = sobre
         self.cli = sobre.cli
+        # main() builds its argparse parser on every call (40 % of a mutant's time here, in gettext's
+        # locale look-ups); the parser is not what is fuzzed, so the worker builds it once
+        import functools
+
+        sobre.cli.build_parser = functools.lru_cache(maxsize=1)(sobre.cli.build_parser)
         from sobre.privacy import load_or_create_key
 
         self.key_path = self.root / "fuzz.project.key"
         load_or_create_key(self.key_path)
         self.listeners = {}
         self.assocs: dict = {}
+        self.contexts = {tuple(c) for c in cfg.get("contexts", [])}
         self._start_listeners()
 
     # -- listeners ---------------------------------------------------------------------------
@@ -143,8 +150,9 @@ class _Worker:
         out, err = io.StringIO(), io.StringIO()
         tb = None
         t0 = time.perf_counter()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
+                warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             try:
                 rc = self.cli.main(args)
             except SystemExit as exc:
@@ -155,8 +163,11 @@ class _Worker:
                 else:
                     tb = traceback.format_exc()
                 rc = None
+        # what Sobre warned about (pydicom's complaints about values are left out); a user sees them on stderr
+        sobre_warnings = sorted({f"{w.category.__name__}: {w.message}"[:300] for w in caught
+                                 if w.category.__module__.startswith("sobre")})
         return {"rc": rc, "stdout": out.getvalue(), "stderr": err.getvalue(), "escaped": tb,
-                "seconds": round(time.perf_counter() - t0, 4)}
+                "seconds": round(time.perf_counter() - t0, 4), "warnings": sobre_warnings}
 
     def _debug_traceback(self, args: list[str]) -> str | None:
         """Re-run an internal error with ``--debug`` to learn where it was raised (the traceback text)."""
@@ -221,10 +232,7 @@ class _Worker:
             coord = info.get("coordinate_system")
         elif isinstance(info, list) and info:
             coord = ",".join(sorted({str(i.get("coordinate_system")) for i in info}))
-        if (not fails and r["rc"] == 0 and task.get("orig_coord") == "LPS" and coord == "pixel"
-                and task.get("geometry_tag")):
-            fails.append({"class": "geometry_fallback",
-                          "detail": f"{task['geometry_tag']} damaged; accepted with coordinate_system 'pixel'"})
+        info_warnings = r["warnings"]
         st["info"] = _outcome(r, fails, peak=_peak(), extra={"coordinate_system": coord,
                                                               "shape": _get(info, "shape"),
                                                               "dtype": _get(info, "dtype")})
@@ -241,8 +249,16 @@ class _Worker:
             fails.append({"class": "undecodable_exit0",
                           "detail": f"info exit 0 (shape {_get(info, 'shape')}, dtype {_get(info, 'dtype')}); "
                                     f"export exit {r['rc']}: {_first_error_line(r['stderr'])}"})
-        # a refusal naming the output instead of the input is the same defect whatever info said
-        st["export"] = _outcome(r, fails, peak=_peak())
+        # geometry silently lost: the unmodified source is in patient coordinates (LPS), the mutant is
+        # accepted in pixel coordinates, and neither info nor export warned about it
+        if (info_ok and task.get("orig_coord") == "LPS" and coord == "pixel" and not info_warnings
+                and not r["warnings"]):
+            st["info"].setdefault("failures", []).append({
+                "class": "geometry_fallback",
+                "detail": f"unmodified file: coordinate_system LPS; mutant ({task.get('geometry_tag') or 'see params'}"
+                          "): exit 0 with coordinate_system 'pixel', no warning"})
+            st["info"]["outcome"] = "geometry_fallback"
+        st["export"] = _outcome(r, fails, peak=_peak(), extra={"warnings": r["warnings"] or None})
         decodes = r["rc"] == 0 and not fails
 
         # deid
@@ -376,7 +392,10 @@ class _Worker:
             meta, _ = split_dataset(path)
             sop_class = str(meta.MediaStorageSOPClassUID)
             ts = str(meta.TransferSyntaxUID)
-            str(meta.MediaStorageSOPInstanceUID)
+            sop = str(meta.MediaStorageSOPInstanceUID)
+            bad = [u for u in (sop_class, ts, sop) if not _UID.match(u)]
+            if bad:  # pynetdicom's SCU thread dies encoding such a UID and the SCU then waits forever
+                raise ValueError(f"file meta UID {bad[0]!r} is not a valid UID")
         except Exception as exc:  # noqa: BLE001 - the SCU cannot send this file: nothing to test
             return {"outcome": "n/a", "detail": f"not sendable: {type(exc).__name__}: {str(exc)[:200]}",
                     "seconds": round(time.perf_counter() - t0, 4), "peak_rss_mb": _peak()}
@@ -404,10 +423,11 @@ class _Worker:
         logs = list(self.log_records)
         stray = self._stray()
         extra["status"] = None if status is None else f"0x{status:04X}"
-        handler_exc = [m for m in logs if "Exception in" in m]
-        if handler_exc:
+        at = [i for i, m in enumerate(logs) if "Exception in" in m]
+        handler_exc = [logs[i] for i in at]
+        if handler_exc:  # pynetdicom logs the message, then the exception with its traceback
             fails.append({"class": "listener_exception", "detail": handler_exc[0][:300],
-                          "traceback": "\n".join(handler_exc)[-6000:]})
+                          "traceback": "\n".join(logs[at[0]:at[0] + 3])[-6000:]})
         logged_tb = [m for m in logs if "Traceback (most recent call last)" in m]
         if not handler_exc and (logged_tb or "Traceback (most recent call last)" in stray):
             text = (logged_tb or [stray])[0]
@@ -457,30 +477,35 @@ class _NotSendable(Exception):
 
 
 def _association_cache_method(self, mode: str, sop_class: str, ts: str):
-    """An established association to listener ``mode`` for (SOP class, transfer syntax), reused across mutants.
+    """An established association to listener ``mode`` whose contexts include (SOP class, transfer syntax).
 
-    Returns None when the listener refuses to associate at all (it is down); raises
-    :class:`_NotSendable` when the association works but this SOP class/transfer syntax is not
-    accepted (the listener's documented scope, not a failure).
+    One association per listener proposes the (SOP class, transfer syntax) of every source (kept open
+    and re-opened when a mutant ended it); other pairs (mutated UIDs) get a short-lived one. Returns
+    None when the listener does not associate at all (it is down); raises :class:`_NotSendable` when
+    it works but does not accept this pair (the listener's documented scope, not a failure).
     """
     from pynetdicom import AE
 
-    key = (mode, sop_class, ts)
-    cache = self.assocs
-    a = cache.get(key)
+    pair = (sop_class, ts)
+    main = pair in self.contexts
+    key = (mode, "main") if main else (mode, sop_class, ts)
+    a = self.assocs.get(key)
     if a is not None and a.is_established:
-        return a
-    cache.pop(key, None)
-    while len(cache) >= 12:  # keep a few open, oldest out
-        old = cache.pop(next(iter(cache)))
-        try:
-            old.release()
-        except Exception:  # noqa: BLE001
-            pass
+        if any(cx.abstract_syntax == sop_class and cx.transfer_syntax[0] == ts for cx in a.accepted_contexts):
+            return a
+        raise _NotSendable(f"presentation context {sop_class} / {ts} not accepted")
+    self.assocs.pop(key, None)
+    if not main:
+        for k in [k for k in self.assocs if len(k) == 3]:  # at most one short-lived association open
+            try:
+                self.assocs.pop(k).release()
+            except Exception:  # noqa: BLE001
+                pass
     ae = AE(ae_title="FUZZSCU")
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
     try:
-        ae.add_requested_context(sop_class, [ts])
+        for sc, t in (sorted(self.contexts) if main else [pair]):
+            ae.add_requested_context(sc, [t])
     except Exception as exc:  # noqa: BLE001 - not a UID pynetdicom puts in a context
         raise _NotSendable(f"not sendable: {type(exc).__name__}: {str(exc)[:200]}") from None
     a = ae.associate("127.0.0.1", self.listeners[mode].port, ae_title="SOBRE")
@@ -492,11 +517,13 @@ def _association_cache_method(self, mode: str, sop_class: str, ts: str):
         if _echo_ok(self.listeners[mode].port):
             raise _NotSendable(f"no presentation context accepted for {sop_class} / {ts}")
         return None
-    if not a.accepted_contexts:
-        a.release()
+    self.assocs[key] = a
+    if not any(cx.abstract_syntax == sop_class and cx.transfer_syntax[0] == ts for cx in a.accepted_contexts):
         raise _NotSendable(f"presentation context {sop_class} / {ts} not accepted")
-    cache[key] = a
     return a
+
+
+_UID = __import__("re").compile(r"^[0-9]+(\.[0-9]+)*$")
 
 
 def _echo_ok(port: int) -> bool:
@@ -611,27 +638,38 @@ def _peak() -> float | None:
 
 
 def snapshot(ws_dir: str | Path) -> dict:
-    """Series records and file rows of a workspace: what must not change when a mutant is ingested."""
-    from sqlalchemy import select
+    """Series records and file rows of a workspace: what must not change when a mutant is ingested.
 
-    from sobre.catalog import Workspace
-    from sobre.catalog._models import File, Series
+    Read straight from the SQLite catalog (``series`` and ``file`` tables) with the standard library:
+    opening a :class:`~sobre.catalog.Workspace` runs the migration check, ten times the cost.
+    """
+    import sqlite3
 
-    ws = Workspace.open(ws_dir)
+    db = Path(ws_dir) / "catalog.sqlite"
+    if not db.exists():
+        raise RuntimeError(f"{db} not found: the fuzz runner expects a workspace with the default SQLite catalog")
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        series = {}
-        for r in ws.records(include_errors=True):
-            key = f"{r['series_uid']}#{r['label']}"
-            series[key] = {k: r.get(k) for k in ("status", "n_files", "shape", "spacing", "orientation",
-                                                   "modality")}
+        def js(v):
+            try:
+                return json.loads(v) if isinstance(v, str) else v
+            except ValueError:
+                return v
+
+        series, by_pk = {}, {}
+        for pk, uid, label, status, n_files, shape, spacing, orientation, modality in con.execute(
+                "SELECT id, series_uid, label, status, n_files, shape, spacing, orientation, modality FROM series"):
+            key = f"{uid}#{label}"
+            by_pk[pk] = key
+            series[key] = {"status": status, "n_files": n_files, "shape": js(shape), "spacing": js(spacing),
+                           "orientation": orientation, "modality": modality}
         files = {}
-        with ws.session() as s:
-            by_pk = {ser.id: f"{ser.series_uid}#{ser.label}" for ser in s.execute(select(Series)).scalars()}
-            for f in s.execute(select(File)).scalars():
-                files[f.source_path] = {"sha256": f.sha256, "series": by_pk.get(f.series_pk),
-                                        "sop": f.sop_uid, "series_uid": f.series_uid}
+        for source_path, sha, series_pk, sop, series_uid in con.execute(
+                "SELECT source_path, sha256, series_pk, sop_uid, series_uid FROM file"):
+            files[source_path] = {"sha256": sha, "series": by_pk.get(series_pk), "sop": sop,
+                                  "series_uid": series_uid}
     finally:
-        ws.close()
+        con.close()
     return {"series": series, "files": files}
 
 
@@ -640,6 +678,38 @@ def _frozen_baseline(snap: dict) -> dict:
     files = {p: {"sha256": v["sha256"], "series": v["series"]} for p, v in snap["files"].items()}
     sops = sorted({v["sop"] for v in snap["files"].values() if v.get("sop")})
     return {"series": snap["series"], "files": files, "sops": sops}
+
+
+def template_main(job_path: str) -> int:
+    """Build the template workspace (originals ingested) and print its snapshot and the sources' geometry."""
+    import warnings
+
+    import sobre
+    from sobre.catalog import Workspace
+
+    job = json.loads(Path(job_path).read_text())
+    ws = Workspace.init(job["template"])
+    report = ws.ingest(job["originals"], workers=1)
+    ws.close()
+    coords, contexts = {}, []
+    for key, path in job["sources"].items():
+        try:
+            from pydicom.filereader import read_file_meta_info
+
+            meta = read_file_meta_info(path)
+            contexts.append([str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID)])
+        except Exception:  # noqa: BLE001
+            pass
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                images = sobre.load_all(path, on_warning=lambda m: None)
+            coords[key] = ",".join(sorted({im.coordinate_system for im in images}))
+        except BaseException:  # noqa: BLE001 - an unreadable source has no geometry to lose
+            coords[key] = None
+    print(json.dumps({"report": report.to_dict(), "snap": snapshot(job["template"]), "coords": coords,
+                      "contexts": contexts}))
+    return 0
 
 
 def worker_main(cfg_path: str) -> int:
@@ -654,6 +724,7 @@ def worker_main(cfg_path: str) -> int:
     sys.stdout = open(1, "w", buffering=1, closefd=False)
     sys.stderr = open(2, "w", buffering=1, closefd=False)
     faulthandler.enable(file=cap)
+    faulthandler.register(signal.SIGUSR1, file=cap, all_threads=True)  # the parent asks before a kill
     w = _Worker(cfg, proto)
     if cfg.get("as_limit_mb"):  # a safety net for the shared machine; the verdict uses the measured RSS
         import resource
@@ -728,7 +799,7 @@ class _Slot:
         self.started += 1
         wdir.mkdir(parents=True, exist_ok=True)
         cfg = {"workdir": str(wdir), "template": str(r.template), "baseline": r.baseline,
-               "as_limit_mb": r.cfg.as_limit_mb}
+               "as_limit_mb": r.cfg.as_limit_mb, "contexts": r.contexts}
         cfg_path = wdir / "config.json"
         cfg_path.write_text(json.dumps(cfg))
         env = dict(os.environ, **r.cfg.env)
@@ -802,8 +873,7 @@ class _Slot:
         while True:
             ev = self._read(self.runner.cfg.stage_timeout - (time.monotonic() - t_stage), watch_rss=True)
             if ev is None:
-                cap = self._capture_tail()
-                self.kill()
+                cap = self._dump_and_kill()
                 return {"killed": "hang", "stage": stage, "after_s": round(time.monotonic() - t_stage, 2),
                         "timeline": timeline, "capture": cap}
             kind = ev.get("ev")
@@ -814,8 +884,7 @@ class _Slot:
             elif kind == "done":
                 return ev["result"]
             elif kind == "rss":
-                cap = self._capture_tail()
-                self.kill()
+                cap = self._dump_and_kill()
                 return {"killed": "memory", "stage": stage, "rss_mb": ev["rss_mb"], "capture": cap}
             elif kind == "eof":
                 code = self.proc.wait()
@@ -826,10 +895,21 @@ class _Slot:
             elif kind == "harness_error":
                 return {"harness_error": ev["error"], "traceback": ev.get("traceback"), "stage": stage}
 
+    def _dump_and_kill(self) -> str:
+        """Ask the worker for every thread's Python stack (faulthandler on SIGUSR1), then kill it."""
+        try:
+            os.kill(self.proc.pid, signal.SIGUSR1)
+            time.sleep(0.5)
+        except OSError:
+            pass
+        cap = self._capture_tail()
+        self.kill()
+        return cap
+
     def _capture_tail(self) -> str:
         try:
             wdirs = sorted(Path(self.runner.tmp).glob(f"w{self.k}-*"), key=lambda p: p.stat().st_mtime)
-            return (wdirs[-1] / "capture.txt").read_text(errors="replace")[-4000:]
+            return (wdirs[-1] / "capture.txt").read_text(errors="replace")[-8000:]
         except (OSError, IndexError):
             return ""
 
@@ -867,23 +947,34 @@ class Runner:
 
     # -- set-up -----------------------------------------------------------------------------
     def build_template(self) -> None:
-        """A workspace holding the original sample files (one per SOP Instance UID), and its snapshot."""
+        """A workspace holding the original sample files (one per SOP Instance UID), its snapshot, and the
+        coordinate system ``sobre.load_all`` gives every unmodified source (for the geometry check)."""
         env = dict(os.environ, **self.cfg.env)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in [str(HERE.parent), env.get("PYTHONPATH", "")] if p)
         tpl = Path(self.tmp) / "template"
         shutil.rmtree(tpl, ignore_errors=True)
-        paths = [str(self.M.source_path(k)) for k in self.original_keys]
-        code = ("import json,sys; from sobre.catalog import Workspace; ws=Workspace.init(sys.argv[1]); "
-                "r=ws.ingest(sys.argv[2:], workers=1); ws.close(); "
-                "sys.path.insert(0, %r); from fuzz.runner import snapshot; "
-                "print(json.dumps({'report': r.to_dict(), 'snap': snapshot(sys.argv[1])}))" % str(HERE.parent))
-        out = subprocess.run([self.cfg.python, "-c", code, str(tpl), *paths], capture_output=True, text=True,
-                             env=env, check=False)
+        srcdir = Path(self.tmp) / "sources"
+        srcdir.mkdir(exist_ok=True)
+        files = {}
+        for j, k in enumerate(self.keys):
+            p = self.M.source_path(k)
+            if k.startswith("derived-"):
+                p = srcdir / f"source{j:03d}.dcm"
+                p.write_bytes(self.M.load_source(k))
+            files[k] = str(p)
+        job = {"template": str(tpl), "originals": [files[k] for k in self.original_keys], "sources": files}
+        job_path = Path(self.tmp) / "template-job.json"
+        job_path.write_text(json.dumps(job))
+        out = subprocess.run([self.cfg.python, "-m", "fuzz.runner", "--template", str(job_path)],
+                             capture_output=True, text=True, env=env, check=False)
         if out.returncode != 0:
             raise RuntimeError(f"could not build the template workspace:\n{out.stderr[-3000:]}")
         data = json.loads(out.stdout.strip().splitlines()[-1])
         self.template = tpl
+        self.contexts = sorted({tuple(c) for c in data["contexts"] if c})[:120]  # 128 contexts at most
         self.template_report = data["report"]
         self.baseline = _frozen_baseline(data["snap"])
+        self.orig_coord = data["coords"]
 
     # -- tasks ------------------------------------------------------------------------------
     def _materialise(self, t: dict) -> dict:
@@ -901,12 +992,9 @@ class Runner:
         d.mkdir(exist_ok=True)
         path = d / f"{m.name}.dcm"
         path.write_bytes(m.data)
-        geometry = None
-        if m.kind == "set_value" and m.params.get("tag") in ("ImageOrientationPatient", "ImagePositionPatient",
-                                                              "PixelSpacing"):
-            geometry = m.params["tag"]
-        elif m.kind == "delete" and m.params.get("tag") in ("ImageOrientationPatient", "ImagePositionPatient"):
-            geometry = m.params["tag"]
+        geometry = {"ImageOrientationPatient": "ImageOrientationPatient", "(0020,0037)": "ImageOrientationPatient",
+                    "ImagePositionPatient": "ImagePositionPatient", "(0020,0032)": "ImagePositionPatient"}.get(
+                        str(m.params.get("tag")))
         task = {"index": m.index, "path": str(path), "control": False, "mutant": m.describe(),
                 "geometry_tag": geometry, "orig_coord": self.orig_coord.get(m.source)}
         return task
@@ -917,15 +1005,11 @@ class Runner:
         load0 = os.getloadavg()
         self.build_template()
         t_tpl = time.perf_counter() - t0
-        self.orig_coord: dict[str, str | None] = {}
         slots = [_Slot(self, k) for k in range(self.cfg.workers)]
-        # controls first (they give each source's coordinate system), then the mutants
+        # controls first: failures of the unmodified files, told apart from those the mutations make
         if self.cfg.controls:
             self._run_phase(slots, [{"control": True, "index": j, "source": k} for j, k in enumerate(self.keys)],
                             self.controls)
-            for c in self.controls:
-                self.orig_coord[c["mutant"]["source"]] = (c["stages"].get("info") or {}).get("coordinate_system") \
-                    if "stages" in c else None
         t_ctl = time.perf_counter() - t0 - t_tpl
         self._run_phase(slots, [{"control": False, "index": i} for i in range(self.cfg.n)], self.results)
         for s in slots:
@@ -1121,28 +1205,37 @@ _CMD = {
 }
 
 
-def _src_function(tb: str | None) -> str | None:
-    """``module.py:line in function`` of the innermost traceback frame inside ``src/sobre``."""
-    if not tb:
-        return None
+def _frames(tb: str | None) -> list[tuple[str, str, str]]:
+    """(file, line, function) of a traceback, innermost last.
+
+    Understands Python tracebacks and faulthandler dumps (``most recent call first``; the thread that
+    runs ``worker_main`` is the one that was handling the mutant).
+    """
     import re
 
-    frames = re.findall(r'File "([^"]+)", line (\d+), in (\S+)', tb)
-    inside = [(f, ln, fn) for f, ln, fn in frames if "/sobre/" in f and "site-packages" not in f
-              or "/src/sobre/" in f]
+    if not tb:
+        return []
+    pat = re.compile(r'File "([^"]+)", line (\d+),? in (\S+)')
+    if "(most recent call first)" in tb:
+        blocks = re.split(r"\n(?=(?:Current thread|Thread) 0x[0-9a-f]+)", tb)
+        main = [b for b in blocks if "worker_main" in b]
+        block = main[-1] if main else blocks[-1]
+        return list(reversed(pat.findall(block)))
+    return pat.findall(tb)
+
+
+def _src_function(tb: str | None) -> str | None:
+    """``sobre/module.py:line in function`` of the innermost frame inside the sobre package."""
+    inside = [(f, ln, fn) for f, ln, fn in _frames(tb) if "/sobre/" in f and "site-packages" not in f]
     if not inside:
         return None
     f, ln, fn = inside[-1]
-    return f"{f[f.index('sobre/'):]}:{ln} in {fn}"
+    return f"{f[f.rindex('/sobre/') + 1:]}:{ln} in {fn}"
 
 
 def _raised_at(tb: str | None) -> str | None:
     """The innermost frame of the traceback (maybe in a library)."""
-    if not tb:
-        return None
-    import re
-
-    frames = re.findall(r'File "([^"]+)", line (\d+), in (\S+)', tb)
+    frames = [fr for fr in _frames(tb) if "fuzz/runner.py" not in fr[0]]
     if not frames:
         return None
     f, ln, fn = frames[-1]
@@ -1265,5 +1358,7 @@ def run(cfg: Config) -> dict:
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--worker":
         sys.exit(worker_main(sys.argv[2]))
+    if len(sys.argv) == 3 and sys.argv[1] == "--template":
+        sys.exit(template_main(sys.argv[2]))
     print("usage: run bench/bench_fuzz.py (this module is the fuzz runner and its worker)", file=sys.stderr)
     sys.exit(2)
