@@ -280,23 +280,23 @@ def resample(image: Image, target: Image | Grid | tuple | None = None, *, spacin
         out[...] = src  # the same grid: nothing to interpolate
         return _with_grid(image, out, grid)
     inside = _inside(mat, off, src_shape, out_shape)
-    work = _work_dtype(src.dtype, k)
+    work = _work_dtype(src.dtype)
     from scipy import ndimage
 
     for idx in itertools.product(*(range(e) for e in extra)):
         channel = np.asarray(src[(Ellipsis, *idx)] if idx else src).reshape(src_shape)
+        # scipy interpolates in double precision whatever the input type, and writes the output type
         res = ndimage.affine_transform(channel.astype(work, copy=False), mat, offset=off, output_shape=out_shape,
-                                       order=k, mode="nearest", prefilter=False)
+                                       output=work if k == 0 else out_dtype, order=k, mode="nearest",
+                                       prefilter=False)
         if inside is not None:
             res[~inside] = cval
         out[(Ellipsis, *idx)] = res.reshape(grid.shape).astype(out_dtype, copy=False)
     return _with_grid(image, out, grid)
 
 
-def _work_dtype(dtype: np.dtype, order: int) -> np.dtype:
-    """A dtype scipy interpolates in without loss: the image's own for nearest, float64 for linear."""
-    if order > 0:
-        return np.dtype(np.float64)
+def _work_dtype(dtype: np.dtype) -> np.dtype:
+    """The image's dtype, or the nearest one scipy reads without loss (bool and float16 are not read)."""
     if dtype == np.bool_:
         return np.dtype(np.uint8)
     if dtype == np.float16:
@@ -305,20 +305,38 @@ def _work_dtype(dtype: np.dtype, order: int) -> np.dtype:
 
 
 def _inside(mat: np.ndarray, off: np.ndarray, src_shape, out_shape) -> np.ndarray | None:
-    """Mask of output voxels whose source continuous index lies in ``[-0.5, n - 0.5)``; None: all inside."""
+    """Mask of output voxels whose source continuous index lies in ``[-0.5, n - 0.5)``; None: all inside.
+
+    The index map is affine, so along each output row (fixed i, j) the inside part is one interval of k:
+    computed per row, then expanded, instead of evaluating three coordinates per voxel.
+    """
     lo = -0.5
     hi = np.asarray(src_shape, float) - 0.5
     corners = np.array(list(itertools.product(*[(0, s - 1) for s in out_shape])), float)
-    c = corners @ mat.T + off  # the index map is affine: the extremes are at the corners
+    c = corners @ mat.T + off  # the extremes of an affine map over a box are at its corners
     if np.all(c >= lo) and np.all(c < hi):
         return None
-    axes = [np.arange(s, dtype=float) for s in out_shape]
-    inside = np.ones(out_shape, bool)
+    ni, nj, nk = out_shape
+    i = np.arange(ni, dtype=float)[:, None]
+    j = np.arange(nj, dtype=float)[None, :]
+    kmin = np.zeros((ni, nj))
+    kmax = np.full((ni, nj), nk - 1.0)
     for a in range(3):
-        x = (mat[a, 0] * axes[0][:, None, None] + mat[a, 1] * axes[1][None, :, None]
-             + mat[a, 2] * axes[2][None, None, :] + off[a])
-        inside &= (x >= lo) & (x < hi[a])
-    return inside
+        base = mat[a, 0] * i + mat[a, 1] * j + off[a]
+        step = mat[a, 2]
+        if step == 0:  # constant along k: the whole row is in or out
+            out = (base < lo) | (base >= hi[a])
+            kmin = np.where(out, nk, kmin)
+            continue
+        first, last = (lo - base) / step, (hi[a] - base) / step  # lo <= base + step k < hi
+        if step > 0:
+            kmin = np.maximum(kmin, np.ceil(first))
+            kmax = np.minimum(kmax, np.ceil(last) - 1)
+        else:
+            kmin = np.maximum(kmin, np.floor(last) + 1)
+            kmax = np.minimum(kmax, np.floor(first))
+    k = np.arange(nk, dtype=float)
+    return (k >= kmin[..., None]) & (k <= kmax[..., None])
 
 
 # ------------------------------------------------------------------------------------------- reorient
