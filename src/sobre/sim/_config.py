@@ -290,6 +290,13 @@ class SiteConfig(SimSection):
         return self
 
 
+_COHORT_RANGES = {  # key: (lowest, highest, what the message says is expected)
+    "subjects": (1, 1_000_000, "at least 1 subject (an empty cohort is not a cohort)"),
+    "seed": (0, 2**63 - 1, "a whole number >= 0"),
+    "resolution": (0.5, 8.0, "0.5 to 8 mm"),
+}
+
+
 class BrainCohortConfig(SimSection):
     """A simulated brain MRI cohort.
 
@@ -316,20 +323,11 @@ class BrainCohortConfig(SimSection):
     id_prefix: str = Field("", description="participant ids sub-<prefix>0001...: distinct cohorts in one "
                            "workspace")
 
-    @field_validator("subjects")
+    @field_validator("subjects", "seed", "resolution")
     @classmethod
-    def _subjects(cls, v: int) -> int:
-        return _within(v, 1, 1_000_000, "at least 1 subject (an empty cohort is not a cohort)")
-
-    @field_validator("seed")
-    @classmethod
-    def _seed(cls, v: int) -> int:
-        return _within(v, 0, 2**63 - 1, "a whole number >= 0")
-
-    @field_validator("resolution")
-    @classmethod
-    def _resolution(cls, v: float) -> float:
-        return _within(v, 0.5, 8.0, "0.5 to 8 mm")
+    def _in_range(cls, v, info):
+        lo, hi, expected = _COHORT_RANGES[info.field_name]
+        return _within(v, lo, hi, expected)
 
     @field_validator("sites")
     @classmethod

@@ -27,7 +27,6 @@ A predictions file is a CSV (or Parquet) table with one row per subject:
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sobre.base import sha256_file
 from sobre.errors import Problem
 from sobre.validate._errors import PredictionsError, SingleClassError
 
@@ -119,14 +119,6 @@ def _lines(pred_path: Path, index) -> str:
     shown = ", ".join(fmt(i) for i in idx[:5])
     more = f" and {len(idx) - 5} more" if len(idx) > 5 else ""
     return shown + more
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _resolve(source: str | Path) -> tuple[Path, dict]:
@@ -477,7 +469,7 @@ def read_predictions(
                                        found=f"only {df['label'].iloc[0]!r}", fix="check the label column")
         else:
             classes = _binary_classes(df, path, positive)
-    return Predictions(df, path, task, classes, score_columns, meta, problems, _sha256(path))
+    return Predictions(df, path, task, classes, score_columns, meta, problems, sha256_file(path))
 
 
 def _check_missing_label(df: pd.DataFrame, path: Path) -> None:
