@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from sobre.errors import ConfigError
-from sobre.sim import DISEASE_PRESETS, REGION_GROUPS, BrainCohortConfig, DiseaseModel, SiteConfig, default_sites
+from sobre.sim import (
+    DISEASE_PRESETS,
+    REGION_GROUPS,
+    BrainCohortConfig,
+    DiseaseModel,
+    SiteConfig,
+    default_sites,
+)
 from sobre.sim._config import DEFAULT_AGE_RATES, resolve_sites
 
 

@@ -8,7 +8,13 @@ import pytest
 
 from sobre.cli import main
 from sobre.errors import ConfigError
-from sobre.validate import EvaluationSettings, PredictionsError, evaluate, read_predictions, threshold_youden
+from sobre.validate import (
+    EvaluationSettings,
+    PredictionsError,
+    evaluate,
+    read_predictions,
+    threshold_youden,
+)
 from sobre.validate._evaluate import THRESHOLD_METRICS
 
 
