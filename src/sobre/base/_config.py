@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import tomllib
+import types
 import typing
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -22,13 +23,34 @@ from sobre.errors import ConfigError
 __all__ = ["Config", "validate_config", "load_config", "config_from", "resolved", "read_toml"]
 
 
-class Config(BaseModel):
-    """Base of every typed configuration section (unknown keys refused, defaults validated).
+class _RaisesConfigError(type(BaseModel)):  # type: ignore[misc]
+    """Direct construction (``Section(key=...)``) raises the same ConfigError as a TOML file would.
 
-    ``docs`` (a class variable) names the page that lists every setting; error messages point to it.
+    Only the call of the class itself is wrapped: pydantic's own validation (of nested sections, of
+    mappings) never goes through it, so a problem is described once, with its full key path.
     """
 
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    def __call__(cls, *args, **data):
+        try:
+            return super().__call__(*args, **data)
+        except ValidationError:
+            if args:
+                raise
+            check = getattr(cls, "from_dict", None) or (lambda d: validate_config(d, cls))
+            check(data)  # raises ConfigError: key, expected, found, fix
+            raise
+
+
+class Config(BaseModel, metaclass=_RaisesConfigError):
+    """Base of every typed configuration section.
+
+    Unknown keys are refused, defaults validated, NaN and infinities refused; building a section in
+    Python (``Section(key=value)``) raises the same :class:`~sobre.errors.ConfigError` as reading it
+    from TOML. ``docs`` (a class variable) names the page that lists every setting; error messages
+    point to it.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
     docs: ClassVar[str | None] = None
 
 
@@ -80,6 +102,13 @@ def _walk(model: type[BaseModel], loc: tuple) -> tuple[list[str], Any]:
         member = next((u for u in _union_members(cur) if _kind_of(u) == part), None)
         if member is not None:  # a union tag: not a key the user wrote
             cur = member
+            continue
+        if typing.get_origin(cur) in (typing.Union, types.UnionType) and not str(part).isidentifier() \
+                or part in {getattr(a, "__name__", None) for a in typing.get_args(cur)}:
+            # pydantic names the union member it tried ("int", "list[SiteConfig]"): not a key either
+            member = next((a for a in typing.get_args(cur) if getattr(a, "__name__", None) == part
+                           or str(part).startswith(getattr(typing.get_origin(a), "__name__", "?") + "[")), None)
+            cur = member if member is not None else Any
             continue
         if isinstance(cur, type) or typing.get_origin(cur) in (dict, typing.Union) or cur is Any:
             parts.append(str(part))

@@ -15,10 +15,8 @@ from typing import Any, Literal
 
 import numpy as np
 from pydantic import (
-    ConfigDict,
     Field,
     PositiveFloat,
-    ValidationError,
     field_validator,
     model_validator,
 )
@@ -96,28 +94,9 @@ MAX_STRENGTH = 10.0  # |disease strength|: beyond, atrophy compounds past anythi
 
 
 # --------------------------------------------------------------------------- configuration sections
-class _RaisesConfigError(type(Config)):  # type: ignore[misc]
-    """Direct construction (``SiteConfig(name=...)``) raises the same ConfigError as a TOML file would.
-
-    Only the call of the class itself is wrapped: pydantic's own validation (of nested sections, of
-    mappings) never goes through it, so a problem is described once, with its full key path.
-    """
-
-    def __call__(cls, *args, **data):
-        try:
-            return super().__call__(*args, **data)
-        except ValidationError:
-            if args:
-                raise
-            check = getattr(cls, "from_dict", None) or (lambda d: validate_config(d, cls))
-            check(data)  # raises ConfigError: key, expected, found, fix
-            raise
-
-
-class SimSection(Config, metaclass=_RaisesConfigError):
+class SimSection(Config):
     """Base of the simulator's configuration sections: unknown keys and non-finite numbers refused."""
 
-    model_config = ConfigDict(allow_inf_nan=False)
     docs = "docs/simulation.md"
 
     def validate(self) -> None:
