@@ -4,7 +4,7 @@ Run ``.venv/bin/python bench/bench_load.py`` from the repository root.
 
 The series is written once into ``bench/out/ct300/`` (gitignored) from real anatomy:
 
-* the pyradiomics lung CT ``/work/shared/data/pyradiomics/lung1_image.nrrd`` (512×512×48 at 5 mm,
+* the pyradiomics lung CT ``lung1_image.nrrd`` (sample source ``pyradiomics-data``) (512×512×48 at 5 mm,
   BSD-3) linearly interpolated along z to 300 slices, when that file is present;
 * otherwise Colin27 (``sobre.samples.path("mricron-data")``), a 181×217×181 T1 resampled onto a
   512×512×300 grid and mapped to a CT-like value range.
@@ -39,7 +39,6 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "out"
 SERIES = OUT / "ct300"
-LUNG = Path("/work/shared/data/pyradiomics/lung1_image.nrrd")
 N_SLICES, N_ROWS, N_COLS = 300, 512, 512
 REPEATS = 3
 
@@ -49,8 +48,9 @@ def _source_volume() -> tuple[np.ndarray, np.ndarray, str]:
     """(HU int16 array (512, 512, 300) indexed [i, j, k], LPS affine, description)."""
     import sobre
 
-    if LUNG.exists():
-        img = sobre.load(LUNG)
+    lung = _lung()
+    if lung.exists():
+        img = sobre.load(lung)
         vol = img.array.astype(np.float32)  # (512, 512, 48), HU
         n0 = vol.shape[2]
         z = np.linspace(0, n0 - 1, N_SLICES)
@@ -63,7 +63,7 @@ def _source_volume() -> tuple[np.ndarray, np.ndarray, str]:
         aff = img.affine.copy()
         aff[:3, 2] = aff[:3, 2] * (n0 - 1) / (N_SLICES - 1)
         hu = np.clip(np.round(out), -1024, 3071).astype(np.int16)
-        desc = f"pyradiomics lung1 CT ({LUNG}), 48 slices at 5 mm interpolated to {N_SLICES} slices"
+        desc = f"pyradiomics lung1 CT ({lung}), 48 slices at 5 mm interpolated to {N_SLICES} slices"
         return hu, aff, desc
     from scipy import ndimage
 
@@ -228,3 +228,13 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _lung() -> Path:
+    """The pyradiomics lung CT in the sample cache (``sobre samples fetch pyradiomics-data``)."""
+    from sobre import samples
+
+    try:
+        return samples.path("pyradiomics-data") / "pyradiomics-3.1.0" / "data" / "lung1_image.nrrd"
+    except samples.SampleMissing:
+        return Path("/nonexistent/lung1_image.nrrd")

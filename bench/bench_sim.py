@@ -12,7 +12,7 @@ Results are printed and written to ``bench/out/sim.json``.
    configuration, paired (each subject against itself without the effects) and cross-sectional.
 3. **Site probe**: logistic regression on simple intensity statistics predicts the site with site
    effects on, and does not with them off (3 sites, cross-validated accuracy).
-4. **CT lesions**: time per case on the pyradiomics lung CT (when /work/shared is present) or a phantom.
+4. **CT lesions**: time per case on the pyradiomics lung CT (sample source pyradiomics-data, when fetched) or a phantom.
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ def site_probe(n_per_site: int) -> dict:
 def ct_speed() -> dict:
     from sobre.sim import CTLesionCohortConfig, LesionConfig, simulate_ct_case
 
-    lung = Path("/work/shared/data/pyradiomics/lung1_image.nrrd")
+    lung = _lung()
     if lung.exists():
         cfg = CTLesionCohortConfig(backgrounds=[str(lung)], seed=1, lesions=LesionConfig(lesions_per_case=(6, 6)))
         bg = None
@@ -201,3 +201,13 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _lung() -> Path:
+    """The pyradiomics lung CT in the sample cache (``sobre samples fetch pyradiomics-data``)."""
+    from sobre import samples
+
+    try:
+        return samples.path("pyradiomics-data") / "pyradiomics-3.1.0" / "data" / "lung1_image.nrrd"
+    except samples.SampleMissing:
+        return Path("/nonexistent/lung1_image.nrrd")

@@ -1,5 +1,5 @@
 """Fixtures for the simulator's tests: the brain template (skips cleanly when it is not fetched),
-a synthetic CT phantom, and the real lung CT from /work/shared when present."""
+a synthetic CT phantom, and the real pyradiomics lung CTs (sample source pyradiomics-data) when fetched."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-SHARED_LUNG = Path("/work/shared/data/pyradiomics")
 
 
 @pytest.fixture(scope="session")
@@ -69,8 +68,8 @@ def phantom():
 
 
 @pytest.fixture(scope="session")
-def lung_ct_paths():
-    paths = [SHARED_LUNG / "lung1_image.nrrd", SHARED_LUNG / "lung2_image.nrrd"]
+def lung_ct_paths(pyradiomics_data):
+    paths = [pyradiomics_data / "lung1_image.nrrd", pyradiomics_data / "lung2_image.nrrd"]
     if not all(p.exists() for p in paths):
-        pytest.skip(f"real lung CT backgrounds not present in {SHARED_LUNG}")
+        pytest.skip(f"real lung CT backgrounds not present in {pyradiomics_data}; run `sobre samples fetch`")
     return paths
