@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
-from sobre.cli._common import add_json_arg, add_workspace_arg, emit_json, open_workspace
+from sobre.cli._common import add_json_arg, add_workspace_arg, emit_json, open_workspace, progress_bars, show_progress
 
 
 def register(sub) -> None:
@@ -62,44 +63,75 @@ def _prepare_torch() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def _progress(ns) -> bool | None:
-    if ns.no_progress or ns.json:
-        return False
-    return None if sys.stderr.isatty() else False
+def _shown(ns) -> bool:
+    """Bars and per-epoch lines (on stderr): on a terminal, without --json or --no-progress."""
+    return not ns.no_progress and show_progress(ns)
+
+
+class _Epochs:
+    """Renders the library's epoch records as one line each on stderr."""
+
+    KEYS = ("epoch", "train_loss", "val_loss", "train_samples_per_s")
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+
+    def __call__(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        keys = None if row.get("group") == "pretrain" else {*self.KEYS, row.get("monitor")}  # pretrain: every value
+        shown = {k: v for k, v in row.items() if v is not None and k not in ("group", "monitor")
+                 and (keys is None or k in keys)}
+        line = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
+        print(f"[{row.get('group', '')}] {line}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _bars(ns):
+    """The library's progress callback: bars on a terminal (see :func:`_shown`), else None."""
+    if not _shown(ns):
+        yield None
+        return
+    with progress_bars(ns) as progress:
+        yield progress
 
 
 def _train(ns) -> int:
     _prepare_torch()
     from sobre.errors import ConfigError
-    from sobre.learn._train import train
+    from sobre.learn import train
 
     if not ns.config and not ns.resume:
         raise ConfigError("no config given", expected="sobre train CONFIG.toml (or --resume RUN)",
                           fix="see docs/learning.md for an example config")
     ws = open_workspace(ns)
-    res = train(ns.config, workspace=ws, resume=ns.resume, progress=_progress(ns),
-                config_path=ns.config)
+    with _bars(ns) as progress:
+        res = train(ns.config, workspace=ws, resume=ns.resume, progress=progress, on_epoch=_Epochs(_shown(ns)),
+                    config_path=ns.config)
     return _report(ns, res.run, res.metrics)
 
 
 def _pretrain(ns) -> int:
     _prepare_torch()
     from sobre.errors import ConfigError
-    from sobre.learn._pretrain import pretrain
+    from sobre.learn import pretrain
 
     if not ns.config and not ns.resume:
         raise ConfigError("no config given", expected="sobre pretrain CONFIG.toml (or --resume RUN)")
     ws = open_workspace(ns)
-    res = pretrain(ns.config, workspace=ws, resume=ns.resume, progress=_progress(ns), config_path=ns.config)
+    with _bars(ns) as progress:
+        res = pretrain(ns.config, workspace=ws, resume=ns.resume, progress=progress, on_epoch=_Epochs(_shown(ns)),
+                       config_path=ns.config)
     return _report(ns, res.run, res.metrics)
 
 
 def _probe(ns) -> int:
     _prepare_torch()
-    from sobre.learn._probe import probe
+    from sobre.learn import probe
 
     ws = open_workspace(ns)
-    res = probe(ns.config, workspace=ws, progress=_progress(ns), config_path=ns.config)
+    with _bars(ns) as progress:
+        res = probe(ns.config, workspace=ws, progress=progress, config_path=ns.config)
     return _report(ns, res.run, res.metrics)
 
 
@@ -118,7 +150,7 @@ def _report(ns, run, metrics) -> int:
 
 
 def _runs_list(ns) -> int:
-    from sobre.learn._runs import list_runs, runs_root
+    from sobre.learn import list_runs, runs_root
 
     ws = open_workspace(ns)
     rows = [r for r in list_runs(runs_root(ws)) if not ns.kind or r.get("kind") == ns.kind]
@@ -134,7 +166,7 @@ def _runs_list(ns) -> int:
 
 
 def _runs_show(ns) -> int:
-    from sobre.learn._runs import open_run, runs_root
+    from sobre.learn import open_run, runs_root
 
     ws = open_workspace(ns)
     run = open_run(runs_root(ws), ns.run_id)
@@ -176,12 +208,13 @@ def _runs_show(ns) -> int:
 
 def _benchmark(ns) -> int:
     _prepare_torch()
-    from sobre.learn._benchmark import label_efficiency
+    from sobre.learn import label_efficiency
 
     ws = open_workspace(ns)
     quiet = ns.json
-    res = label_efficiency(ns.config, workspace=ws, progress=_progress(ns), config_path=ns.config,
-                           reuse_pretraining=not ns.no_reuse, log=None if quiet else print)
+    with _bars(ns) as progress:
+        res = label_efficiency(ns.config, workspace=ws, progress=progress, config_path=ns.config,
+                               reuse_pretraining=not ns.no_reuse, log=None if quiet else print)
     run = res.run
     if ns.json:
         emit_json({"run_id": run.run_id if run else None, "path": str(run.path) if run else None,

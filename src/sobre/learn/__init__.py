@@ -6,6 +6,12 @@ from scratch or fine-tuned), :func:`pretrain` (SimCLR or y-aware contrastive), :
 features + linear model) → a run folder in the workspace with ``run.json`` and ``predictions.csv``
 (read by ``sobre.validate``) → :func:`label_efficiency` to compare them all.
 
+A completed run becomes a model again with :func:`load_model` (network, task, preprocessing,
+provenance; ``predict`` and ``features`` on ``sobre.Image`` objects or dataset versions).
+
+Nothing here prints: long work reports through ``progress(stage, done, total)`` callbacks
+(:mod:`sobre.base`), epochs through ``on_epoch(record)``, and the ``sobre.learn`` logger.
+
 >>> from sobre.learn import TrainConfig
 >>> cfg = TrainConfig.model_validate({"data": {"dataset": "target@v1"},
 ...                                   "task": {"kind": "binary", "label": "diagnosis", "positive": "patient"}})
@@ -14,20 +20,23 @@ features + linear model) → a run folder in the workspace with ``run.json`` and
 """
 
 from sobre.learn._config import (
-    LabelEfficiencyConfig, PretrainConfig, TrainConfig, load_config, resolved, validate_config,
+    DataConfig, LabelEfficiencyConfig, MaskRule, PreprocessConfig, PretrainConfig, TrainConfig, load_config, resolved,
+    validate_config,
 )
-from sobre.learn._data import Cohort, load_cohort, preprocess_image
+from sobre.learn._data import Cohort, load_cohort, model_input, preprocess_image
 from sobre.learn._losses import GradientReversal, kernel_matrix, nt_xent, y_aware_infonce
 from sobre.learn._runs import Run, list_runs, open_run, runs_root
 from sobre.learn._splits import SplitPlan, check_disjoint, make_split
 
 __all__ = [
-    "TrainConfig", "PretrainConfig", "LabelEfficiencyConfig", "load_config", "validate_config", "resolved",
-    "Cohort", "load_cohort", "preprocess_image",
+    "TrainConfig", "PretrainConfig", "LabelEfficiencyConfig", "DataConfig", "PreprocessConfig", "MaskRule",
+    "load_config", "validate_config", "resolved",
+    "Cohort", "load_cohort", "preprocess_image", "model_input",
     "nt_xent", "y_aware_infonce", "kernel_matrix", "GradientReversal",
     "SplitPlan", "make_split", "check_disjoint",
     "Run", "list_runs", "open_run", "runs_root",
     "train", "pretrain", "probe", "label_efficiency", "throughput", "CompactCNN",
+    "load_model", "TrainedModel", "ModelTask", "Predictions",
 ]
 
 
@@ -48,6 +57,10 @@ def __getattr__(name: str):  # the heavier entry points load on first use
         from sobre.learn import _benchmark
 
         return getattr(_benchmark, name)
+    if name in ("load_model", "TrainedModel", "ModelTask", "Predictions"):
+        from sobre.learn import _inference
+
+        return getattr(_inference, name)
     if name == "CompactCNN":
         from sobre.learn._models import CompactCNN
 

@@ -22,13 +22,16 @@ benchmark's run folder: ``results.json`` (every repeat, summaries, timings, thro
 from __future__ import annotations
 
 import json
+import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
+from sobre.base import Progress
 from sobre.errors import ConfigError, InputError
 from sobre.learn import _engine as E
 from sobre.learn._config import (
@@ -44,6 +47,8 @@ from sobre.learn._train import _fit_fold, subject_table
 from sobre.learn._transfer import atlas_on_grid, extract_features, fit_probe, grid_atlas, roi_features
 
 __all__ = ["label_efficiency", "throughput", "BenchmarkResult"]
+
+_log = logging.getLogger("sobre.learn")
 
 NICE = {"scratch": "from scratch", "simclr_probe": "SimCLR + probe", "yaware_probe": "y-aware + probe",
         "yaware_finetune": "y-aware + fine-tune", "simclr_finetune": "SimCLR + fine-tune",
@@ -99,7 +104,7 @@ def throughput(model_cfg, shape, *, batch_size: int = 16, in_channels: int = 1, 
 
 
 # ------------------------------------------------------------------------------------- pretrain
-def _pretrain_or_reuse(cfg: PretrainConfig, ws, cohort: Cohort, rroot: Path | None, progress: bool,
+def _pretrain_or_reuse(cfg: PretrainConfig, ws, cohort: Cohort, rroot: Path | None, progress: Progress,
                        reuse: bool) -> tuple[torch.nn.Module, dict]:
     want = resolved(cfg)
     if reuse and rroot is not None:
@@ -146,7 +151,7 @@ def _labelled_subset(pool: pd.DataFrame, n: int, seed: int, repeat: int, label_k
 
 # -------------------------------------------------------------------------------------- the arms
 def _cnn_arm(cohort: Cohort, task, rows_lab: np.ndarray, test_rows: np.ndarray, cfg: LabelEfficiencyConfig,
-             t: TargetConfig, *, init: str | None, seed: int, rt: dict, progress: bool,
+             t: TargetConfig, *, init: str | None, seed: int, rt: dict, progress: Progress | None = None,
              cov_raw: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
     """Train a CNN on the labelled rows (early stopping on a stratified share), score the test rows."""
     optim = cfg.finetune_optim if init else cfg.scratch_optim
@@ -177,7 +182,7 @@ def _cnn_arm(cohort: Cohort, task, rows_lab: np.ndarray, test_rows: np.ndarray, 
     ftask = refit_scaling(_sub_task(task, rows_lab), tr_local, cov_lab)
     t0 = time.perf_counter()
     model_, res, _ = _fit_fold(lab, ftask, tr_local, va_local, tcfg, rt=rt, ckpt_dir=None, run=None, fold=0,
-                               resume=False, interrupt_after=None, progress=False, runs_dir=None, config_path=None,
+                               resume=False, interrupt_after=None, progress=None, runs_dir=None, config_path=None,
                                cov_raw=cov_lab)
     fit_s = time.perf_counter() - t0
     out, sps = E.timed_inference(model_, cohort.images, test_rows, batch_size=32, bf16=rt["bf16"],
@@ -202,8 +207,9 @@ def _score(task, pred: np.ndarray, test_rows: np.ndarray) -> dict:
 
 # ------------------------------------------------------------------------------------------ main
 def label_efficiency(config, *, workspace=None, pretrain_cohort: Cohort | None = None,
-                     target_cohorts: dict | None = None, runs_dir=None, progress: bool | None = None,
-                     config_path=None, reuse_pretraining: bool = True, log=print) -> BenchmarkResult:
+                     target_cohorts: dict | None = None, runs_dir=None, progress: Progress | None = None,
+                     config_path=None, reuse_pretraining: bool = True,
+                     log: Callable[[str], None] | None = None) -> BenchmarkResult:
     """Run the label-efficiency benchmark; write results.json, results.md and label_efficiency.png.
 
     Parameters
@@ -215,13 +221,15 @@ def label_efficiency(config, *, workspace=None, pretrain_cohort: Cohort | None =
         In-memory cohorts (``target_cohorts`` maps target names to cohorts) instead of dataset versions.
     reuse_pretraining : bool
         Reuse a completed pretraining run with the same resolved settings and data.
-    log : callable
-        Receives one line per step (``print`` by default).
+    progress : callable, optional
+        ``progress(stage, done, total)``: cache building and pretraining epochs.
+    log : callable, optional
+        Receives one line per step (default: the ``sobre.learn`` logger, level INFO). Nothing is printed.
     """
     cfg, config_path = config_from(config, LabelEfficiencyConfig, config_path)
     t_start = time.perf_counter()
-    log = log or (lambda *a, **k: None)
-    progress = cfg.runtime.progress if progress is None else progress
+    log = log or _log.info
+    progress, _ = E.reporters(cfg.runtime, progress, None)
     rt = E.setup_runtime(cfg.runtime, cfg.seed)
     rroot = runs_root(workspace) if workspace is not None else (Path(runs_dir) if runs_dir else None)
     if pretrain_cohort is None:

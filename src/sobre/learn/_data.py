@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -30,12 +31,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sobre.base import Progress, no_progress
 from sobre.errors import InputError
 from sobre.learn._config import DataConfig, MaskRule, PreprocessConfig
 
-__all__ = ["Cohort", "load_cohort", "preprocess_image", "CACHE_FORMAT", "require_columns", "metadata_matrix"]
+__all__ = ["Cohort", "load_cohort", "preprocess_image", "model_input", "CACHE_FORMAT", "require_columns",
+           "metadata_matrix"]
 
-CACHE_FORMAT = "sobre.learn.cache/1"
+log = logging.getLogger("sobre.learn")
+
+#: Version 2: preprocessing through ``sobre.image`` (exact ``spacing``; see docs/learning.md).
+CACHE_FORMAT = "sobre.learn.cache/2"
 
 
 # ---------------------------------------------------------------------------------------- Cohort
@@ -164,7 +170,7 @@ class Cohort:
         arrays, affines, rows = [], [], []
         for item in items:
             img, meta = item[0], item[1]
-            a, aff = preprocess_image(img, preprocess)
+            a, aff = model_input(img, preprocess)
             arrays.append(a)
             affines.append(aff)
             rows.append(dict(meta))
@@ -231,72 +237,6 @@ class _RowView:
 
 
 # ------------------------------------------------------------------------------------ preprocessing
-def _reorient(arr: np.ndarray, affine: np.ndarray, spatial: int) -> tuple[np.ndarray, np.ndarray]:
-    """Permute/flip spatial axes so index axes run along L, P, S (nearest axis for oblique grids)."""
-    if spatial != 3:
-        return arr, affine
-    d = affine[:3, :3]
-    world = np.argmax(np.abs(d), axis=0)  # world axis of each index axis
-    if sorted(world.tolist()) != [0, 1, 2]:
-        return arr, affine
-    perm = np.argsort(world)  # index axis feeding output axis w
-    out = np.transpose(arr, (*perm, *range(3, arr.ndim)))
-    aff = affine.copy()
-    aff[:, :3] = affine[:, perm]
-    for w in range(3):
-        if aff[w, w] < 0:
-            n = out.shape[w]
-            out = np.flip(out, axis=w)
-            aff[:3, 3] = aff[:3, 3] + aff[:3, w] * (n - 1)
-            aff[:3, w] = -aff[:3, w]
-    return np.ascontiguousarray(out), aff
-
-
-def _resize(arr: np.ndarray, size: Sequence[int], *, nearest: bool) -> np.ndarray:
-    """Resize channel-first ``arr`` (C, *spatial) to ``size`` (trilinear/bilinear, or nearest)."""
-    import torch
-    import torch.nn.functional as F
-
-    t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))[None]
-    mode = "nearest-exact" if nearest else ("trilinear" if len(size) == 3 else "bilinear")
-    kw = {} if nearest else {"align_corners": False}
-    if not nearest and any(s < o for s, o in zip(size, arr.shape[1:])):
-        kw["antialias"] = False
-    out = F.interpolate(t, size=tuple(int(s) for s in size), mode=mode, **kw)
-    return out[0].numpy()
-
-
-def _resize_affine(affine: np.ndarray, old: Sequence[int], new: Sequence[int]) -> np.ndarray:
-    """Affine of a grid resized from ``old`` to ``new`` voxels over the same field of view."""
-    m = np.eye(4)
-    for a, (o, n) in enumerate(zip(old, new)):
-        m[a, a] = o / n
-        m[a, 3] = 0.5 * o / n - 0.5  # voxel centres (align_corners=False)
-    return affine @ m
-
-
-def _crop_or_pad(arr: np.ndarray, shape: Sequence[int], affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Centre-crop or zero-pad channel-first ``arr`` to spatial ``shape``."""
-    out = np.zeros((arr.shape[0], *shape), arr.dtype)
-    src, dst = [slice(None)], [slice(None)]
-    shift = np.zeros(4)
-    for a, (o, n) in enumerate(zip(arr.shape[1:], shape)):
-        if o >= n:
-            start = (o - n) // 2
-            src.append(slice(start, start + n))
-            dst.append(slice(0, n))
-            shift[a] = start
-        else:
-            start = (n - o) // 2
-            src.append(slice(0, o))
-            dst.append(slice(start, start + o))
-            shift[a] = -start
-    out[tuple(dst)] = arr[tuple(src)]
-    aff = affine.copy()
-    aff[:3, 3] = affine[:3, 3] + affine[:3, : len(shape)] @ shift[: len(shape)]
-    return out, aff
-
-
 def _normalise(arr: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     a = arr.astype(np.float32, copy=False)
     if cfg.intensity == "none":
@@ -314,8 +254,39 @@ def _normalise(arr: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     return (np.clip(a, lo, hi) - lo) / (hi - lo if hi > lo else 1.0)
 
 
+def _on_grid(img, cfg: PreprocessConfig, *, mask: bool):
+    """``img`` reoriented and resampled as ``cfg`` says (``sobre.image`` operations, exact geometry)."""
+    from sobre.image import Grid, crop_or_pad, reorient, resample
+
+    if cfg.reorient and img.spatial_ndim == 3 and img.coordinate_system == "LPS":
+        img = reorient(img, "LPS")
+    order = "nearest" if mask else "linear"
+    if cfg.resample == "shape":
+        return resample(img, shape=cfg.shape, order=order)
+    if cfg.resample == "spacing":
+        spacing = cfg.spacing[: img.spatial_ndim]
+        target = Grid.of(img).with_spacing(spacing)
+        if target.shape == img.spatial_shape and np.allclose(target.affine, img.affine, rtol=0, atol=1e-9):
+            # already at that spacing: cutting or padding whole voxels is exact, no interpolation
+            return crop_or_pad(img, cfg.shape) if cfg.shape else img
+        return resample(img, spacing=spacing, shape=cfg.shape, order=order)
+    return img
+
+
 def preprocess_image(img, cfg: PreprocessConfig, *, mask: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """One :class:`~sobre.image.Image` → channel-first array on the preprocessed grid, and its affine.
+
+    The one preprocessing path of Sobre's learning code: the training cache and
+    :meth:`TrainedModel.predict <sobre.learn.TrainedModel.predict>` both call it.
+
+    1. ``reorient``: 3D images in patient coordinates get index axes along L, P, S
+       (:func:`sobre.image.reorient`; no interpolation). 2D images keep their layout.
+    2. ``resample = "shape"``: ``shape`` voxels over the same field of view
+       (:func:`sobre.image.resample` with ``shape``); ``"spacing"``: exactly ``spacing`` mm over
+       the field of view, centre-cropped or zero-padded to ``shape`` in the same interpolation
+       (:func:`sobre.image.resample` with ``spacing`` and ``shape``). Linear interpolation, nearest
+       neighbour for masks.
+    3. Intensity normalisation per channel (``zscore``, ``minmax``, ``percentile`` or ``none``).
 
     Parameters
     ----------
@@ -326,43 +297,40 @@ def preprocess_image(img, cfg: PreprocessConfig, *, mask: bool = False) -> tuple
 
     Returns
     -------
-    array : ndarray, shape (C, *spatial) (masks: (1, *spatial))
+    array : ndarray, shape (C, *spatial) float32 (masks: (1, *spatial) int32)
     affine : ndarray (4, 4), voxel → LPS of the output grid
+
+    Examples
+    --------
+    >>> import numpy as np, sobre
+    >>> from sobre.learn import PreprocessConfig, preprocess_image
+    >>> img = sobre.Image(np.ones((20, 20, 10), np.int16), np.diag([1.0, 1.0, 2.0, 1.0]))
+    >>> cfg = PreprocessConfig(resample="spacing", spacing=[2.0, 2.0, 2.0], shape=[8, 8, 8], intensity="none")
+    >>> arr, affine = preprocess_image(img, cfg)
+    >>> arr.shape, np.diag(affine)[:3].tolist()
+    ((1, 8, 8, 8), [2.0, 2.0, 2.0])
     """
-    arr = np.asarray(img.array)
-    spatial = img.spatial_ndim
-    if img.extra_axes:
-        if img.extra_axes != ("channel",):
-            raise InputError(f"images with a {img.extra_axes[0]} axis cannot be learned from directly",
-                             path=img.sources[0] if img.sources else None, expected="2D/3D images, or a channel axis",
-                             found=f"shape {img.shape} with axes {img.extra_axes}",
-                             fix="select one frame or time point when building the cohort")
-        arr = np.moveaxis(arr, -1, 0)
-    else:
-        arr = arr[None]
-    affine = np.asarray(img.affine, float)
-    if cfg.reorient:
-        moved = np.moveaxis(arr, 0, -1)
-        moved, affine = _reorient(moved, affine, spatial)
-        arr = np.moveaxis(moved, -1, 0)
-    arr = arr.astype(np.float32)
-    if cfg.resample == "shape":
-        old = arr.shape[1:]
-        arr = _resize(arr, cfg.shape, nearest=mask)
-        affine = _resize_affine(affine, old, cfg.shape)
-    elif cfg.resample == "spacing":
-        old = arr.shape[1:]
-        sp = np.asarray(img.spacing[:spatial], float) if not cfg.reorient else \
-            np.linalg.norm(affine[:3, :spatial], axis=0)
-        new = [max(1, int(round(o * s / t))) for o, s, t in zip(old, sp, cfg.spacing)]
-        if tuple(new) != tuple(old):
-            arr = _resize(arr, new, nearest=mask)
-            affine = _resize_affine(affine, old, new)
-        if cfg.shape:
-            arr, affine = _crop_or_pad(arr, cfg.shape, affine)
+    if img.extra_axes and img.extra_axes != ("channel",):
+        raise InputError(f"images with a {img.extra_axes[0]} axis cannot be learned from directly",
+                         path=img.sources[0] if img.sources else None, expected="2D/3D images, or a channel axis",
+                         found=f"shape {img.shape} with axes {img.extra_axes}",
+                         fix="select one frame or time point when building the cohort")
+    out = _on_grid(img, cfg, mask=mask)
+    arr = np.asarray(out.array)
+    arr = np.moveaxis(arr, -1, 0) if out.extra_axes else arr[None]
+    affine = np.array(out.affine, dtype=np.float64)
     if mask:
         return np.rint(arr).astype(np.int32), affine
-    return np.stack([_normalise(c, cfg) for c in arr]), affine
+    return np.stack([_normalise(c, cfg) for c in arr.astype(np.float32, copy=False)]), affine
+
+
+def model_input(img, cfg: PreprocessConfig) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`preprocess_image` stored as the training cache stores it (``cache_dtype``).
+
+    What a network sees of ``img``, exactly: the cache holds this array, and prediction computes it.
+    """
+    arr, affine = preprocess_image(img, cfg)
+    return arr.astype(np.float16 if cfg.cache_dtype == "float16" else np.float32, copy=False), affine
 
 
 def _check_shapes(shapes: list[tuple], names: list, cfg: PreprocessConfig, config_path) -> None:
@@ -429,7 +397,7 @@ def cache_key(content_hash: str, data: DataConfig, pre: PreprocessConfig, mask_r
 
 
 def load_cohort(ws, data: DataConfig, preprocess: PreprocessConfig, *, mask_rule: MaskRule | None = None,
-                progress: bool = False, config_path=None, threads: int = 1) -> Cohort:
+                progress: Progress | None = None, config_path=None, threads: int = 1) -> Cohort:
     """Load (building once, then reusing) the preprocessed cache of a frozen dataset version.
 
     Parameters
@@ -440,6 +408,10 @@ def load_cohort(ws, data: DataConfig, preprocess: PreprocessConfig, *, mask_rule
     preprocess : PreprocessConfig
     mask_rule : MaskRule, optional
         Segmentation: which series are masks; each is paired with the image series of its subject.
+    progress : callable, optional
+        ``progress(stage, done, total)`` while the cache is built (stage ``"caching NAME@vN"``).
+    threads : int
+        Images read and preprocessed at once.
 
     Raises
     ------
@@ -509,15 +481,15 @@ def _build_cache(folder: Path, entries, mask_entries, table: pd.DataFrame, datas
                  verify, ref, progress, config_path, threads, meta) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    from tqdm import tqdm
-
+    progress = progress or no_progress
+    stage = f"caching {ref}"
     if "subject_id" not in table.columns or table["subject_id"].isna().any():
         raise InputError(f"series without a subject_id in {ref}", expected="every series linked to a subject",
                          fix="ingest with PatientID / BIDS sub-XX so every series has a subject")
 
     def work(i):
         img = dataset.image(entries[i], verify=verify)
-        arr, aff = preprocess_image(img, pre)
+        arr, aff = model_input(img, pre)
         img.unload()
         m = None
         if mask_entries[i] is not None:
@@ -541,15 +513,15 @@ def _build_cache(folder: Path, entries, mask_entries, table: pd.DataFrame, datas
         if pre.resample == "none":
             shapes = [tuple(e.shape or ()) for e in entries]
             _check_shapes([(0, *s) for s in shapes], [e.series_uid for e in entries], pre, config_path)
-        bar = tqdm(total=n, desc=f"caching {ref}", unit="img", disable=not progress, leave=False)
+        log.info("building the cache of %s (%d images) in %s", ref, n, folder)
+        progress(stage, 0, n)
         images = masks = None
         affines = np.zeros((n, 4, 4))
         shapes_seen: list[tuple] = []
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
             for i, (arr, aff, m) in enumerate(pool.map(work, range(n))):
                 if images is None:
-                    dtype = np.float16 if pre.cache_dtype == "float16" else np.float32
-                    images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=dtype,
+                    images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=arr.dtype,
                                                        shape=(n, *arr.shape))
                     if m is not None:
                         masks = np.lib.format.open_memmap(tmp / "masks.npy", mode="w+", dtype=np.uint8,
@@ -562,8 +534,7 @@ def _build_cache(folder: Path, entries, mask_entries, table: pd.DataFrame, datas
                 if masks is not None:
                     masks[i] = m
                 affines[i] = aff
-                bar.update(1)
-        bar.close()
+                progress(stage, i + 1, n)
         images.flush()
         del images
         if masks is not None:

@@ -8,8 +8,9 @@
   uninterrupted one exactly.
 * **Checkpoints**: ``last.pt`` after every epoch (model, optimiser, scheduler, history, early
   stopping state), ``best.pt`` when the monitored metric improves; both written atomically.
-* **Progress**: a bar per epoch counting samples, with samples/s; throughput for training and
-  inference is recorded per epoch.
+* **Progress**: reported through callbacks, never printed: ``progress(stage, done, total)``
+  (:mod:`sobre.base`) counts samples within an epoch, ``on_epoch(row)`` receives each epoch's
+  record; throughput for training and inference is recorded per epoch.
 """
 
 from __future__ import annotations
@@ -28,10 +29,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from sobre.base import Progress, no_progress
 from sobre.learn._config import OptimConfig, RuntimeConfig
 
 __all__ = ["cpu_bf16_support", "resolve_precision", "setup_runtime", "batches", "run_epochs", "LoopResult",
-           "autocast", "to_device_batch", "make_optimizer", "save_checkpoint", "load_checkpoint"]
+           "autocast", "to_device_batch", "make_optimizer", "save_checkpoint", "load_checkpoint", "reporters",
+           "epoch_line"]
 
 
 # ------------------------------------------------------------------------------------------ runtime
@@ -75,8 +78,40 @@ def setup_runtime(runtime: RuntimeConfig, seed: int) -> dict:
             "precision_reason": why, "prefetch": runtime.prefetch}
 
 
-def autocast(enabled: bool):
-    return torch.autocast("cpu", dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
+EpochCallback = Callable[[dict], None]
+
+
+def reporters(runtime: RuntimeConfig, progress, on_epoch) -> tuple[Progress, EpochCallback]:
+    """The callbacks a run reports to: the caller's, or silent ones (``runtime.progress = false`` or none given).
+
+    ``progress`` is a callable ``progress(stage, done, total)`` (:mod:`sobre.base`); None or False
+    mean none. The library never draws bars itself: ``True`` is refused.
+    """
+    if progress is True:
+        raise TypeError("progress must be a callable progress(stage, done, total) (the CLI draws bars from it), "
+                        "or None")
+    if not runtime.progress:
+        return no_progress, _no_epoch
+    return (progress or no_progress), (on_epoch or _no_epoch)
+
+
+def _no_epoch(row: dict) -> None:
+    """The default epoch callback: nothing."""
+
+
+def epoch_line(row: dict, keys=None) -> str:
+    """``epoch 3  train_loss 0.6931  val_auc 0.75`` (every value, or those of ``keys``)."""
+    items = [(k, v) for k, v in row.items() if v is not None and k != "group" and (keys is None or k in keys)]
+    return "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in items)
+
+
+def autocast(enabled: bool, device_type: str = "cpu"):
+    return torch.autocast(device_type, dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
+
+
+def device_of(model: nn.Module) -> torch.device:
+    """Where the model's parameters are (CPU for a model without parameters)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
 def to_device_batch(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
@@ -340,31 +375,53 @@ def run_epochs(*, model: nn.Module, optimizer, scheduler, n_epochs: int,
     return res
 
 
+def sliding_window_probs(model: nn.Module, x: torch.Tensor, *, roi, overlap: float, bf16: bool,
+                         channels_last: bool, sw_batch_size: int = 4) -> torch.Tensor:
+    """Class probabilities ``(1, K, *spatial)`` (fp32) of one image ``x`` ``(1, C, *spatial)``.
+
+    MONAI sliding windows of ``roi`` voxels (Gaussian blending, ``overlap``), ``sw_batch_size``
+    windows at a time: memory is bounded by the windows and the output, whatever the image size.
+    The softmax runs in fp32, outside autocast.
+    """
+    from monai.inferers import sliding_window_inference
+
+    model.eval()
+    dev = device_of(model)
+    with torch.inference_mode():
+        with autocast(bf16, dev.type):
+            logits = sliding_window_inference(to_device_batch(x.to(dev), channels_last), roi_size=list(roi),
+                                              sw_batch_size=sw_batch_size, predictor=model, overlap=overlap,
+                                              mode="gaussian")
+        return torch.softmax(logits.float(), 1).cpu()
+
+
 def timed_inference(model: nn.Module, images, rows: np.ndarray, *, batch_size: int, bf16: bool,
                     channels_last: bool, fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                    progress: bool = False, desc: str = "inference",
+                    progress: Progress | None = None, desc: str = "inference",
                     covariates: np.ndarray | None = None) -> tuple[torch.Tensor, float]:
     """Forward passes over ``rows`` without gradients; returns (stacked outputs in fp32, samples/s).
 
-    ``covariates`` (indexed like ``images``) are passed as the model's second argument.
+    ``covariates`` (indexed like ``images``) are passed as the model's second argument;
+    ``progress(desc, done, total)`` counts images.
     """
-    from tqdm import tqdm
-
+    progress = progress or no_progress
     model.eval()
+    dev = device_of(model)
     outs = []
     t0 = time.perf_counter()
-    bar = tqdm(total=len(rows), desc=desc, unit="img", disable=not progress, leave=False)
-    with torch.inference_mode(), autocast(bf16):
+    done = 0
+    with torch.inference_mode(), autocast(bf16, dev.type):
         for b in range(0, len(rows), batch_size):
             rb = rows[b:b + batch_size]
-            x = to_device_batch(stack_rows(images, rb), channels_last)
+            x = to_device_batch(stack_rows(images, rb).to(dev), channels_last)
             if covariates is not None:
-                y = model(x, torch.from_numpy(np.asarray(covariates[rb], np.float32)))
+                y = model(x, torch.from_numpy(np.asarray(covariates[rb], np.float32)).to(dev))
             else:
                 y = fn(x) if fn is not None else model(x)
-            outs.append(y.float() if not isinstance(y, tuple) else y[0].float())
-            bar.update(len(x))
-    bar.close()
+            y = y if not isinstance(y, tuple) else y[0]
+            outs.append(y.float().cpu())
+            done += len(rb)
+            progress(desc, done, len(rows))
     dt = time.perf_counter() - t0
     out = torch.cat(outs) if outs else torch.empty(0)
     return out, (len(rows) / dt if dt > 0 else float("nan"))

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from sobre.learn._config import ModelConfig
-from sobre.learn._losses import GradientReversal
+from sobre.learn._losses import GradientReversal, fp32
 
 __all__ = ["CompactCNN", "Classifier", "ContrastiveModel", "build_encoder", "build_segmenter", "encoder_spec"]
 
@@ -131,7 +131,8 @@ class Classifier(nn.Module):
     """Encoder + linear head (classification logits or a regression value).
 
     With ``n_covariates > 0`` the head also sees that many (standardised) covariates, concatenated
-    to the image features: ``forward(x, covariates)``.
+    to the image features: ``forward(x, covariates)``. The head runs in fp32 whatever the autocast
+    (a linear layer costs nothing; its outputs are the logits the loss and the scores come from).
     """
 
     def __init__(self, encoder: nn.Module, n_outputs: int, dropout: float = 0.0, n_covariates: int = 0) -> None:
@@ -143,11 +144,13 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor, covariates: torch.Tensor | None = None) -> torch.Tensor:
         h = self.dropout(self.encoder(x))
-        if self.n_covariates:
-            if covariates is None:
-                raise ValueError(f"this model needs {self.n_covariates} covariate(s)")
-            h = torch.cat([h.float(), covariates.float()], 1).to(h.dtype)
-        return self.head(h)
+        with fp32(h):  # the logits (or value) in fp32, also under bf16 autocast
+            h = h.float()
+            if self.n_covariates:
+                if covariates is None:
+                    raise ValueError(f"this model needs {self.n_covariates} covariate(s)")
+                h = torch.cat([h, covariates.float()], 1)
+            return self.head(h)
 
 
 class ContrastiveModel(nn.Module):

@@ -16,7 +16,9 @@ provenance; ``model.init_from = "<RUN>"`` in a training config starts from it.
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,18 +27,22 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from sobre.base import Progress
 from sobre.errors import ConfigError, InputError
 from sobre.learn import _engine as E
 from sobre.learn._augment import Augmenter
 from sobre.learn._config import PretrainConfig, config_from, resolved, validate_config
 from sobre.learn._data import Cohort, load_cohort, metadata_matrix, require_columns
-from sobre.learn._losses import nt_xent, y_aware_infonce
+from sobre.learn._inference import input_record, member_record, model_record
+from sobre.learn._losses import fp32, nt_xent, y_aware_infonce
 from sobre.learn._models import ContrastiveModel, build_encoder, encoder_spec
 from sobre.learn._runs import Run, begin_run, dataset_record, reopen_run, runs_root
 from sobre.learn._splits import holdout, stratification_keys
 from sobre.learn._transfer import extract_features, fit_probe
 
 __all__ = ["pretrain", "PretrainResult", "metadata_matrix"]
+
+log = logging.getLogger("sobre.learn")
 
 
 @dataclass
@@ -51,8 +57,8 @@ class PretrainResult:
 
 
 def pretrain(config, *, workspace=None, cohort: Cohort | None = None, runs_dir=None, resume: str | None = None,
-             interrupt_after: int | None = None, progress: bool | None = None, config_path=None,
-             record: bool = True) -> PretrainResult:
+             interrupt_after: int | None = None, progress: Progress | None = None,
+             on_epoch: Callable[[dict], None] | None = None, config_path=None, record: bool = True) -> PretrainResult:
     """Contrastive pretraining of an encoder on an unlabelled cohort.
 
     Parameters
@@ -67,6 +73,12 @@ def pretrain(config, *, workspace=None, cohort: Cohort | None = None, runs_dir=N
         Continue an interrupted pretraining run from its last checkpoint.
     interrupt_after : int, optional
         Stop after this many epochs in this call (resumable).
+    progress : callable, optional
+        ``progress(stage, done, total)``: cache building, then the subjects of each epoch
+        (stage ``"pretrain epoch 3/20"``). Nothing is printed.
+    on_epoch : callable, optional
+        Receives each epoch's record (``group = "pretrain"``). Both callbacks stay silent with
+        ``runtime.progress = false``.
     record : bool
         False: no run folder (the encoder is only returned).
     """
@@ -77,7 +89,7 @@ def pretrain(config, *, workspace=None, cohort: Cohort | None = None, runs_dir=N
         cfg = validate_config(run.record["config"], PretrainConfig, path=run.path / "run.json")
     else:
         cfg, config_path = config_from(config, PretrainConfig, config_path)
-    progress = cfg.runtime.progress if progress is None else progress
+    progress, on_epoch = E.reporters(cfg.runtime, progress, on_epoch)
     rt = E.setup_runtime(cfg.runtime, cfg.seed)
     if cohort is None:
         if workspace is None:
@@ -159,14 +171,15 @@ def pretrain(config, *, workspace=None, cohort: Cohort | None = None, runs_dir=N
         return y_aware_infonce(z1, z2, y, bandwidth=[b / s for b, s in zip(m.bandwidth, ystd)],
                                temperature=m.temperature, kernel=m.kernel, groups=groups)
 
-    from tqdm import tqdm
+    per_epoch = steps * bs  # full batches only
 
     def train_one_epoch(epoch: int) -> dict:
         model.train()
         aug.set_epoch(epoch)
         n, tot, tot_adv, t0 = 0, 0.0, 0.0, time.perf_counter()
-        bar = tqdm(total=len(tr_rows), desc=f"pretrain epoch {epoch + 1}/{n_epochs}", unit="sample",
-                   disable=not progress, leave=False)
+        stage = f"pretrain epoch {epoch + 1}/{n_epochs}"
+        progress(stage, 0, per_epoch)
+
         def prepared():
             for b in E.batches(len(tr_rows), bs, shuffle=True, seed=cfg.seed, epoch=epoch, drop_last="full"):
                 rows = tr_rows[b]
@@ -179,11 +192,12 @@ def pretrain(config, *, workspace=None, cohort: Cohort | None = None, runs_dir=N
             with E.autocast(bf16):
                 z, h = model(x)
             z = z.float()
-            loss = loss_of(z[: len(rows)], z[len(rows):], rows)
+            loss = loss_of(z[: len(rows)], z[len(rows):], rows)  # fp32 logits (see sobre.learn._losses)
             adv = None
             if adversarial:
-                logits = model.nuisance(h.float())
-                adv = F.cross_entropy(logits, torch.from_numpy(np.concatenate([g_all[rows], g_all[rows]])).long())
+                with fp32(h):
+                    logits = model.nuisance(h.float())
+                    adv = F.cross_entropy(logits, torch.from_numpy(np.concatenate([g_all[rows], g_all[rows]])).long())
                 loss = loss + m.nuisance.weight * adv
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -195,9 +209,7 @@ def pretrain(config, *, workspace=None, cohort: Cohort | None = None, runs_dir=N
             tot += float(loss.detach()) * len(rows)
             if adv is not None:
                 tot_adv += float(adv.detach()) * len(rows)
-            bar.update(len(rows))
-            bar.set_postfix(loss=f"{tot / n:.4f}")
-        bar.close()
+            progress(stage, n, per_epoch)
         dt = time.perf_counter() - t0
         out = {"train_loss": tot / max(n, 1), "train_samples_per_s": 2 * n / dt if dt > 0 else None,
                "train_subjects_per_s": n / dt if dt > 0 else None}
@@ -211,12 +223,11 @@ def pretrain(config, *, workspace=None, cohort: Cohort | None = None, runs_dir=N
         return probe_metrics(model.encoder, cohort, tr_rows, mon_rows, cfg.monitor.regress, cfg.monitor.classify,
                              bf16=bf16, channels_last=cl, seed=cfg.seed, batch_size=max(bs, 16))
 
-    def on_epoch(row):
+    def epoch_done(row):
         if run is not None:
             run.log_epoch(row, group="pretrain")
-        if progress:
-            print("[pretrain] " + "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                                            for k, v in row.items() if v is not None), flush=True)
+        log.info("[pretrain] %s", E.epoch_line(row))
+        on_epoch(dict(row, group="pretrain"))
 
     def on_resume(epoch):
         if run is not None:
@@ -226,7 +237,7 @@ def pretrain(config, *, workspace=None, cohort: Cohort | None = None, runs_dir=N
     try:
         res = E.run_epochs(model=model, optimizer=opt, scheduler=sched, n_epochs=n_epochs,
                            train_one_epoch=train_one_epoch, validate=validate, monitor=None, ckpt_dir=ckpt,
-                           resume=resume is not None, interrupt_after=interrupt_after, on_epoch=on_epoch,
+                           resume=resume is not None, interrupt_after=interrupt_after, on_epoch=epoch_done,
                            on_resume=on_resume)
     except KeyboardInterrupt:
         if run is not None:
@@ -254,8 +265,11 @@ def pretrain(config, *, workspace=None, cohort: Cohort | None = None, runs_dir=N
             "format": "sobre.encoder/1", "encoder": model.encoder.state_dict(),
             "spec": encoder_spec(cfg.model, dims, cin), "feature_dim": model.encoder.out_features,
             "run_id": run.run_id, "method": m.model_dump(mode="json"), "preprocess": cfg.preprocess.model_dump(
-                mode="json"), "dataset": dataset_record(cohort), "spatial_shape": list(cohort.spatial_shape)})
+                mode="json"), "dataset": dataset_record(cohort), "spatial_shape": list(cohort.spatial_shape),
+            "input": input_record(cohort)})
         run.add_artifact("encoder.pt")
+        run.update(model=model_record("pretrain", cfg, cohort, None, [member_record("encoder.pt", part="encoder")],
+                                      rt))
         for name in ("last.pt", "best.pt"):
             if (ckpt / name).exists():
                 run.add_artifact(Path("checkpoints") / name)

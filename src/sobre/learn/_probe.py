@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 
+from sobre.base import Progress
 from sobre.errors import ConfigError
 from sobre.learn import _engine as E
 from sobre.learn._config import TrainConfig, config_from, resolved
 from sobre.learn._data import Cohort
-from sobre.learn._models import build_encoder, encoder_spec
+from sobre.learn._inference import member_record, model_record
+from sobre.learn._models import Classifier, build_encoder, encoder_spec
 from sobre.learn._runs import Run, runs_root
 from sobre.learn._train import (
     TrainResult, _check_spec, _headline, load_encoder_checkpoint, predictions_frame, prepare_supervised,
@@ -29,9 +32,12 @@ from sobre.learn._transfer import extract_features, fit_probe
 __all__ = ["probe"]
 
 
-def probe(config, *, workspace=None, cohort: Cohort | None = None, runs_dir=None, progress: bool | None = None,
+def probe(config, *, workspace=None, cohort: Cohort | None = None, runs_dir=None, progress: Progress | None = None,
           config_path=None, record: bool = True) -> TrainResult:
-    """Fit and evaluate a linear probe on the frozen encoder named by ``model.init_from``."""
+    """Fit and evaluate a linear probe on the frozen encoder named by ``model.init_from``.
+
+    ``progress(stage, done, total)`` reports cache building and feature extraction (nothing is printed).
+    """
     cfg, config_path = config_from(config, TrainConfig, config_path)
     if not cfg.model.init_from:
         raise ConfigError("a linear probe needs a pretrained encoder", path=config_path,
@@ -40,7 +46,7 @@ def probe(config, *, workspace=None, cohort: Cohort | None = None, runs_dir=None
     if cfg.task.kind not in ("binary", "multiclass", "regression"):
         raise ConfigError(f"linear probes handle binary, multiclass and regression tasks, not {cfg.task.kind}",
                           path=config_path, fix="use `sobre train` with model.init_from to fine-tune instead")
-    progress = cfg.runtime.progress if progress is None else progress
+    progress, _ = E.reporters(cfg.runtime, progress, None)
     rt = E.setup_runtime(cfg.runtime, cfg.seed)
     rroot = runs_root(workspace) if workspace is not None else (Path(runs_dir) if runs_dir else None)
     cohort, task, plan = prepare_supervised(cfg, workspace=workspace, cohort=cohort, progress=progress,
@@ -95,6 +101,29 @@ def probe(config, *, workspace=None, cohort: Cohort | None = None, runs_dir=None
     if run is not None:
         preds.to_csv(run.path / "predictions.csv", index=False)
         run.add_artifact("predictions.csv")
+        _save_model(run, cfg, cohort, task, encoder, final, rt)
         run.finish("completed", metrics=metrics, headline=_headline(task, metrics),
                    expected_subjects=sorted(map(str, plan.test)))
     return TrainResult(run, metrics, preds, [], task, plan)
+
+
+def _save_model(run: Run, cfg: TrainConfig, cohort: Cohort, task, encoder, final, rt: dict) -> None:
+    """``model.pt``: the encoder with the fitted probe as its linear head (standardisation folded in).
+
+    The head acts on the features and the *raw* covariates (the probe standardised both), so the
+    recorded covariate scaling is the identity; ridge predicts values in the label's units.
+    """
+    import torch
+
+    n_cov = len(cfg.model.covariates)
+    model = Classifier(encoder, 1 if task.kind in ("binary", "regression") else len(task.classes),
+                       n_covariates=n_cov)
+    w, b = final.linear()
+    with torch.no_grad():
+        model.head.weight.copy_(torch.as_tensor(w, dtype=model.head.weight.dtype))
+        model.head.bias.copy_(torch.as_tensor(b, dtype=model.head.bias.dtype))
+    E.save_checkpoint(run.path / "model.pt", {"format": "sobre.probe-model/1", "model": model.state_dict()})
+    run.add_artifact("model.pt")
+    identity = SimpleNamespace(mean=0.0, std=1.0, cov_mean=np.zeros(n_cov) if n_cov else None,
+                               cov_std=np.ones(n_cov) if n_cov else None)
+    run.update(model=model_record("probe", cfg, cohort, task, [member_record("model.pt", identity)], rt))

@@ -64,7 +64,13 @@ class TaskSpec:
         return self.n_classes
 
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        out = out.float()
+        """The task's loss, in fp32 whatever the precision of ``out`` (autocast is off inside)."""
+        from sobre.learn._losses import fp32
+
+        with fp32(out):
+            return self._loss(out.float(), y)
+
+    def _loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.kind == "binary":
             return F.binary_cross_entropy_with_logits(out[:, 0], y.float())
         if self.kind == "multiclass":

@@ -8,7 +8,9 @@ subjects, once.
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,17 +18,22 @@ import numpy as np
 import pandas as pd
 import torch
 
+from sobre.base import Progress, no_progress
 from sobre.errors import ConfigError, InputError
 from sobre.learn import _engine as E
 from sobre.learn._augment import Augmenter
 from sobre.learn._config import ModelConfig, TrainConfig, config_from, resolved, validate_config
 from sobre.learn._data import Cohort, load_cohort, metadata_matrix, require_columns
+from sobre.learn._inference import member_record, model_record
+from sobre.learn._losses import fp32
 from sobre.learn._models import Classifier, build_encoder, build_segmenter, encoder_spec
 from sobre.learn._runs import Run, begin_run, open_run, reopen_run, runs_root
 from sobre.learn._splits import SplitPlan, make_split
 from sobre.learn._tasks import TaskSpec, build_task, default_monitor, monitor_direction, refit_scaling
 
 __all__ = ["train", "TrainResult", "subject_table", "predictions_frame", "load_encoder_checkpoint"]
+
+log = logging.getLogger("sobre.learn")
 
 
 @dataclass
@@ -144,12 +151,7 @@ def _head_from_probe(model: Classifier, images, rows: np.ndarray, task: TaskSpec
     X, _ = extract_features(model.encoder, images, rows, batch_size=32, bf16=bf16, channels_last=channels_last)
     if cov is not None:
         X = np.c_[X, cov[rows]]
-    probe = fit_probe(X, task.targets[rows], task.kind, seed=seed)
-    mu, sd = probe.scaler.mean_, probe.scaler.scale_
-    coef = np.atleast_2d(probe.model.coef_)
-    icpt = np.atleast_1d(probe.model.intercept_)
-    w = coef / sd
-    b = icpt - (coef * mu / sd).sum(1)
+    w, b = fit_probe(X, task.targets[rows], task.kind, seed=seed).linear()
     with torch.no_grad():
         model.head.weight.copy_(torch.as_tensor(w, dtype=model.head.weight.dtype))
         model.head.bias.copy_(torch.as_tensor(b, dtype=model.head.bias.dtype))
@@ -158,20 +160,14 @@ def _head_from_probe(model: Classifier, images, rows: np.ndarray, task: TaskSpec
 
 # ------------------------------------------------------------------------------- segmentation
 def _seg_predict(model, images, rows, cfg: TrainConfig, bf16: bool, channels_last: bool, n_classes: int):
-    from monai.inferers import sliding_window_inference
-
     roi = cfg.task.patch or list(images.shape[2:])
-    model.eval()
     preds, probs = [], []
     t0 = time.perf_counter()
-    with torch.inference_mode(), E.autocast(bf16):
-        for r in rows:
-            x = E.to_device_batch(E.stack_rows(images, np.asarray([r])), channels_last)
-            logits = sliding_window_inference(x, roi_size=roi, sw_batch_size=4, predictor=model,
-                                              overlap=cfg.task.overlap, mode="gaussian")
-            p = torch.softmax(logits.float(), 1)
-            probs.append(p[0])
-            preds.append(p[0].argmax(0).to(torch.uint8))
+    for r in rows:
+        p = E.sliding_window_probs(model, E.stack_rows(images, np.asarray([r])), roi=roi, overlap=cfg.task.overlap,
+                                   bf16=bf16, channels_last=channels_last)
+        probs.append(p[0])
+        preds.append(p[0].argmax(0).to(torch.uint8))
     dt = time.perf_counter() - t0
     return preds, probs, (len(rows) / dt if dt > 0 else float("nan"))
 
@@ -189,14 +185,16 @@ def dice_scores(pred: np.ndarray, ref: np.ndarray, n_classes: int) -> list[float
 # ------------------------------------------------------------------------------------- one fold
 def _fit_fold(dev: Cohort, task: TaskSpec, train_local: np.ndarray, val_local: np.ndarray, cfg: TrainConfig, *,
               rt: dict, ckpt_dir: Path | None, run: Run | None, fold: int, resume: bool,
-              interrupt_after: int | None, progress: bool, runs_dir, config_path,
-              cov_raw: np.ndarray | None = None) -> tuple[torch.nn.Module, E.LoopResult, dict | None]:
+              interrupt_after: int | None, progress: Progress | None, runs_dir, config_path,
+              cov_raw: np.ndarray | None = None,
+              on_epoch: Callable[[dict], None] | None = None) -> tuple[torch.nn.Module, E.LoopResult, dict | None]:
     """Train on ``train_local`` rows of the development cohort, early-stop on ``val_local``.
 
     ``cov_raw``: raw covariates of the development rows (standardised with ``task``'s statistics).
+    ``progress(stage, done, total)`` counts the samples of each epoch; ``on_epoch(row)`` receives
+    every epoch's record (with ``group = "fold<k>"``).
     """
-    from tqdm import tqdm
-
+    progress = progress or no_progress
     seed = cfg.seed * 1000 + fold
     torch.manual_seed(seed)
     seg = task.kind == "segmentation"
@@ -212,7 +210,9 @@ def _fit_fold(dev: Cohort, task: TaskSpec, train_local: np.ndarray, val_local: n
         _head_from_probe(model, dev.images, train_local, task, cov, bf16=bf16, channels_last=cl, seed=seed)
     opt = E.make_optimizer(_param_groups(model, cfg.model, cfg.optim.lr), cfg.optim)
     bs = min(cfg.optim.batch_size, len(train_local))
-    steps = len(E.batches(len(train_local), bs, shuffle=False, drop_last=True)) or 1
+    plan = E.batches(len(train_local), bs, shuffle=False, drop_last=True)
+    steps = len(plan) or 1
+    per_epoch = sum(len(b) for b in plan)
     n_epochs = E.planned_epochs(cfg.optim, steps)
     sched = E.make_scheduler(opt, cfg.optim, steps, n_epochs)
     aug = Augmenter(cfg.augment, dev.spatial_shape, seed=seed, with_mask=seg, patch=cfg.task.patch if seg else None)
@@ -245,8 +245,8 @@ def _fit_fold(dev: Cohort, task: TaskSpec, train_local: np.ndarray, val_local: n
                         mod.eval()
         aug.set_epoch(epoch)
         n, total, t0 = 0, 0.0, time.perf_counter()
-        bar = tqdm(total=len(train_local), desc=f"{group} epoch {epoch + 1}/{n_epochs}", unit="sample",
-                   disable=not progress, leave=False)
+        stage = f"{group} epoch {epoch + 1}/{n_epochs}"
+        progress(stage, 0, per_epoch)
 
         def prepared():
             for b in E.batches(len(train_local), bs, shuffle=True, seed=seed, epoch=epoch, drop_last=True):
@@ -265,7 +265,11 @@ def _fit_fold(dev: Cohort, task: TaskSpec, train_local: np.ndarray, val_local: n
         for rows, x, y in E.prefetched(prepared(), cfg.runtime.prefetch):
             with E.autocast(bf16):
                 out = model(x) if cov is None else model(x, torch.from_numpy(cov[rows]))
-            loss = seg_loss(out.float(), y) if seg else task.loss(out, y)
+            if seg:
+                with fp32(out):
+                    loss = seg_loss(out.float(), y)
+            else:
+                loss = task.loss(out, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.optim.grad_clip:
@@ -274,9 +278,7 @@ def _fit_fold(dev: Cohort, task: TaskSpec, train_local: np.ndarray, val_local: n
             sched.step()
             n += len(rows)
             total += float(loss.detach()) * len(rows)
-            bar.update(len(rows))
-            bar.set_postfix(loss=f"{total / n:.4f}")
-        bar.close()
+            progress(stage, n, per_epoch)
         dt = time.perf_counter() - t0
         return {"train_loss": total / max(n, 1), "train_samples_per_s": n / dt if dt > 0 else None}
 
@@ -294,14 +296,13 @@ def _fit_fold(dev: Cohort, task: TaskSpec, train_local: np.ndarray, val_local: n
         m["val_samples_per_s"] = sps
         return m
 
-    def on_epoch(row: dict) -> None:
+    def epoch_done(row: dict) -> None:
         if run is not None:
             run.log_epoch(row, group=group)
-        if progress:
-            shown = {k: v for k, v in row.items() if k in ("epoch", "train_loss", "val_loss", monitor,
-                                                             "train_samples_per_s")}
-            print(f"[{group}] " + "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                                            for k, v in shown.items()), flush=True)
+        log.info("[%s] %s", group, E.epoch_line(row, ("epoch", "train_loss", "val_loss", monitor,
+                                                      "train_samples_per_s")))
+        if on_epoch is not None:
+            on_epoch(dict(row, group=group, monitor=monitor))
 
     def on_resume(epoch: int) -> None:
         if run is not None:
@@ -310,7 +311,7 @@ def _fit_fold(dev: Cohort, task: TaskSpec, train_local: np.ndarray, val_local: n
     es = cfg.optim.early_stopping
     res = E.run_epochs(model=model, optimizer=opt, scheduler=sched, n_epochs=n_epochs, train_one_epoch=train_one_epoch,
                        validate=validate, monitor=monitor, mode=mode, patience=es.patience, min_delta=es.min_delta,
-                       ckpt_dir=ckpt_dir, resume=resume, interrupt_after=interrupt_after, on_epoch=on_epoch,
+                       ckpt_dir=ckpt_dir, resume=resume, interrupt_after=interrupt_after, on_epoch=epoch_done,
                        on_resume=on_resume, validate_first=probe_init)
     if ckpt_dir is not None and (ckpt_dir / "best.pt").exists():
         model.load_state_dict(E.load_checkpoint(ckpt_dir / "best.pt")["model"])
@@ -355,8 +356,9 @@ def predictions_frame(table: pd.DataFrame, rows: np.ndarray, outputs: np.ndarray
 
 
 # ------------------------------------------------------------------------------------------ train
-def prepare_supervised(cfg: TrainConfig, *, workspace=None, cohort: Cohort | None = None, progress: bool = False,
-                       config_path=None, threads: int = 1) -> tuple[Cohort, TaskSpec, SplitPlan]:
+def prepare_supervised(cfg: TrainConfig, *, workspace=None, cohort: Cohort | None = None,
+                       progress: Progress | None = None, config_path=None,
+                       threads: int = 1) -> tuple[Cohort, TaskSpec, SplitPlan]:
     """Load the cohort, read the task's labels and split the subjects (shared by train and probe)."""
     seg = cfg.task.kind == "segmentation"
     if cohort is None:
@@ -387,8 +389,8 @@ def prepare_supervised(cfg: TrainConfig, *, workspace=None, cohort: Cohort | Non
 
 
 def train(config, *, workspace=None, cohort: Cohort | None = None, runs_dir=None, resume: str | None = None,
-          interrupt_after: int | None = None, progress: bool | None = None, config_path=None,
-          record: bool = True) -> TrainResult:
+          interrupt_after: int | None = None, progress: Progress | None = None,
+          on_epoch: Callable[[dict], None] | None = None, config_path=None, record: bool = True) -> TrainResult:
     """Train a model as configured; record the run; write predictions for validation and test subjects.
 
     Parameters
@@ -404,6 +406,12 @@ def train(config, *, workspace=None, cohort: Cohort | None = None, runs_dir=None
         Run id of an interrupted run: continue it from its last checkpoints (same config and data).
     interrupt_after : int, optional
         Stop after this many epochs in this call (the run is left ``interrupted``, resumable).
+    progress : callable, optional
+        ``progress(stage, done, total)``: cache building, then the samples of each epoch
+        (stage ``"fold0 epoch 3/30"``). Nothing is printed; ``sobre train`` draws bars from it.
+    on_epoch : callable, optional
+        Receives each epoch's record (as stored in ``run.json``, plus ``group`` and ``monitor``).
+        Both callbacks stay silent with ``runtime.progress = false``.
     record : bool
         False: no run folder, no checkpoints (used by benchmarks for many small fits).
 
@@ -425,7 +433,7 @@ def train(config, *, workspace=None, cohort: Cohort | None = None, runs_dir=None
                                   found="a changed config", fix="resume without a config, or start a new run")
     else:
         cfg, config_path = config_from(config, TrainConfig, config_path)
-    progress = cfg.runtime.progress if progress is None else progress
+    progress, on_epoch = E.reporters(cfg.runtime, progress, on_epoch)
     rt = E.setup_runtime(cfg.runtime, cfg.seed)
     cohort, task, plan = prepare_supervised(cfg, workspace=workspace, cohort=cohort, progress=progress,
                                             config_path=config_path, threads=rt["threads"])
@@ -458,7 +466,7 @@ def train(config, *, workspace=None, cohort: Cohort | None = None, runs_dir=None
             model, res, init = _fit_fold(dev, ftask, tr, va, cfg, rt=rt, ckpt_dir=ckpt, run=run, fold=f,
                                          resume=resume is not None, interrupt_after=interrupt_after,
                                          progress=progress, runs_dir=rroot, config_path=config_path,
-                                         cov_raw=cov_dev)
+                                         cov_raw=cov_dev, on_epoch=on_epoch)
             if run is not None and init is not None:
                 run.update(init=init)
             models.append((model, ftask))
@@ -488,11 +496,16 @@ def train(config, *, workspace=None, cohort: Cohort | None = None, runs_dir=None
         if task.kind != "segmentation":
             preds.to_csv(run.path / "predictions.csv", index=False)
             run.add_artifact("predictions.csv")
-        for f in range(len(plan.folds)):
+        members = []
+        for f, (_, ftask) in enumerate(models):
             for name in ("best.pt", "last.pt"):
                 p = run.path / "checkpoints" / f"fold{f}" / name
                 if p.exists():
                     run.add_artifact(p.relative_to(run.path))
+            kept = run.path / "checkpoints" / f"fold{f}" / "best.pt"  # no best.pt: nothing was monitored, the last
+            kept = kept if kept.exists() else kept.with_name("last.pt")  # epoch's weights are the fold's model
+            members.append(member_record(kept.relative_to(run.path).as_posix(), ftask))
+        run.update(model=model_record("train", cfg, cohort, task, members, rt))
         head = _headline(task, metrics)
         run.finish("completed", metrics=metrics, folds=folds_info, headline=head,
                    expected_subjects=sorted(preds.loc[preds["split"] == "test", "subject_id"].astype(str)))

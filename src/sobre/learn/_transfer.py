@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from sobre.base import Progress
 from sobre.errors import InputError
 from sobre.learn import _engine as E
 from sobre.learn._config import BaselineConfig, PreprocessConfig
@@ -23,8 +24,8 @@ __all__ = ["extract_features", "fit_probe", "Probe", "roi_features", "atlas_on_g
 
 
 def extract_features(encoder: torch.nn.Module, images, rows=None, *, batch_size: int = 16, bf16: bool = False,
-                     channels_last: bool = True, progress: bool = False) -> tuple[np.ndarray, float]:
-    """Encoder features of ``images[rows]``: ``(array (n, D), samples/s)``."""
+                     channels_last: bool = True, progress: Progress | None = None) -> tuple[np.ndarray, float]:
+    """Encoder features of ``images[rows]``: ``(array (n, D), samples/s)``; ``progress("features", done, n)``."""
     n = images.shape[0]
     rows = np.arange(n) if rows is None else np.asarray(rows)
     out, sps = E.timed_inference(encoder, images, rows, batch_size=batch_size, bf16=bf16,
@@ -37,6 +38,16 @@ class Probe:
 
     def __init__(self, kind: str, model, scaler, info: dict) -> None:
         self.kind, self.model, self.scaler, self.info = kind, model, scaler, info
+
+    def linear(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(W (K, D), b (K,))`` acting on the raw features: ``logits (or value) = X @ W.T + b``.
+
+        The standardisation is folded in: ``W = coef / sd``, ``b = intercept - sum(coef * mean / sd)``.
+        """
+        mu, sd = self.scaler.mean_, self.scaler.scale_
+        coef = np.atleast_2d(self.model.coef_)
+        icpt = np.atleast_1d(self.model.intercept_)
+        return coef / sd, icpt - (coef * mu / sd).sum(1)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         Z = self.scaler.transform(X)
