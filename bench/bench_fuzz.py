@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--memory-mb", type=float, default=1024.0, help="resident memory limit per worker (MB)")
     ap.add_argument("--no-controls", action="store_true", help="skip the unmodified sources")
     ap.add_argument("--src", help="a sobre source folder (…/src) to test instead of the installed one")
+    ap.add_argument("--label", help="what code is tested, written into the report (e.g. 'HEAD abc1234')")
     ap.add_argument("--json", default=str(ROOT / "bench" / "out" / "fuzz.json"), help="report file")
     ap.add_argument("--examples", default=str(ROOT / "bench" / "out" / "fuzz-examples"),
                     help="folder for one failing mutant file per (stage, class); '' for none")
@@ -61,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     if ns.examples:
         shutil.rmtree(ns.examples, ignore_errors=True)
     cfg = Config(n=ns.n, seed=ns.seed, workers=ns.workers, stage_timeout=ns.timeout, memory_limit_mb=ns.memory_mb,
-                 controls=not ns.no_controls, keep_examples=ns.examples or None, workdir=ns.workdir, env=env)
+                 controls=not ns.no_controls, keep_examples=ns.examples or None, workdir=ns.workdir, env=env,
+                 code_label=ns.label)
     rep = run(cfg)
     print(summary_text(rep))
     out = Path(ns.json)

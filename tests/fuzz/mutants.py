@@ -36,11 +36,23 @@ import random
 import struct
 import zlib
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
-__all__ = ["SOURCES", "KINDS", "Source", "Mutant", "Layout", "sources_available", "load_source", "parse",
-           "make", "plan", "spec", "main"]
+__all__ = [
+    "KINDS",
+    "SOURCES",
+    "Layout",
+    "Mutant",
+    "Source",
+    "load_source",
+    "main",
+    "make",
+    "parse",
+    "plan",
+    "sources_available",
+    "spec",
+]
 
 # ------------------------------------------------------------------------------------------ sources
 
@@ -149,7 +161,7 @@ def sources_available() -> list[Source]:
     return [s for s in SOURCES if source_path(s.key) is not None]
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_source(key: str) -> bytes:
     """Bytes of a source (derived sources are built deterministically from their real file)."""
     src = next((s for s in SOURCES if s.key == key), None)
@@ -862,12 +874,12 @@ class _Ctx:
     donor_keys: tuple[str, ...]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _layout(key: str) -> Layout:
     return parse(load_source(key), lenient=True)
 
 
-@lru_cache(maxsize=None)
+@cache
 def sop_uid(key: str) -> str | None:
     lay = _layout(key)
     occ = [i for i in lay.find(KW["SOPInstanceUID"], meta=False) if lay.elems[i].depth == 0]

@@ -3,10 +3,12 @@
 Each mutant is handled by a long-lived worker process (many mutants per worker, to avoid the
 interpreter start per file) that runs the CLI in-process (``sobre.cli.main([...])``) and the
 listener in-process (``sobre.pacs.Listener`` on port 0, pynetdicom as the SCU). The parent process
-watches every worker: a stage that runs past ``stage_timeout`` (5 s), a resident set over
-``memory_limit`` (1 GiB; polled every 20 ms, and measured per stage from the kernel's peak-RSS
-counter, reset before each stage) or a worker that dies (segfault, abort) is charged to the mutant and
-the stage it was in; the worker is replaced. A kill is re-tried once in a fresh worker and counted
+watches every worker: a stage that runs past ``stage_timeout`` (5 s of its own time: wall time less the
+time the worker waited for a CPU, from Linux schedstat, so a loaded machine does not make hangs), a
+resident set over ``memory_limit`` (1 GiB; polled every 20 ms, and measured per stage from the
+kernel's peak-RSS counter, reset before each stage) or a worker that dies (segfault, abort) is charged
+to the mutant and the stage it was in (with every thread's Python stack, dumped by faulthandler just
+before the kill); the worker is replaced. A kill is re-tried once in a fresh worker and counted
 only when it happens again (``confirmed``), so that a loaded machine does not invent hangs.
 
 Stages, in this order, for every mutant (file ``M``):
@@ -65,7 +67,10 @@ FAILURES = {
     "workspace_changed": "the originals' series, files or hashes changed after ingesting the mutant",
     "ingest_ok_undecodable": "ingest put the mutant in a series with status ok that does not load",
     "ingest_silent_drop": "the mutant is catalogued in no series (or not at all) and no message names it",
+    "inconsistent_verdict": "export decodes the mutant (exit 0) but ingest refuses it as unreadable (its SOP Instance "
+                            "UID is not one already catalogued)",
     "deid_output_unreadable": "deid exited 0 but its output does not read back / decode",
+    "input_modified": "a command changed the bytes of its input file (checked after every stage)",
     "listener_exception": "the listener's handler raised (pynetdicom logged an exception)",
     "listener_no_status": "the listener aborted or did not answer (no status)",
     "listener_down": "the listener did not accept an association",
@@ -92,9 +97,10 @@ class _Worker:
         logging.getLogger().addHandler(handler)
         logging.getLogger().setLevel(logging.WARNING)
         import pydicom  # noqa: F401
+        from pynetdicom import _config
+
         import sobre
         import sobre.cli
-        from pynetdicom import _config
 
         _config.STORE_SEND_CHUNKED_DATASET = True
         self.sobre = sobre
@@ -210,11 +216,13 @@ class _Worker:
     # -- one mutant ---------------------------------------------------------------------------
     def handle(self, task: dict) -> dict:
         path = Path(task["path"])
+        self.task_sop = task.get("sop")
         work = self.root / "task"
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir()
         result: dict = {"stages": {}}
         st = result["stages"]
+        digest0 = _sha256(path)
 
         # info
         self._stage("info")
@@ -236,6 +244,7 @@ class _Worker:
         st["info"] = _outcome(r, fails, peak=_peak(), extra={"coordinate_system": coord,
                                                               "shape": _get(info, "shape"),
                                                               "dtype": _get(info, "dtype")})
+        digest0 = self._input_intact(path, digest0, st["info"])
         info_ok = r["rc"] == 0 and not fails
 
         # export
@@ -259,6 +268,7 @@ class _Worker:
                           "): exit 0 with coordinate_system 'pixel', no warning"})
             st["info"]["outcome"] = "geometry_fallback"
         st["export"] = _outcome(r, fails, peak=_peak(), extra={"warnings": r["warnings"] or None})
+        digest0 = self._input_intact(path, digest0, st["export"])
         decodes = r["rc"] == 0 and not fails
 
         # deid
@@ -285,16 +295,35 @@ class _Worker:
             if problem:
                 fails.append({"class": "deid_output_unreadable", "detail": problem[:500]})
         st["deid"] = _outcome(r, fails, peak=_peak())
+        digest0 = self._input_intact(path, digest0, st["deid"])
 
         # ingest
         self._stage("ingest")
-        st["ingest"] = self._ingest(path, work)
+        st["ingest"] = ing = self._ingest(path, work)
+        reason = ing.get("skip_reason") or ""
+        if (decodes and ing["outcome"] == "ok" and ing.get("placed") == "skipped" and not ing.get("sop_of_original")
+                and not reason.startswith("same content") and "already catalogued" not in reason):
+            ing.setdefault("failures", []).append({"class": "inconsistent_verdict",
+                                                   "detail": f"export exit 0; ingest skipped it: {reason[:300]}"})
+            ing["outcome"] = "inconsistent_verdict"
+        digest0 = self._input_intact(path, digest0, ing)
 
         # listener
         self._stage("listener")
         st["listener"] = self._listener(path, task, decodes)
+        self._input_intact(path, digest0, st["listener"])
         shutil.rmtree(work, ignore_errors=True)
         return result
+
+    @staticmethod
+    def _input_intact(path: Path, digest: str | None, stage: dict) -> str | None:
+        """Record ``input_modified`` on ``stage`` if the file's bytes changed; returns the current digest."""
+        now = _sha256(path)
+        if now != digest:
+            stage.setdefault("failures", []).append({"class": "input_modified",
+                                                     "detail": f"sha256 {digest} -> {now}"})
+            stage["outcome"] = "input_modified"
+        return now
 
     def _ingest(self, path: Path, work: Path) -> dict:
         ws_dir = work / "ws"
@@ -338,13 +367,19 @@ class _Worker:
         mine = after["files"].get(str(path)) or after["files"].get(str(path.resolve()))
         extra["mutant_series"] = mine["series"] if mine else None
         extra["mutant_sop"] = mine.get("sop") if mine else None
+        sop = (mine or {}).get("sop") or self.task_sop
         if changed:
-            same_sop = bool(mine and mine.get("sop") and mine["sop"] in base["sops"])
+            same_sop = bool(sop and sop in base["sops"])
             fails.append({"class": "workspace_changed",
                           "detail": ("mutant carries the SOP Instance UID of a catalogued original; "
                                      if same_sop else "") + "; ".join(changed)[:800],
                           "sub": "same_sop_uid" if same_sop else "other"})
-        named = str(path) in json.dumps(report.get("skipped", [])) or path.name in json.dumps(report.get("skipped", []))
+        reasons = [s.get("reason", "") if isinstance(s, dict) else str(s[1] if len(s) > 1 else s)
+                   for s in report.get("skipped", []) if path.name in json.dumps(s)]
+        named = bool(reasons)
+        if reasons:
+            extra["skip_reason"] = reasons[0][:300]
+        extra["sop_of_original"] = bool(sop and sop in base["sops"])
         if mine is None:
             if not named and not report.get("duplicates"):
                 fails.append({"class": "ingest_silent_drop", "detail": "not catalogued, not in report.skipped"})
@@ -560,6 +595,15 @@ class _ListHandler:
 
         h = H(level=logging.WARNING)
         return h
+
+
+def _sha256(path: Path) -> str | None:
+    import hashlib
+
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
 
 
 def _reraise_interrupts(exc: BaseException) -> None:
@@ -779,6 +823,7 @@ class Config:
     controls: bool = True
     keep_examples: str | None = None  # folder to copy one mutant file per failure class into
     progress: bool = True
+    code_label: str | None = None  # what code is tested, for the report (e.g. "git archive of HEAD abc1234")
     python: str = sys.executable
     env: dict = field(default_factory=dict)
 
@@ -786,7 +831,7 @@ class Config:
 class _Slot:
     """One worker process and the thread that drives it."""
 
-    def __init__(self, runner: "Runner", k: int) -> None:
+    def __init__(self, runner: Runner, k: int) -> None:
         self.runner = runner
         self.k = k
         self.proc: subprocess.Popen | None = None
@@ -868,19 +913,27 @@ class _Slot:
         self.proc.stdin.write((json.dumps(task) + "\n").encode())
         self.proc.stdin.flush()
         stage = "start"
-        t_stage = time.monotonic()
+        pid = self.proc.pid
+        t_stage, delay0 = time.monotonic(), _run_delay(pid)
         timeline = {}
+        limit = self.runner.cfg.stage_timeout
         while True:
-            ev = self._read(self.runner.cfg.stage_timeout - (time.monotonic() - t_stage), watch_rss=True)
+            ev = self._read(0.25, watch_rss=True)
             if ev is None:
-                cap = self._dump_and_kill()
-                return {"killed": "hang", "stage": stage, "after_s": round(time.monotonic() - t_stage, 2),
-                        "timeline": timeline, "capture": cap}
+                # the time a stage takes is its wall time less the time its process waited for a CPU
+                # (other programs on a loaded machine): a starved worker is not a hang
+                wall = time.monotonic() - t_stage
+                own = wall - (_run_delay(pid) - delay0)
+                if own > limit or wall > limit * 12:
+                    cap = self._dump_and_kill()
+                    return {"killed": "hang", "stage": stage, "after_s": round(wall, 2),
+                            "own_s": round(own, 2), "timeline": timeline, "capture": cap}
+                continue
             kind = ev.get("ev")
             if kind == "stage":
                 timeline[stage] = round(time.monotonic() - t_stage, 3)
                 stage = ev["stage"]
-                t_stage = time.monotonic()
+                t_stage, delay0 = time.monotonic(), _run_delay(pid)
             elif kind == "done":
                 return ev["result"]
             elif kind == "rss":
@@ -912,6 +965,15 @@ class _Slot:
             return (wdirs[-1] / "capture.txt").read_text(errors="replace")[-8000:]
         except (OSError, IndexError):
             return ""
+
+
+def _run_delay(pid: int) -> float:
+    """Seconds the process's main thread has spent runnable but waiting for a CPU (Linux schedstat)."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as fh:
+            return int(fh.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 def _rss_mb(pid: int) -> float | None:
@@ -985,7 +1047,8 @@ class Runner:
             d.mkdir(exist_ok=True)
             path = d / f"control{t['index']:03d}-{short}.dcm"
             path.write_bytes(self.M.load_source(k))
-            return {"index": t["index"], "path": str(path), "control": True,
+            return {"index": t["index"], "path": str(path), "control": True, "sop": self.M.sop_uid(k),
+                    "orig_coord": self.orig_coord.get(k),
                     "mutant": {"index": t["index"], "source": k, "kind": "none", "seed": None, "params": {}}}
         m = self.M.plan(self.cfg.seed, t["index"], self.sources)
         d = Path(self.tmp) / "mutants"
@@ -995,7 +1058,8 @@ class Runner:
         geometry = {"ImageOrientationPatient": "ImageOrientationPatient", "(0020,0037)": "ImageOrientationPatient",
                     "ImagePositionPatient": "ImagePositionPatient", "(0020,0032)": "ImagePositionPatient"}.get(
                         str(m.params.get("tag")))
-        task = {"index": m.index, "path": str(path), "control": False, "mutant": m.describe(),
+        sop = _sop_of(m.data, self.M)
+        task = {"index": m.index, "path": str(path), "control": False, "mutant": m.describe(), "sop": sop,
                 "geometry_tag": geometry, "orig_coord": self.orig_coord.get(m.source)}
         return task
 
@@ -1003,6 +1067,8 @@ class Runner:
     def run(self) -> dict:
         t0 = time.perf_counter()
         load0 = os.getloadavg()
+        real = {k: self.M.source_path(k) for k in self.keys}
+        before = {k: _sha256(p) for k, p in real.items()}
         self.build_template()
         t_tpl = time.perf_counter() - t0
         slots = [_Slot(self, k) for k in range(self.cfg.workers)]
@@ -1015,6 +1081,7 @@ class Runner:
         for s in slots:
             s.stop()
         wall = time.perf_counter() - t0
+        self.sources_changed = [k for k, p in real.items() if _sha256(p) != before[k]]
         self.report = self._report(wall, t_tpl, t_ctl, load0, os.getloadavg())
         return self.report
 
@@ -1062,7 +1129,7 @@ class Runner:
             if "killed" in res2:
                 cls = {"hang": "hang", "memory": "memory", "crash": "crash"}[res2["killed"]]
                 detail = {"hang": f"stage {res2['stage']} still running after {self.cfg.stage_timeout:g} s "
-                                  f"(twice)",
+                                  f"(twice; wall {res2.get('after_s')} s, less CPU wait {res2.get('own_s')} s)",
                           "memory": f"stage {res2['stage']} resident memory {res2.get('rss_mb', 0):.0f} MB > "
                                     f"{self.cfg.memory_limit_mb:.0f} MB (twice)",
                           "crash": f"worker died in stage {res2['stage']} (returncode {res2.get('returncode')}, "
@@ -1162,6 +1229,7 @@ class Runner:
                        "python": self.cfg.python, "sobre": _sobre_origin(self.cfg)},
             "sources": [{"key": s.key, "note": s.note, "original_in_workspace": s.key in self.original_keys}
                         for s in self.sources],
+            "sample_files_changed": self.sources_changed,  # the real sample files themselves (must be [])
             "template_ingest": {k: self.template_report.get(k) for k in ("new", "series_new", "skipped", "problems")},
             "runtime": {"wall_s": round(wall, 1), "template_s": round(t_tpl, 1), "controls_s": round(t_ctl, 1),
                         "mutants_s": round(wall - t_tpl - t_ctl, 1),
@@ -1181,6 +1249,30 @@ class Runner:
             "records": self.results,
             "control_records": self.controls,
         }
+
+
+def _sop_of(data: bytes, M) -> str | None:
+    """The SOP Instance UID a mutant carries (pydicom, forced; else the walker), None if unreadable."""
+    import io
+    import warnings
+
+    try:
+        import pydicom
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(io.BytesIO(data), force=True, specific_tags=["SOPInstanceUID"])
+            uid = str(ds.get("SOPInstanceUID", "") or "").strip()
+        if uid:
+            return uid
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        lay = M.parse(data, lenient=True)
+        occ = [i for i in lay.find(M.KW["SOPInstanceUID"], meta=False) if lay.elems[i].depth == 0]
+        return M._read_value(lay, occ[0], "UI") if occ else None
+    except Exception:  # noqa: BLE001 - too damaged to walk: the catalog row (if any) tells
+        return None
 
 
 def _kind_label(m: dict) -> str:
@@ -1267,18 +1359,20 @@ def _sobre_origin(cfg: Config) -> dict:
     env = dict(os.environ, **cfg.env)
     try:
         out = subprocess.run([cfg.python, "-c", "import sobre; print(sobre.__file__)"], capture_output=True,
-                             text=True, env=env, timeout=60)
+                             text=True, env=env, timeout=60, check=False)
         path = out.stdout.strip()
     except Exception:  # noqa: BLE001
         path = "?"
     info = {"module": path}
+    if cfg.code_label:
+        info["label"] = cfg.code_label
     try:
         root = Path(path).resolve().parents[2]
         head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, timeout=10)
+                              text=True, timeout=10, check=False)
         if head.returncode == 0:
             dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "src"],
-                                   capture_output=True, text=True, timeout=30).stdout.strip()
+                                   capture_output=True, text=True, timeout=30, check=False).stdout.strip()
             info.update(commit=head.stdout.strip(), src_modified_files=len(dirty.splitlines()))
     except Exception:  # noqa: BLE001
         pass
@@ -1294,6 +1388,7 @@ def summary_text(rep: dict) -> str:
     lines.append(f"sobre fuzz: {mu['total']} mutants of {len(rep['sources'])} real sample files "
                  f"(seed {cfg['seed']}, {cfg['workers']} workers, stage limit {cfg['stage_timeout_s']:g} s, "
                  f"memory limit {cfg['memory_limit_mb']:.0f} MB); sobre from {cfg['sobre'].get('module')}"
+                 + (f" [{cfg['sobre']['label']}]" if cfg["sobre"].get("label") else "")
                  + (f" (commit {cfg['sobre'].get('commit')}, {cfg['sobre'].get('src_modified_files')} "
                     f"modified files under src/)" if cfg["sobre"].get("commit") else ""))
     lines.append(f"mutants with at least one failure: {mu['with_failures']} / {mu['total']}")
@@ -1332,6 +1427,8 @@ def summary_text(rep: dict) -> str:
         for key, fc in ctl["failure_classes"].items():
             ex = fc["example"]
             lines.append(f"  CONTROL FAIL {key}: {fc['count']} (e.g. {ex['source']}: {ex['detail']})"[:300])
+    if rep["sample_files_changed"]:
+        lines.append(f"SAMPLE FILES CHANGED during the run: {rep['sample_files_changed']}")
     if rep["harness_errors"]:
         lines.append(f"harness errors: {len(rep['harness_errors'])} (e.g. {rep['harness_errors'][0]['error']})")
     if mu["unconfirmed_kills"]:

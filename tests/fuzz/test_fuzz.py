@@ -50,7 +50,7 @@ def sources(pydicom_data, sample):
     sample("deid-data")
     found = M.sources_available()
     if len(found) < len(M.SOURCES):
-        missing = sorted(set(s.key for s in M.SOURCES) - set(s.key for s in found))
+        missing = sorted({s.key for s in M.SOURCES} - {s.key for s in found})
         pytest.skip(f"sample files missing: {', '.join(missing[:5])}")
     return found
 
