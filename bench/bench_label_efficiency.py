@@ -52,7 +52,7 @@ def log(msg: str) -> None:
 
 # ----------------------------------------------------------------------------------------- data
 def sites(k: int, resolution: float):
-    from sobre.sim._config import default_sites
+    from sobre.sim import default_sites
 
     return [dataclasses.replace(s, age_min=18.0, age_max=90.0) for s in default_sites(k, 7, resolution)]
 
@@ -72,8 +72,7 @@ def _simulate_chunk(payload):
     """Worker: simulate subjects ``indices`` of one cohort and write them as BIDS NIfTI; returns metadata rows."""
     spec, indices, folder, resolution, k_sites = payload
     import sobre
-    from sobre.sim._brain import BrainSimulator
-    from sobre.sim._config import BrainCohortConfig, DiseaseModel
+    from sobre.sim import BrainCohortConfig, BrainSimulator, DiseaseModel
 
     dis = None if spec["disease"] is None else DiseaseModel.preset(spec["disease"], spec["strength"])
     cfg = BrainCohortConfig(subjects=spec["subjects"], seed=spec["seed"], sites=sites(k_sites, resolution),
@@ -153,8 +152,7 @@ def prepare_data(args) -> tuple[object, dict]:
 
 def build_caches(ws, cfg: dict) -> dict:
     """Preprocess every dataset version of the benchmark once (memory-mapped cache in the workspace)."""
-    from sobre.learn import load_cohort
-    from sobre.learn._config import DataConfig, PreprocessConfig
+    from sobre.learn import DataConfig, PreprocessConfig, load_cohort
 
     pre = PreprocessConfig.model_validate(cfg.get("preprocess", {}))
     out = {}
@@ -235,7 +233,7 @@ def main(argv=None) -> int:
     from sobre.learn import label_efficiency
 
     t1 = time.perf_counter()
-    res = label_efficiency(cfg, workspace=ws, progress=False, log=log, config_path=args.config,
+    res = label_efficiency(cfg, workspace=ws, log=log, config_path=args.config,
                            reuse_pretraining=not args.no_reuse)
     t_bench = time.perf_counter() - t1
     run = res.run

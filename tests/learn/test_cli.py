@@ -141,3 +141,16 @@ def test_pretrain_probe_and_benchmark(blob_workspace, tmp_path, capsys):
     assert "| y-aware + probe |" in out and "results in" in out
     code, out, _ = run_cli(capsys, "runs", "list", "--kind", "benchmark", "-w", ws.root, "--json")
     assert len(json.loads(out)) == 1
+
+
+def test_epoch_records_are_rendered_on_stderr(capsys):
+    from sobre.cli._learn import _Epochs
+
+    _Epochs(True)({"epoch": 3, "train_loss": 0.69314, "val_loss": 0.7, "val_auc": 0.75, "lr": 0.001,
+                   "group": "fold0", "monitor": "val_auc"})
+    _Epochs(True)({"epoch": 1, "train_loss": 4.2, "monitor_age_mae": 9.87, "group": "pretrain"})
+    _Epochs(False)({"epoch": 1, "group": "fold0"})
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert out.err.splitlines() == ["[fold0] epoch 3  train_loss 0.6931  val_loss 0.7  val_auc 0.75",
+                                    "[pretrain] epoch 1  train_loss 4.2  monitor_age_mae 9.87"]

@@ -147,3 +147,53 @@ def test_from_arrays_subset_and_content_hash():
     assert Cohort.from_arrays(imgs, meta).content_hash != c.content_hash
     with pytest.raises(InputError, match="no 'subject_id' column"):
         Cohort.from_arrays(imgs, [{"age": 1}] * 6)
+
+
+def test_cache_building_reports_progress_and_prints_nothing(blob_workspace, capsys):
+    from sobre.base import ProgressRecorder
+
+    ws, ref = blob_workspace
+    rec = ProgressRecorder()
+    c = load_cohort(ws, DataConfig(dataset=ref.ref), PreprocessConfig(intensity="percentile"), progress=rec)
+    assert rec.last("caching all@v1") == (40, 40) and rec.calls[0] == ("caching all@v1", 0, 40)
+    assert capsys.readouterr().out == "" and len(c) == 40
+
+
+def test_spacing_is_exact_whatever_the_field_of_view():
+    """resample = "spacing" gives exactly `spacing` mm, centred on the field of view, then crops/pads whole voxels.
+
+    Cache format 1 resized to round(extent / spacing) voxels over the whole field of view instead: 181 mm at
+    4 mm became 45 voxels of 4.022 mm, 182 mm 46 voxels of 3.957 mm — one scale per field of view, so two
+    scans of one head could reach the network at scales 1.6 % apart. Now both are 4 mm.
+    """
+    cfg = PreprocessConfig(resample="spacing", spacing=[4.0, 4.0, 4.0], shape=[40, 48, 40], intensity="none")
+    for n in (181, 182):
+        x = np.arange(n, dtype=np.float32)  # intensity = world x in mm
+        img = sobre.Image(np.broadcast_to(x[:, None, None], (n, 8, 8)).copy(), np.eye(4))
+        out, aff = preprocess_image(img, cfg)
+        np.testing.assert_allclose(np.linalg.norm(aff[:3, :3], axis=0), [4.0, 4.0, 4.0], rtol=0, atol=1e-12)
+        centre = (n - 1) / 2  # the field of view's centre stays within half a voxel of the output's centre
+        assert abs(aff[0, 3] + 4.0 * 19.5 - centre) <= 2.0 + 1e-9
+        world_x = aff[0, 3] + 4.0 * np.arange(40)
+        inside = (world_x >= 0) & (world_x <= n - 1)
+        np.testing.assert_allclose(out[0, inside, 24, 20], world_x[inside], atol=1e-3)
+        assert (out[0, world_x < -0.5 - 2, 24, 20] == 0).all()  # zero padding beyond the image
+
+
+@pytest.mark.parametrize("shape", [(12, 12, 12), (24, 20, 12)])
+def test_resize_matches_the_trilinear_resize_of_cache_format_1(shape):
+    """resample = "shape" keeps the geometry of format 1 (torch trilinear, align_corners=False); values
+    differ by float32 rounding only (sobre.image interpolates in float64)."""
+    import torch
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(1)
+    arr = (rng.normal(500, 200, (16, 16, 16))).astype(np.float32)
+    img = sobre.Image(arr, np.diag([2.0, 2.0, 2.0, 1.0]))
+    out, aff = preprocess_image(img, PreprocessConfig(resample="shape", shape=list(shape), intensity="none"))
+    ref = F.interpolate(torch.from_numpy(arr)[None, None], size=shape, mode="trilinear", align_corners=False,
+                        antialias=False)[0].numpy()
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-3)
+    scale = np.array([16 / s for s in shape])
+    np.testing.assert_allclose(np.diag(aff)[:3], 2.0 * scale)
+    np.testing.assert_allclose(aff[:3, 3], 2.0 * (0.5 * scale - 0.5))  # voxel centres, same field of view

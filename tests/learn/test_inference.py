@@ -128,10 +128,12 @@ def test_regression_reproduces_every_row_with_its_target_scaling(ws):
 
 
 def test_probe_and_pretraining_runs(ws, tmp_path):
+    epochs = []
     pre = pretrain({"seed": 0, "data": {"dataset": "all@v1"}, "method": {"kind": "simclr"},
                     "model": {"width": 4, "depth": 2}, "optim": {"epochs": 1, "batch_size": 8},
-                    "augment": [{"kind": "noise", "prob": 0.5, "std": 0.1}], "runtime": {"progress": False}},
-                   workspace=ws)
+                    "augment": [{"kind": "noise", "prob": 0.5, "std": 0.1}], "runtime": {"progress": True}},
+                   workspace=ws, on_epoch=epochs.append)
+    assert [(r["group"], r["epoch"]) for r in epochs] == [("pretrain", 1)]
     enc = load_model(pre.run.path)
     assert enc.kind == "pretrain" and enc.task is None and enc.input_shape == (16, 16, 16)
     ds = ws.dataset("all@v1")

@@ -172,3 +172,46 @@ def test_gradient_reversal():
     x = torch.ones(3, requires_grad=True)
     GradientReversal(2.0)(x).sum().backward()
     assert torch.equal(x.grad, torch.full((3,), -2.0))
+
+
+def test_bf16_autocast_keeps_the_similarity_logits_and_losses_in_fp32():
+    """A bf16 forward pass (autocast) gives bf16 embeddings; the logits and the losses stay fp32, unchanged."""
+    from sobre.learn._losses import _scores
+
+    torch.manual_seed(0)
+    proj = torch.nn.Linear(16, 8)
+    x = torch.randn(12, 16)
+    y = torch.rand(6) * 60 + 20
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z = proj(x)
+        assert z.dtype == torch.bfloat16  # what the network hands over under autocast
+        zn = torch.nn.functional.normalize(z.float(), dim=1)
+        assert (zn @ zn.T).dtype == torch.bfloat16  # autocast would round a plain similarity matrix
+        log_p, _ = _scores(z[:6], z[6:], 0.1, None)
+        simclr = nt_xent(z[:6], z[6:], temperature=0.1)
+        yaware = y_aware_infonce(z[:6], z[6:], y, bandwidth=5.0, temperature=0.1)
+    assert log_p.dtype == simclr.dtype == yaware.dtype == torch.float32
+    zf = z.detach().float()  # the same embeddings, outside autocast
+    ref_log_p, _ = _scores(zf[:6], zf[6:], 0.1, None)
+    assert torch.equal(log_p, ref_log_p)
+    assert simclr.item() == nt_xent(zf[:6], zf[6:], temperature=0.1).item()
+    assert yaware.item() == y_aware_infonce(zf[:6], zf[6:], y, bandwidth=5.0, temperature=0.1).item()
+    simclr.backward()  # gradients reach the bf16 forward pass
+    assert proj.weight.grad is not None and torch.isfinite(proj.weight.grad).all()
+
+
+def test_task_losses_and_the_classifier_head_run_in_fp32_under_autocast():
+    from sobre.learn._models import Classifier
+    from sobre.learn._tasks import TaskSpec
+
+    torch.manual_seed(0)
+    enc = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(8, 4))
+    enc.out_features = 4
+    model = Classifier(enc, 1, n_covariates=1)
+    x, cov, yb = torch.randn(5, 1, 2, 2, 2), torch.randn(5, 1), torch.tensor([0, 1, 1, 0, 1])
+    task = TaskSpec(kind="binary", targets=None)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x, cov)
+        loss = task.loss(out, yb)
+    assert out.dtype == loss.dtype == torch.float32
+    assert loss.item() == task.loss(out.detach(), yb).item()

@@ -278,3 +278,36 @@ def test_lp_ft_validates_the_probe_head_first(blobs, tmp_path):
     assert epochs[0]["epoch"] == 0 and "val_auc" in epochs[0] and "train_loss" not in epochs[0]
     assert [e["epoch"] for e in epochs if e.get("group", "fold0") == "fold0"][:3] == [0, 1, 2]
     assert res.run.record["config"]["model"]["head_init"] == "probe"
+
+
+# ------------------------------------------------------------------------- reporting, not printing
+def test_training_reports_through_callbacks_and_prints_nothing(blobs, capsys):
+    from sobre.base import ProgressRecorder
+
+    rec, rows = ProgressRecorder(), []
+    res = train(tiny_train_config(optim={"epochs": 2}, runtime={"progress": True}), cohort=blobs, record=False,
+                progress=rec, on_epoch=rows.append)
+    out = capsys.readouterr()
+    assert out.out == "" and out.err == ""
+    assert [(r["group"], r["epoch"]) for r in rows] == [("fold0", 1), ("fold0", 2)]
+    assert all(r["monitor"] == "val_auc" and "train_loss" in r and "val_auc" in r for r in rows)
+    n = rec.last("fold0 epoch 2/2")[1]
+    assert rec.last("fold0 epoch 1/2") == (n, n) and 0 < n <= len(res.plan.development)
+    # runtime.progress = false: the callbacks stay silent
+    rec2, rows2 = ProgressRecorder(), []
+    train(tiny_train_config(optim={"epochs": 1}), cohort=blobs, record=False, progress=rec2, on_epoch=rows2.append)
+    assert rec2.calls == [] and rows2 == []
+    with pytest.raises(TypeError, match="progress must be a callable"):
+        train(tiny_train_config(optim={"epochs": 1}, runtime={"progress": True}), cohort=blobs, record=False,
+              progress=True)
+
+
+def test_learning_code_never_prints_nor_draws_bars():
+    from pathlib import Path
+
+    import sobre.learn
+
+    src = Path(sobre.learn.__file__).parent
+    found = [f"{p.name}:{i}" for p in sorted(src.glob("*.py")) for i, line in
+             enumerate(p.read_text().splitlines(), 1) if "print(" in line or "tqdm" in line]
+    assert found == []

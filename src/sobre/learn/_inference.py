@@ -570,8 +570,8 @@ def load_model(run, *, workspace=None, runs_dir=None, device: str | torch.device
     if rec is None and kind == "pretrain":
         rec = _pretrain_record(run, verify)
     if rec is None or rec.get("format") != MODEL_FORMAT:
-        raise _no_weights(run, f"a model record ({MODEL_FORMAT}) in run.json",
-                          "a run recorded by an older Sobre, without one" if rec is None else f"format {rec.get('format')}")
+        found = "a run recorded by an older Sobre, without one" if rec is None else f"format {rec.get('format')}"
+        raise _no_weights(run, f"a model record ({MODEL_FORMAT}) in run.json", found)
     cfg = r.get("config") or {}
     mcfg = ModelConfig.model_validate(cfg.get("model", {}))
     pre = PreprocessConfig.model_validate(rec["preprocess"])
