@@ -148,6 +148,9 @@ BAD_MODULES = {
 }
 
 
+UNREADABLE_MODULES = {"rows_not_us", "no_bits_allocated"}
+
+
 @pytest.mark.parametrize("name", sorted(BAD_MODULES))
 def test_inconsistent_image_modules_are_refused_when_the_header_is_read(tmp_path, name):
     data, message = BAD_MODULES[name]
@@ -162,15 +165,21 @@ def test_inconsistent_image_modules_are_refused_when_the_header_is_read(tmp_path
 
 @pytest.mark.parametrize("name", sorted(BAD_MODULES))
 def test_listener_and_deidentification_apply_the_same_rule(tmp_path, name):
-    """check_pixel_length on a fully decoded dataset says what read_header says; received_facts never
-    vouches for the dataset (the listener then runs check_pixel_length)."""
+    """check_pixel_length on a fully decoded dataset says what read_header says (unless the module
+    cannot be read at all and the caller is not strict); received_facts never vouches for the
+    dataset (the listener then runs check_pixel_length)."""
     data, message = BAD_MODULES[name]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert received_facts(data, UID(ExplicitVRLittleEndian)) is None
         ds = pydicom.dcmread(pydicom.filebase.DicomBytesIO(data), force=True)
         with pytest.raises(InputError, match=rf"^{message}"):
+            check_pixel_length(ds, transfer_syntax=UID(ExplicitVRLittleEndian), strict=True)
+        if name in UNREADABLE_MODULES:  # nothing to check against: de-identification keeps such files
             check_pixel_length(ds, transfer_syntax=UID(ExplicitVRLittleEndian))
+        else:
+            with pytest.raises(InputError, match=rf"^{message}"):
+                check_pixel_length(ds, transfer_syntax=UID(ExplicitVRLittleEndian))
     good = image(rows=2, cols=3)
     assert received_facts(good, UID(ExplicitVRLittleEndian)) == ("1.2.840.10008.5.1.4.1.1.7", "1.2.3.4", "1.2.3",
                                                                 "1.2.3.5")
@@ -356,3 +365,100 @@ def test_broken_functional_group_sequence_names_the_file_and_tag(tmp_path, pydic
         warnings.simplefilter("ignore")
         with pytest.raises(InputError, match=r"enh\.dcm: \(5200,9230\) PerFrameFunctionalGroupsSequence: "):
             sobre.load_all(tmp_path / "enh.dcm")
+
+
+# --------------------------------------------------------------------------- what no decoder can decode
+def _mutate(src, dst, **values):
+    ds = pydicom.dcmread(src)
+    for keyword, value in values.items():
+        if keyword == "TransferSyntaxUID":
+            ds.file_meta.TransferSyntaxUID = value
+        else:
+            setattr(ds, keyword, value)
+    ds.save_as(dst, enforce_file_format=False)
+    return dst
+
+
+def test_planar_configuration_must_be_0_or_1(tmp_path, pydicom_data):
+    p = _mutate(pydicom_data / "SC_rgb.dcm", tmp_path / "planar.dcm", PlanarConfiguration=32768)
+    with pytest.raises(InputError, match=r"planar\.dcm: \(0028,0006\) PlanarConfiguration: PlanarConfiguration is "
+                                         r"neither interleaved nor planar \(expected 0 \(colour-by-pixel\) or 1 "
+                                         r"\(colour-by-plane\); found 32768\)"):
+        sobre.load_all(p)
+
+
+@pytest.mark.parametrize("uid, found", [("1.2.3.4.5", r"1\.2\.3\.4\.5: No pixel data decoders have been implemented"),
+                                        ("1.2.840.10008.1.2.4.100", r"1\.2\.840\.10008\.1\.2\.4\.100 \(MPEG2 Main "
+                                                                    r"Profile / Main Level\): No pixel data decoders")])
+def test_unsupported_transfer_syntax_is_refused_at_header_time(tmp_path, pydicom_test_files, uid, found):
+    src = "CT_small.dcm" if uid == "1.2.3.4.5" else "MR_small_jp2klossless.dcm"  # native / encapsulated data
+    p = _mutate(pydicom_test_files / src, tmp_path / "ts.dcm", TransferSyntaxUID=uid)
+    with pytest.raises(InputError, match=rf"ts\.dcm: \(0002,0010\) TransferSyntaxUID: pixel data cannot be decoded: "
+                                         rf"unsupported transfer syntax \(expected a transfer syntax pydicom's "
+                                         rf"decoders handle; found {found}"):
+        sobre.load_all(p)
+
+
+def test_empty_transfer_syntax_reads_and_decodes_as_the_file_is_encoded(tmp_path, pydicom_test_files):
+    p = _mutate(pydicom_test_files / "CT_small.dcm", tmp_path / "no_ts.dcm", TransferSyntaxUID="")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        img = sobre.load(p)
+        assert np.array_equal(img.array, sobre.load(pydicom_test_files / "CT_small.dcm").array)
+
+
+def test_palette_colour_without_a_palette(tmp_path, pydicom_test_files):
+    p = _mutate(pydicom_test_files / "CT_small.dcm", tmp_path / "palette.dcm", PhotometricInterpretation="PALETTE COLOR")
+    with pytest.raises(InputError, match=r"palette\.dcm: \(0028,0004\) PhotometricInterpretation: palette colour image "
+                                         r"without a palette"):
+        sobre.load_all(p)
+
+
+@pytest.mark.parametrize("name, changes, message", [
+    ("MR_small_jp2klossless.dcm", {"Rows": 65}, r"\(0028,0010\) Rows / \(0028,0011\) Columns: compressed frame size "
+     r"differs from Rows and Columns \(expected 65×64 \(the header\); found 64×64 in the JPEG 2000 frame header\)"),
+    ("SC_rgb_jpeg_dcmtk.dcm", {"Columns": 1}, r".*compressed frame size differs from Rows and Columns \(expected 100×1 "
+     r"\(the header\); found 100×100 in the JPEG frame header\)"),
+    ("MR_small_jpeg_ls_lossless.dcm", {"Rows": 32}, r".*found 64×64 in the JPEG-LS frame header"),
+    ("MR_small_jp2klossless.dcm", {"TransferSyntaxUID": "1.2.840.10008.1.2.4.57"},
+     r"\(7FE0,0010\) PixelData: compressed frame is not the codestream its transfer syntax names \(expected a JPEG "
+     r"codestream \(JPEG Lossless, Non-Hierarchical \(Process 14\)\); found a JPEG 2000 codestream\)"),
+    ("SC_rgb_jpeg_dcmtk.dcm", {"TransferSyntaxUID": "1.2.840.10008.1.2.4.201"}, r".*expected a JPEG 2000 codestream "
+     r"\(High-Throughput JPEG 2000 Image Compression \(Lossless Only\)\); found a JPEG codestream"),
+    ("MR_small_RLE.dcm", {"BitsAllocated": 8, "BitsStored": 8, "HighBit": 7},
+     r"\(7FE0,0010\) PixelData: RLE frame has the wrong number of segments \(expected 1 segment\(s\) \(1 sample\(s\) × 1 "
+     r"byte\(s\)\); found 2 segment\(s\)\)"),
+])
+def test_codestream_header_contradicting_the_image_module(tmp_path, pydicom_test_files, name, changes, message):
+    p = _mutate(pydicom_test_files / name, tmp_path / "mutant.dcm", **changes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(InputError, match=rf"mutant\.dcm: {message}"):
+            sobre.load_all(p)
+
+
+@pytest.mark.parametrize("name", ["MR_small_jp2klossless.dcm", "SC_rgb_jpeg_dcmtk.dcm", "MR_small_jpeg_ls_lossless.dcm",
+                                  "MR_small_RLE.dcm", "GDCMJ2K_TextGBR.dcm", "JPEG2000.dcm", "SC_rgb_rle_2frame.dcm"])
+def test_sound_compressed_files_pass_the_codestream_check(pydicom_test_files, name):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = read_header(pydicom_test_files / name)
+        check_pixel_length(ds, pydicom_test_files / name, strict=True)
+        assert sobre.load(pydicom_test_files / name).array.size
+
+
+def test_a_decoder_panic_is_an_input_error_naming_the_file(tmp_path, pydicom_test_files, monkeypatch):
+    import pydicom.pixels
+
+    class PanicException(BaseException):  # what Rust decoders raise (pyo3_runtime.PanicException)
+        pass
+
+    def panic(*args, **kwargs):
+        raise PanicException("index out of bounds: the len is 8064 but the index is 8065")
+
+    img = sobre.load(pydicom_test_files / "MR_small_RLE.dcm")
+    monkeypatch.setattr(pydicom.pixels, "pixel_array", panic)
+    monkeypatch.setattr(pydicom.dataset.Dataset, "pixel_array", property(panic))
+    with pytest.raises(InputError, match=r"MR_small_RLE\.dcm: \(7FE0,0010\) PixelData: pixel data cannot be decoded "
+                                         r"\(PanicException: index out of bounds"):
+        img.array  # noqa: B018

@@ -233,3 +233,24 @@ def test_tolerances_are_the_documented_ones():
     assert _dicom.ORIENTATION_VALID_TOL == 0.01
     doc = (Path(__file__).resolve().parents[2] / "docs" / "ARCHITECTURE.md").read_text()
     assert "0.2 voxel" in doc and "1.5" in doc and "0.01" in doc
+
+
+@pytest.mark.parametrize("missing, present", [("ImageOrientationPatient", "ImagePositionPatient"),
+                                              ("ImagePositionPatient", "ImageOrientationPatient")])
+def test_half_a_patient_frame_is_a_geometry_problem_too(tmp_path, rng, missing, present):
+    arr = rng.integers(0, 1000, (6, 5, 3)).astype(np.int16)
+    paths = sobre.write_dicom_series(Image(arr, OBLIQUE_7MM, modality="MR"), tmp_path)
+    for p in paths:
+        ds = pydicom.dcmread(p)
+        delattr(ds, missing)  # e.g. a bit flipped in its tag: the element is now some other one
+        ds.save_as(p)
+    said: list[str] = []
+    (img,) = sobre.load_all(tmp_path, on_warning=said.append)
+    assert img.coordinate_system == "pixel" and len(said) == 1
+    assert re.match(rf"\(0020,003\d\) {missing}: missing although \(0020,003\d\) {present} is present",
+                    img.metadata["geometry_problem"])
+
+
+def test_frames_without_any_patient_frame_are_no_problem(pydicom_data):
+    (img,) = sobre.load_all(pydicom_data / "US1_J2KR.dcm", on_warning=pytest.fail)
+    assert img.coordinate_system == "pixel" and "geometry_problem" not in img.metadata

@@ -143,7 +143,7 @@ class Frame:
     # (offset of the (7FE0,0010) tag, offset of this frame's first byte, numpy dtype string); else None
     native: tuple | None = None
     # why this frame has no patient geometry although its header has some (a damaged
-    # ImageOrientationPatient); None when its geometry is fine or simply absent
+    # ImageOrientationPatient, or only one of orientation / position); None when fine or simply absent
     geometry_problem: str | None = None
 
     def to_dict(self) -> dict:
@@ -264,20 +264,32 @@ def _orientation(value: Any, path: Path) -> tuple[np.ndarray | None, str | None]
     """
     if value is None or value == "":
         return None, None
+    tag = tag_name("ImageOrientationPatient")
     try:
         arr = _floats(value, 6, path, "ImageOrientationPatient")
     except InputError as exc:
-        return None, f"{exc.what} (expected {exc.expected}; found {exc.found})"
+        return None, f"{tag}: {exc.what} (expected {exc.expected}; found {exc.found})"
     row, col = arr[:3], arr[3:]
     nr, nc = float(np.linalg.norm(row)), float(np.linalg.norm(col))
     if abs(nr - 1) > ORIENTATION_VALID_TOL or abs(nc - 1) > ORIENTATION_VALID_TOL:
-        return None, (f"direction cosines are not unit vectors (row length {nr:.4g}, column length {nc:.4g}; "
-                      f"expected 1 ± {ORIENTATION_VALID_TOL:g})")
+        return None, (f"{tag}: direction cosines are not unit vectors (row length {nr:.4g}, column length "
+                      f"{nc:.4g}; expected 1 ± {ORIENTATION_VALID_TOL:g})")
     cos = float(np.dot(row, col)) / (nr * nc)
     if abs(cos) > ORIENTATION_VALID_TOL:
-        return None, (f"row and column directions are not orthogonal (angle {np.degrees(np.arccos(cos)):.4g}°; "
-                      f"expected 90 ± {np.degrees(np.arcsin(ORIENTATION_VALID_TOL)):.2g}°)")
+        return None, (f"{tag}: row and column directions are not orthogonal (angle "
+                      f"{np.degrees(np.arccos(cos)):.4g}°; expected 90 ± {np.degrees(np.arcsin(ORIENTATION_VALID_TOL)):.2g}°)")
     return arr, None
+
+
+def _half_frame(orientation: np.ndarray | None, position: np.ndarray | None) -> str | None:
+    """What is wrong when a header gives one of ImageOrientationPatient / ImagePositionPatient only."""
+    if orientation is None and position is not None:
+        return (f"{tag_name('ImageOrientationPatient')}: missing although {tag_name('ImagePositionPatient')} is "
+                "present (a damaged or removed element)")
+    if orientation is not None and position is None:
+        return (f"{tag_name('ImagePositionPatient')}: missing although {tag_name('ImageOrientationPatient')} is "
+                "present (a damaged or removed element)")
+    return None
 
 
 RT_DOSE_STORAGE = "1.2.840.10008.5.1.4.1.1.481.2"
@@ -374,6 +386,7 @@ def _frames_of(ds: Dataset, path: Path) -> list[Frame]:
     if not is_enhanced:
         orientation, problem = _orientation(raw_value(ds, "ImageOrientationPatient"), path)
         position = _floats(raw_value(ds, "ImagePositionPatient"), 3, path, "ImagePositionPatient")
+        problem = problem or _half_frame(orientation, position)
         spacing = _floats(raw_value(ds, "PixelSpacing"), 2, path, "PixelSpacing")
         if spacing is None:
             spacing = _floats(raw_value(ds, "ImagerPixelSpacing"), 2, path, "ImagerPixelSpacing")
@@ -408,6 +421,7 @@ def _frames_of(ds: Dataset, path: Path) -> list[Frame]:
             header_value(po, "ImageOrientationPatient", path) if po else None, path)
         position = _floats(header_value(pp, "ImagePositionPatient", path) if pp else None, 3, path,
                            "ImagePositionPatient")
+        problem = problem or _half_frame(orientation, position)
         spacing = _floats(header_value(pm, "PixelSpacing", path) if pm else None, 2, path, "PixelSpacing")
         if spacing is not None and np.any(spacing <= 0):
             spacing = None
@@ -807,8 +821,7 @@ def assemble(frames: Iterable[Frame], headers: dict[str, Dataset] | None = None,
                 plan = _plan_flat(g, base_label, header)
                 damaged = [f for f in g if f.geometry_problem]
                 if damaged:
-                    problem = (f"{tag_name('ImageOrientationPatient')}: {damaged[0].geometry_problem}; "
-                               "read in pixel coordinates, without a patient frame")
+                    problem = f"{damaged[0].geometry_problem}; read in pixel coordinates, without a patient frame"
                     plan.meta["geometry_problem"] = problem
                     files = len({f.path for f in damaged})
                     warn(f"{damaged[0].path}{f' and {files - 1} more file(s)' if files > 1 else ''} "
@@ -846,14 +859,14 @@ def _full_dataset(path: str) -> Dataset:
     pixel module defaults Sobre's header reading assumes (so that what ``info`` shows, ``export``
     decodes)."""
     ds = pydicom.dcmread(path, force=True)
-    if "TransferSyntaxUID" not in ds.file_meta:
+    if not str(ds.file_meta.get("TransferSyntaxUID") or "").strip():
         ds.file_meta.TransferSyntaxUID = (
             pydicom.uid.ImplicitVRLittleEndian if ds.original_encoding[0] else pydicom.uid.ExplicitVRLittleEndian)
     samples = int(ds.get("SamplesPerPixel") or 1)
     for keyword, value in (("SamplesPerPixel", 1), ("PixelRepresentation", 0),
                            ("BitsStored", int(ds.get("BitsAllocated") or 16)),
                            ("PhotometricInterpretation", "RGB" if samples == 3 else "MONOCHROME2")):
-        if keyword not in ds:
+        if keyword not in ds or ds[keyword].value in (None, ""):
             setattr(ds, keyword, value)
     if samples > 1 and "PlanarConfiguration" not in ds:
         ds.PlanarConfiguration = 0
@@ -873,7 +886,9 @@ def _decode_file(path: str, indices: list[int | None], palette: bool = False) ->
             else:
                 arr = pixel_array(path)
             ds = None
-        except Exception:  # noqa: BLE001 - pydicom's file-based decoder is the strict one: try the dataset
+        except (KeyboardInterrupt, SystemExit, GeneratorExit, MemoryError):
+            raise
+        except BaseException:  # noqa: BLE001 - pydicom's file-based decoder is the strict one: try the dataset
             # no file meta (pre-Part-10 file), a dataset in another VR than its transfer syntax says,
             # a missing pixel-module default: decode through a full dataset read
             ds = _full_dataset(path)
@@ -887,7 +902,10 @@ def _decode_file(path: str, indices: list[int | None], palette: bool = False) ->
         if indices == [None] or len(indices) == 1:
             return {indices[0]: arr}
         return {i: arr[i] for i in indices}
-    except Exception as exc:  # decoders raise many types; all mean "cannot decode this file"
+    except (KeyboardInterrupt, SystemExit, GeneratorExit, MemoryError):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - decoders raise many types (Rust decoders a PanicException,
+        # a BaseException); all mean "cannot decode this file"
         raise InputError(
             f"pixel data cannot be decoded ({type(exc).__name__}: {exc})", path=path,
             tag=tag_name("PixelData"),

@@ -36,7 +36,7 @@ from sobre.image._dicom_fast import read_header_fast
 __all__ = [
     "tag_name", "looks_like_dicom", "read_header", "read_instance", "check_complete", "check_raw_lengths",
     "check_pixel_length", "received_facts", "raw_value", "MEDIA_STORAGE_DIRECTORY", "DEFLATED",
-    "expected_pixel_bytes", "pixel_module_problem", "header_int", "header_value",
+    "expected_pixel_bytes", "pixel_module_problem", "header_int", "header_value", "codestream_problem",
 ]
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"  # DICOMDIR's SOP class
@@ -118,7 +118,7 @@ def read_header(path: str | Path) -> Dataset:
                          path=path, tag=tag_name("SOPClassUID"), expected="a DICOM image object",
                          found=f"{len(ds)} elements", fix="the file may be truncated or only a fragment")
     if any(t in ds for t in _PIXEL_TAGS):
-        check_pixel_length(ds, path)  # the image module against the pixel data, before any pixel is decoded
+        check_pixel_length(ds, path, strict=True)  # the image module against the pixel data, before decoding
     return ds
 
 
@@ -289,7 +289,10 @@ def read_instance(src, *, force_no_meta: bool = True, decode_all: bool = True):
     except InvalidDicomError as exc:
         raise InputError("not a DICOM file", path=path, expected="a DICOM Part 10 file or dataset",
                          found=str(exc), fix="check the file; non-DICOM files cannot be de-identified") from None
-    except (OSError, ValueError, KeyError, EOFError, TypeError, AttributeError, NotImplementedError) as exc:
+    except SobreError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types (zlib.error for a damaged deflate
+        # stream, struct.error, NotImplementedError for an unknown VR ...): all mean a damaged file
         if isinstance(exc, FileNotFoundError):
             raise InputError("file not found", path=path) from None
         raise InputError("damaged or truncated DICOM file", path=path, expected="a complete DICOM dataset",
@@ -314,7 +317,15 @@ def check_raw_lengths(ds, path=None) -> None:
     """
     from pydicom.datadict import keyword_for_tag
 
-    for raw in ds.elements():  # top level, raw elements not decoded
+    try:
+        elements = list(ds.elements())  # top level, raw elements not decoded
+    except SobreError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - pydicom's hooks check raw values (a US of 3 bytes ...)
+        raise InputError("damaged DICOM dataset: an element cannot be read", path=path,
+                         expected="elements of the length their VR allows", found=f"{type(exc).__name__}: {exc}",
+                         fix="re-export or re-send the instance") from None
+    for raw in elements:
         length = getattr(raw, "length", None)
         value = raw.value if length is not None else None
         if isinstance(value, (bytes, bytearray)) and length != 0xFFFFFFFF and len(value) < length:
@@ -395,14 +406,15 @@ def _gib(n: int) -> str:
 
 def pixel_module_problem(*, keyword: str, rows: int, cols: int, frames: int, samples: int, bits: int,
                          stored: int, photometric: str, representation: int, length: int | None,
-                         encapsulated: bool) -> dict | None:
+                         encapsulated: bool, planar: int | None = None) -> dict | None:
     """The first inconsistency between an image pixel module and its pixel data element, or None.
 
     The one rule Sobre applies to every image header (files, received datasets, downloads): returns
     the :class:`InputError` keywords (``what``, ``tag``, ``expected``, ``found``, ``fix``) describing
     what is wrong. ``length`` is the pixel data element's *declared* length (None when unknown,
     ``0xFFFFFFFF`` for undefined length); ``frames`` is NumberOfFrames as read (0 counts as 1, as
-    pydicom reads it). Nothing here reads pixel data.
+    pydicom reads it); ``planar`` is PlanarConfiguration (None when absent). Nothing here reads
+    pixel data.
     """
     if rows <= 0 or cols <= 0:
         return dict(what="image has no pixels", tag=f"{tag_name('Rows')} / {tag_name('Columns')}",
@@ -430,6 +442,9 @@ def pixel_module_problem(*, keyword: str, rows: int, cols: int, frames: int, sam
         return dict(what="PhotometricInterpretation does not match SamplesPerPixel",
                     tag=tag_name("PhotometricInterpretation"), expected=want,
                     found=f"{photometric or 'none'} with SamplesPerPixel {samples}", fix=_FIX_HEADER)
+    if samples > 1 and planar not in (None, 0, 1):
+        return dict(what="PlanarConfiguration is neither interleaved nor planar", tag=tag_name("PlanarConfiguration"),
+                    expected="0 (colour-by-pixel) or 1 (colour-by-plane)", found=str(planar), fix=_FIX_HEADER)
     if representation not in (0, 1):
         return dict(what="PixelRepresentation is neither unsigned nor signed", tag=tag_name("PixelRepresentation"),
                     expected="0 (unsigned) or 1 (signed)", found=str(representation), fix=_FIX_HEADER)
@@ -550,6 +565,156 @@ def _fragments(ds, elem, stop_after: int) -> tuple[int, int] | bool | None:
         return _count_fragments(read_file, stop_after)
 
 
+_DECODABLE: dict[str, str | None] = {}
+
+
+def _decodable_problem(ds, ts, photometric: str, keyword: str) -> dict | None:
+    """What makes pixel data undecodable whatever its bytes: a transfer syntax no installed decoder
+    handles, or a palette colour image without its palette."""
+    if keyword == "PixelData" and ts is not None and str(ts):
+        uid = str(ts)
+        if uid not in _DECODABLE:
+            from pydicom.pixels.decoders.base import get_decoder
+
+            try:
+                decoder = get_decoder(pydicom.uid.UID(uid))
+                _DECODABLE[uid] = None if decoder.is_available else "no installed plugin decodes it"
+            except (NotImplementedError, ValueError, AttributeError) as exc:
+                _DECODABLE[uid] = str(exc) or "unknown transfer syntax"
+        reason = _DECODABLE[uid]
+        if reason is not None:
+            name = pydicom.uid.UID(uid).name
+            return dict(what="pixel data cannot be decoded: unsupported transfer syntax",
+                        tag=tag_name("TransferSyntaxUID"), expected="a transfer syntax pydicom's decoders handle",
+                        found=f"{uid}{f' ({name})' if name != uid else ''}: {reason}",
+                        fix="convert the file (e.g. with dcmtk's dcmdjpeg or gdcmconv --raw), or install the "
+                            "decoder plugin for this transfer syntax")
+    if photometric == "PALETTE COLOR" and "RedPaletteColorLookupTableDescriptor" not in ds:
+        return dict(what="palette colour image without a palette", tag=tag_name("PhotometricInterpretation"),
+                    expected="(0028,1101-1103) palette colour lookup table descriptors and data",
+                    found="PALETTE COLOR and no lookup table", fix=_FIX_HEADER)
+    return None
+
+
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def _codestream_size(head: bytes) -> tuple[str, int, int, int] | None:
+    """``(kind, rows, columns, components)`` from the start of a JPEG, JPEG-LS or JPEG 2000 codestream;
+    None when it is none of these or its frame header lies beyond ``head``."""
+    if head[4:8] == b"jP  ":  # a JP2 file (boxes) rather than a bare codestream: the codestream box
+        at = head.find(b"jp2c")
+        return _codestream_size(head[at + 4:]) if at >= 0 else None
+    if head[:4] == b"\xff\x4f\xff\x51" and len(head) >= 42:  # JPEG 2000: SOC, then SIZ
+        xsiz, ysiz, xo, yo = struct.unpack_from(">IIII", head, 8)
+        comps = struct.unpack_from(">H", head, 40)[0]
+        return "JPEG 2000", ysiz - yo, xsiz - xo, comps
+    if head[:2] != b"\xff\xd8":
+        return None
+    pos = 2
+    while pos + 4 <= len(head):
+        if head[pos] != 0xFF:
+            return None
+        marker = head[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:
+            pos += 2
+            continue
+        length = struct.unpack_from(">H", head, pos + 2)[0]
+        if marker in _JPEG_SOF or marker == 0xF7:  # SOFn, or JPEG-LS SOF55
+            if pos + 10 > len(head):
+                return None
+            _, rows, cols, comps = struct.unpack_from(">BHHB", head, pos + 4)
+            return ("JPEG-LS" if marker == 0xF7 else "JPEG"), rows, cols, comps
+        pos += 2 + length
+    return None
+
+
+_CODESTREAM_OF = {  # transfer syntax (prefix) -> the codestream its fragments must hold
+    "1.2.840.10008.1.2.4.8": "JPEG-LS", "1.2.840.10008.1.2.4.9": "JPEG 2000", "1.2.840.10008.1.2.4.20": "JPEG 2000",
+    "1.2.840.10008.1.2.4.5": "JPEG", "1.2.840.10008.1.2.4.6": "JPEG", "1.2.840.10008.1.2.4.7": "JPEG",
+}
+
+
+def codestream_problem(ts, head: bytes, *, rows: int, cols: int, samples: int, bits: int) -> dict | None:
+    """The first frame's codestream header against the transfer syntax and the image module.
+
+    ``head`` is the start of the first fragment. JPEG, JPEG-LS and JPEG 2000 frames must be the
+    codestream their transfer syntax names, of Rows × Columns pixels (0 rows in a JPEG frame header
+    — height given later — is not checked) and SamplesPerPixel components; RLE frames must have one
+    segment per sample and byte. Anything unrecognised is left to the decoder.
+    """
+    uid = str(ts or "")
+    if uid == "1.2.840.10008.1.2.5":  # RLE Lossless: a 64-byte header, segment count first
+        if len(head) < 64:
+            return None
+        segments = struct.unpack_from("<L", head, 0)[0]
+        want = samples * max(1, bits // 8)
+        if segments != want:
+            return dict(what="RLE frame has the wrong number of segments", tag=tag_name("PixelData"),
+                        expected=f"{want} segment(s) ({samples} sample(s) × {max(1, bits // 8)} byte(s))",
+                        found=f"{segments} segment(s)",
+                        fix="(0028,0002) SamplesPerPixel or (0028,0100) BitsAllocated is wrong, or the data is "
+                            "damaged; re-export the file")
+        return None
+    want = next((kind for prefix, kind in _CODESTREAM_OF.items() if uid.startswith(prefix)), None)
+    if want is None:
+        return None
+    found = _codestream_size(head)
+    if found is None:
+        return None  # not recognised here (or a frame header beyond what was read): the decoder decides
+    kind, c_rows, c_cols, comps = found
+    if kind != want:
+        return dict(what="compressed frame is not the codestream its transfer syntax names", tag=tag_name("PixelData"),
+                    expected=f"a {want} codestream ({pydicom.uid.UID(uid).name})", found=f"a {kind} codestream",
+                    fix="the (0002,0010) TransferSyntaxUID is wrong; re-export the file")
+    if (c_rows and c_rows != rows) or c_cols != cols:
+        return dict(what="compressed frame size differs from Rows and Columns",
+                    tag=f"{tag_name('Rows')} / {tag_name('Columns')}", expected=f"{rows}×{cols} (the header)",
+                    found=f"{c_rows or '?'}×{c_cols} in the {kind} frame header",
+                    fix="the header is corrupted (Rows or Columns); re-export the file")
+    if comps != samples:
+        return dict(what="compressed frame has another number of components than SamplesPerPixel",
+                    tag=tag_name("SamplesPerPixel"), expected=f"{samples} (the header)",
+                    found=f"{comps} in the {kind} frame header", fix=_FIX_HEADER)
+    return None
+
+
+def _first_fragment(ds, elem, n: int) -> bytes | None:
+    """The first ``n`` bytes of the first fragment of encapsulated pixel data (after the offset
+    table), from memory or from the file; None when out of reach or not item-structured."""
+    value = getattr(elem, "value", None)
+    if isinstance(value, (bytes, bytearray)):
+        def read(at: int, size: int) -> bytes:
+            return bytes(value[at:at + size])
+    else:
+        tell = getattr(elem, "value_tell", None)
+        filename = getattr(ds, "filename", None)
+        if tell is None or not isinstance(filename, (str, os.PathLike)) or not os.path.isfile(filename):
+            return None
+        fh = open(filename, "rb")  # noqa: SIM115 - closed below
+
+        def read(at: int, size: int) -> bytes:
+            fh.seek(tell + at)
+            return fh.read(size)
+    try:
+        head = read(0, 8)
+        if len(head) < 8 or head[:4] != b"\xfe\xff\x00\xe0":
+            return None
+        bot = struct.unpack_from("<L", head, 4)[0]
+        item = read(8 + bot, 8)
+        if len(item) < 8 or item[:4] != b"\xfe\xff\x00\xe0":
+            return None
+        return read(16 + bot, min(n, struct.unpack_from("<L", item, 4)[0]))
+    except OSError:
+        return None
+    finally:
+        if not isinstance(value, (bytes, bytearray)):
+            fh.close()
+
+
 def _text_value(value: Any) -> str:
     if value is None:
         return ""
@@ -558,7 +723,7 @@ def _text_value(value: Any) -> str:
     return str(value).strip(" \x00").upper()
 
 
-def check_pixel_length(ds, path=None, *, transfer_syntax=None) -> None:
+def check_pixel_length(ds, path=None, *, transfer_syntax=None, strict: bool = False) -> None:
     """Raise :class:`InputError` unless the image pixel module agrees with the pixel data element.
 
     The one header check of pixel data (:func:`read_header`, the listener, DICOMweb downloads and
@@ -572,7 +737,14 @@ def check_pixel_length(ds, path=None, *, transfer_syntax=None) -> None:
 
     ``transfer_syntax`` (a pydicom UID) is the encoding of ``ds`` when it has no file meta (a dataset
     received over the network). Datasets with pixel data but no Rows/Columns are not checked (the
-    image readers refuse them by name).
+    image readers refuse them by name). A module value that cannot be read as a number (or a
+    missing BitsAllocated) makes the check impossible: ``strict`` (what :func:`read_header` asks
+    for) refuses the file naming that tag; otherwise the dataset is passed on unchecked, as
+    de-identification and the listener want (they keep what they do not decode). ``strict`` also
+    refuses what no installed decoder can decode (an unknown transfer syntax, a palette image
+    without its palette) and compressed frames whose codestream header contradicts the image
+    module (:func:`codestream_problem`: JPEG, JPEG-LS and JPEG 2000 size and components, RLE
+    segments; first frame, first 16 KiB only).
     """
     keyword = next((k for k in _PIXEL_KEYWORDS if k in ds), None)
     if keyword is None:
@@ -602,20 +774,30 @@ def check_pixel_length(ds, path=None, *, transfer_syntax=None) -> None:
         encapsulated = bool(ts is not None and ts.is_transfer_syntax and ts.is_encapsulated)
     except (AttributeError, ValueError):
         encapsulated = False
-    rows, cols = number("Rows", None), number("Columns", None)
-    bits = number("BitsAllocated", _PIXEL_BITS[keyword])
-    samples = number("SamplesPerPixel", 1)
-    frames = number("NumberOfFrames", 1)
+    try:
+        rows, cols = number("Rows", None), number("Columns", None)
+        bits = number("BitsAllocated", _PIXEL_BITS[keyword])
+        samples = number("SamplesPerPixel", 1)
+        frames = number("NumberOfFrames", 1)
+        stored, representation = number("BitsStored", bits), number("PixelRepresentation", 0)
+        photometric = _text_value(raw_value(ds, "PhotometricInterpretation"))
+        planar = number("PlanarConfiguration", -1) if samples > 1 else -1
+    except InputError:
+        if strict:
+            raise
+        return  # not an image module that can be checked
     elem = ds.get_item(keyword, keep_deferred=True)  # never the value itself: it may be deferred
     length = getattr(elem, "length", None)
     if length is None:  # an element created in memory: its value is all there is
         value = getattr(elem, "value", None)
         length = len(value) if isinstance(value, (bytes, bytearray)) else None
     problem = pixel_module_problem(
-        keyword=keyword, rows=rows, cols=cols, frames=frames, samples=samples, bits=bits,
-        stored=number("BitsStored", bits), photometric=_text_value(raw_value(ds, "PhotometricInterpretation")),
-        representation=number("PixelRepresentation", 0), length=length, encapsulated=encapsulated,
+        keyword=keyword, rows=rows, cols=cols, frames=frames, samples=samples, bits=bits, stored=stored,
+        photometric=photometric, representation=representation, length=length, encapsulated=encapsulated,
+        planar=None if planar < 0 else planar,
     )
+    if problem is None and strict:
+        problem = _decodable_problem(ds, ts, photometric, keyword)
     if problem is None and encapsulated and keyword == "PixelData":
         counted = _fragments(ds, elem, stop_after=max(frames, 1))  # item headers only
         if counted is False:
@@ -624,6 +806,10 @@ def check_pixel_length(ds, path=None, *, transfer_syntax=None) -> None:
                            found="something else", fix="the file is damaged; re-export or re-send it")
         elif counted is not None:
             problem = fragments_problem(frames, *counted)
+        if problem is None and strict:
+            head = _first_fragment(ds, elem, 1 << 14)
+            if head is not None:
+                problem = codestream_problem(ts, head, rows=rows, cols=cols, samples=samples, bits=bits)
     if problem is not None:
         raise InputError(problem.pop("what"), path=where, **problem)
 
@@ -634,13 +820,13 @@ _VRS = frozenset(v.encode() for v in ("AE", "AS", "AT", "CS", "DA", "DS", "DT", 
 _LONG_VRS = frozenset((b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT"))
 _QUICK_TAGS = {
     0x00080016: "sop_class", 0x00080018: "sop", 0x0020000D: "study", 0x0020000E: "series",
-    0x00280002: "spp", 0x00280004: "photometric", 0x00280008: "frames", 0x00280010: "rows",
+    0x00280002: "spp", 0x00280004: "photometric", 0x00280006: "planar", 0x00280008: "frames", 0x00280010: "rows",
     0x00280011: "columns", 0x00280100: "bits", 0x00280101: "stored", 0x00280103: "representation",
     0x7FE00008: "float", 0x7FE00009: "double",
     0x7FE00010: "pixels",
 }
 _QUICK_VRS = {"sop_class": b"UI", "sop": b"UI", "study": b"UI", "series": b"UI", "spp": b"US", "photometric": b"CS",
-              "frames": b"IS", "rows": b"US", "columns": b"US", "bits": b"US", "stored": b"US",
+              "frames": b"IS", "rows": b"US", "columns": b"US", "bits": b"US", "stored": b"US", "planar": b"US",
               "representation": b"US"}
 
 
@@ -704,7 +890,7 @@ def received_facts(buf: bytes, ts) -> tuple[str, str, str, str] | None:
                 keyword="PixelData", rows=us("rows"), cols=us("columns"), frames=frames, samples=us("spp", 1),
                 bits=bits, stored=us("stored", bits), photometric=text("photometric").upper(),
                 representation=us("representation", 0), length=0xFFFFFFFF if encapsulated else len(pixels),
-                encapsulated=encapsulated) is not None:
+                encapsulated=encapsulated, planar=us("planar") if "planar" in found else None) is not None:
             return None
         if encapsulated:
             data, at = memoryview(pixels), [0]
