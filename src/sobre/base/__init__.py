@@ -7,12 +7,17 @@ Nothing here knows about images or workspaces; every other package may use it.
 b'{"a":null,"z":0}'
 """
 
+from sobre.base._audit import (AuditEntry, AuditLog, AuditVerification, BadEntry, audit_entries, find_audit,
+                               verify_audit)
 from sobre.base._config import Config, config_from, load_config, read_toml, resolved, validate_config
 from sobre.base._files import canonical_json, sha256_bytes, sha256_file, write_atomic
 from sobre.base._progress import Progress, ProgressRecorder, no_progress
+from sobre.base._signing import SiteKey, load_public_key, public_key_id, verify_signature
 
 __all__ = [
     "Config", "config_from", "load_config", "read_toml", "resolved", "validate_config",
     "canonical_json", "sha256_bytes", "sha256_file", "write_atomic",
     "Progress", "ProgressRecorder", "no_progress",
+    "AuditLog", "AuditEntry", "AuditVerification", "BadEntry", "verify_audit", "audit_entries", "find_audit",
+    "SiteKey", "verify_signature", "public_key_id", "load_public_key",
 ]
