@@ -179,6 +179,13 @@ def test_segmentation_masks_come_back_on_the_input_grid(tmp_path):
     flipped = sobre.Image(img.array[::-1].copy(), img.affine @ np.array([[-1, 0, 0, 15], [0, 1, 0, 0], [0, 0, 1, 0],
                                                                         [0, 0, 0, 1.0]]), modality="MR")
     np.testing.assert_array_equal(model.predict(flipped).masks[0].array[::-1], mask.array)
+    # larger than the training volume (16³) and patch (12³): sliding windows over the whole of it
+    shift = np.eye(4)
+    shift[:3, 3] = -4.0
+    big = sobre.Image(np.pad(img.array, 4), img.affine @ shift, modality="MR")
+    big_mask = model.predict(big).masks[0]
+    assert big_mask.spatial_shape == (24, 24, 24) and np.allclose(big_mask.affine, big.affine)
+    assert set(np.unique(big_mask.array)) <= {0, 1}
     with pytest.raises(InputError, match="has no feature encoder"):
         model.features(img)
 

@@ -13,7 +13,7 @@ no cohort, no cache, no private import.
 array([0.83], dtype=float32)
 
 Prediction calls :func:`~sobre.learn.preprocess_image` exactly as the training cache did (the same
-function, then the cache's dtype: :func:`~sobre.learn._data.model_input`), and the same inference
+function, then the cache's dtype: :func:`~sobre.learn.model_input`), and the same inference
 code as the run's evaluation (batched forward passes; MONAI sliding windows with Gaussian blending
 for segmentation, whose label map is then brought back to the input image's grid).
 """
@@ -215,7 +215,7 @@ class TrainedModel:
     """
 
     def __init__(self, *, run: Run, kind: str, networks: list, task: ModelTask | None, members: list[dict],
-                 preprocess: PreprocessConfig, input: dict, precision: str, channels_last: bool,
+                 preprocess: PreprocessConfig, fed: dict, precision: str, channels_last: bool,
                  provenance: dict) -> None:
         self.run_id = run.run_id
         self.path = run.path
@@ -224,11 +224,11 @@ class TrainedModel:
         self.task = task
         self._members = members
         self.preprocess = preprocess
-        self.spatial_dims = int(input["spatial_dims"])
-        self.in_channels = int(input["in_channels"])
-        self.input_shape = tuple(int(s) for s in input["shape"]) if input.get("shape") else None
-        self.input_spacing = tuple(input["spacing"]) if input.get("spacing") else None
-        self.modalities = list(input.get("modalities") or [])
+        self.spatial_dims = int(fed["spatial_dims"])
+        self.in_channels = int(fed["in_channels"])
+        self.input_shape = tuple(int(s) for s in fed["shape"]) if fed.get("shape") else None
+        self.input_spacing = tuple(fed["spacing"]) if fed.get("spacing") else None
+        self.modalities = list(fed.get("modalities") or [])
         self.precision = precision
         self.channels_last = channels_last
         self.provenance = provenance
@@ -515,8 +515,8 @@ def _checkpoint(run: Run, rel: str, verify: bool) -> dict:
         raise InputError(f"run {run.run_id}: {rel} changed since the run recorded it", path=p,
                          expected=f"sha256 {recorded.get('sha256')}", found=f"sha256 {sha256_file(p)}",
                          fix="restore the checkpoint, or train again")
-    try:
-        return torch.load(p, map_location="cpu", weights_only=False)
+    try:  # tensors and plain values only: loading a model never runs code from the file
+        return torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is the same user error
         raise InputError(f"run {run.run_id}: cannot read {rel} ({type(exc).__name__})", path=p,
                          expected="a checkpoint written by sobre", fix="train again") from None
@@ -605,7 +605,7 @@ def load_model(run, *, workspace=None, runs_dir=None, device: str | torch.device
                   "config": cfg, "config_sha256": r.get("config_sha256"), "code": r.get("code"),
                   "checkpoints": digests, "init": r.get("init"), "trained_precision": rec.get("precision")}
     return TrainedModel(run=run, kind=kind, networks=networks, task=task, members=rec["members"], preprocess=pre,
-                        input=inp, precision=prec, channels_last=bool(rec.get("channels_last", True)),
+                        fed=inp, precision=prec, channels_last=bool(rec.get("channels_last", True)),
                         provenance=provenance)
 
 

@@ -142,6 +142,12 @@ class Classifier(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.head = nn.Linear(encoder.out_features + self.n_covariates, n_outputs)
 
+    def set_head(self, weight, bias) -> None:
+        """Set the linear head to ``weight`` (K, D) and ``bias`` (K,) (e.g. a probe folded by ``Probe.linear``)."""
+        with torch.no_grad():
+            self.head.weight.copy_(torch.as_tensor(weight, dtype=self.head.weight.dtype))
+            self.head.bias.copy_(torch.as_tensor(bias, dtype=self.head.bias.dtype))
+
     def forward(self, x: torch.Tensor, covariates: torch.Tensor | None = None) -> torch.Tensor:
         h = self.dropout(self.encoder(x))
         with fp32(h):  # the logits (or value) in fp32, also under bf16 autocast

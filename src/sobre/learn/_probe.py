@@ -113,15 +113,10 @@ def _save_model(run: Run, cfg: TrainConfig, cohort: Cohort, task, encoder, final
     The head acts on the features and the *raw* covariates (the probe standardised both), so the
     recorded covariate scaling is the identity; ridge predicts values in the label's units.
     """
-    import torch
-
     n_cov = len(cfg.model.covariates)
     model = Classifier(encoder, 1 if task.kind in ("binary", "regression") else len(task.classes),
                        n_covariates=n_cov)
-    w, b = final.linear()
-    with torch.no_grad():
-        model.head.weight.copy_(torch.as_tensor(w, dtype=model.head.weight.dtype))
-        model.head.bias.copy_(torch.as_tensor(b, dtype=model.head.bias.dtype))
+    model.set_head(*final.linear())
     E.save_checkpoint(run.path / "model.pt", {"format": "sobre.probe-model/1", "model": model.state_dict()})
     run.add_artifact("model.pt")
     identity = SimpleNamespace(mean=0.0, std=1.0, cov_mean=np.zeros(n_cov) if n_cov else None,

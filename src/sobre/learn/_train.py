@@ -151,10 +151,7 @@ def _head_from_probe(model: Classifier, images, rows: np.ndarray, task: TaskSpec
     X, _ = extract_features(model.encoder, images, rows, batch_size=32, bf16=bf16, channels_last=channels_last)
     if cov is not None:
         X = np.c_[X, cov[rows]]
-    w, b = fit_probe(X, task.targets[rows], task.kind, seed=seed).linear()
-    with torch.no_grad():
-        model.head.weight.copy_(torch.as_tensor(w, dtype=model.head.weight.dtype))
-        model.head.bias.copy_(torch.as_tensor(b, dtype=model.head.bias.dtype))
+    model.set_head(*fit_probe(X, task.targets[rows], task.kind, seed=seed).linear())
     model.train()
 
 
