@@ -206,9 +206,16 @@ def test_runs_without_weights_are_refused(ws, binary_run, tmp_path):
     with pytest.raises(InputError, match=f"run {part.run.run_id} has no trained weights to load") as e:
         load_model(part.run.path)
     assert e.value.found == "status interrupted" and f"sobre train --resume {part.run.run_id}" in e.value.fix
-    # a completed run whose checkpoint is gone, or changed since it was recorded
+    # a run whose process was killed: its record still says running
     copy = tmp_path / binary_run.run.run_id
     shutil.copytree(binary_run.run.path, copy)
+    record = json.loads((copy / "run.json").read_text())
+    (copy / "run.json").write_text(json.dumps(dict(record, status="running")))
+    with pytest.raises(InputError, match="has no trained weights to load") as e:
+        load_model(copy)
+    assert e.value.found == "status running" and e.value.expected == "a completed run"
+    (copy / "run.json").write_text(json.dumps(record))
+    # a completed run whose checkpoint is gone, or changed since it was recorded
     (copy / "checkpoints" / "fold1" / "best.pt").unlink()
     with pytest.raises(InputError, match="has no trained weights to load") as e:
         load_model(copy)
