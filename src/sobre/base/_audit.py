@@ -69,6 +69,20 @@ _CHECKPOINT_FIELDS = frozenset({"head_hash", "head_seq", "key_id", "signature"})
 _TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z\Z")
 _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
 _TAIL_BLOCK = 1 << 16
+_DECODE = json.JSONDecoder().raw_decode
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_ENCODE = _ENCODER.encode
+"""The encoder of :func:`sobre.base.canonical_json`, built once."""
+if json.encoder.c_make_encoder is not None:
+    # What _ENCODE runs inside, built once, without the check for circular references (values that
+    # come from the JSON decoder cannot be circular): 1.2 µs less for each entry verified.
+    _encode_decoded = json.encoder.c_make_encoder(None, _ENCODER.default, json.encoder.encode_basestring, None,
+                                                  ":", ",", True, False, False)
+
+    def _ENCODE_DECODED(obj) -> str:
+        return "".join(_encode_decoded(obj, 0))
+else:  # pragma: no cover  (Python without its C accelerator)
+    _ENCODE_DECODED = _ENCODE
 
 
 def _now() -> str:
@@ -114,10 +128,9 @@ class AuditEntry:
         Raises ValueError or TypeError when ``data`` is not JSON (NaN, sets, objects, mixed keys).
         """
         body = {"seq": seq, "time": time, "actor": actor, "action": action, "data": data, "prev": prev}
-        raw = canonical_json(body)
-        parsed = json.loads(raw)
-        return cls(seq=seq, time=time, actor=actor, action=action, data=parsed["data"], prev=prev,
-                   hash=_sha256(raw))
+        text = _ENCODE(body)  # canonical_json's encoder
+        return cls(seq=seq, time=time, actor=actor, action=action, data=_DECODE(text)[0]["data"], prev=prev,
+                   hash=_sha256(text.encode()))
 
     @classmethod
     def from_line(cls, line: bytes) -> AuditEntry:
@@ -131,7 +144,7 @@ class AuditEntry:
 
     def line(self) -> bytes:
         """The log line: canonical JSON and a newline."""
-        return canonical_json(self.to_dict()) + b"\n"
+        return _ENCODE(self.to_dict()).encode() + b"\n"
 
 
 class BadEntry(NamedTuple):
@@ -230,36 +243,40 @@ def _check_line(line: bytes) -> tuple[dict | None, str | None, str | None]:
     """``(entry, code, problem)`` for one line with its newline: the entry when it is sound on its own.
 
     Sound on its own: one JSON object with exactly the seven fields, of the right types, whose
-    ``hash`` is the SHA-256 of its canonical JSON without ``hash``, written canonically.
+    ``hash`` is the SHA-256 of its canonical JSON without ``hash``, written canonically. (Whether
+    ``prev`` and ``seq`` fit the entries before it is the caller's business.) This runs once per
+    entry when a log is verified, so it uses the json module's C scanner and encoder directly.
     """
     try:
-        obj = json.loads(line)
+        text = line.decode()
+        obj, end = _DECODE(text)
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
         return None, "malformed", f"the line is not JSON ({exc})"
-    if not isinstance(obj, dict) or obj.keys() != _FIELDS:
+    if end != len(text) - 1:
+        return None, "malformed", f"the line has more than one JSON value (characters after position {end})"
+    if type(obj) is not dict or obj.keys() != _FIELDS:
         found = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
         return None, "malformed", f"expected an object with the fields {sorted(_FIELDS)}; found {found}"
-    seq, time_, actor, action, data, prev, stated = (obj["seq"], obj["time"], obj["actor"], obj["action"],
-                                                     obj["data"], obj["prev"], obj["hash"])
-    if not (type(seq) is int and seq >= 0 and isinstance(time_, str) and _TIME.match(time_)
-            and isinstance(actor, str) and actor and isinstance(action, str) and action
-            and isinstance(data, dict) and isinstance(prev, str) and _HEX64.match(prev)
-            and isinstance(stated, str) and _HEX64.match(stated)):
+    seq, time_, actor, action, stated = obj["seq"], obj["time"], obj["actor"], obj["action"], obj["hash"]
+    if not (type(seq) is int and seq >= 0 and type(time_) is str and _TIME.match(time_) and type(actor) is str
+            and actor and type(action) is str and action and type(obj["data"]) is dict
+            and type(obj["prev"]) is str and type(stated) is str):
         return None, "malformed", ("a field has the wrong type or form (expected seq >= 0, time "
                                    "YYYY-MM-DDTHH:MM:SS.ffffffZ, non-empty actor and action, data an "
-                                   "object, prev and hash 64 lowercase hex digits)")
+                                   "object, prev and hash strings)")
     del obj["hash"]
     try:
-        body = canonical_json(obj)
-    except ValueError:  # NaN or Infinity, which json.loads accepts
+        body = _ENCODE_DECODED(obj).encode()
+    except ValueError:  # NaN or Infinity, which the decoder accepts
         return None, "malformed", "the line holds NaN or Infinity, which canonical JSON refuses"
-    computed = _sha256(body)
+    computed = hashlib.sha256(body).hexdigest()
     if computed != stated:
         return None, "modified", (f"its content does not match its hash: expected hash {_short(computed)} "
                                   f"(of the content), found {_short(stated)} (the entry was modified)")
-    # canonical JSON puts "hash" between "data" and "prev"; "prev" to the end has a known length
-    tail = len(f',"prev":"{prev}","seq":{seq},"time":"{time_}"}}')
-    if line != body[:-tail] + b',"hash":"' + stated.encode() + b'"' + body[-tail:] + b"\n":
+    # canonical JSON puts "hash" between "data" and "prev"; from ',"prev":' to the end there are
+    # 9 + 64 + 8 + len(seq) + 9 + 27 + 2 bytes
+    cut = len(body) - 119 - len(str(seq))
+    if line != b"".join((body[:cut], b',"hash":"', stated.encode(), b'"', body[cut:], b"\n")):
         return None, "not-canonical", ("it is not written in canonical JSON (sorted keys, no spaces, one "
                                        "line): it was rewritten after it was logged")
     obj["hash"] = stated
