@@ -254,7 +254,7 @@ class Dataset:
         """
         from sobre.image import load_all
 
-        entry = self._entry(series)
+        entry = self.entry(series)
         paths = self.paths(entry)
         if verify:
             for f, p in zip(entry.files, paths):
@@ -278,18 +278,25 @@ class Dataset:
                              expected="one volume", fix="re-ingest the files and freeze a new version")
         return images[0]
 
-    def _entry(self, series) -> ManifestSeries:
+    def entry(self, series) -> ManifestSeries:
+        """One series of the version: an entry, its index, or its ``uid`` / ``uid#label``.
+
+        Raises :class:`~sobre.errors.CatalogError` naming the version when there is no such series.
+        """
         if isinstance(series, ManifestSeries):
             return series
         entries = self.manifest.content.series
-        if isinstance(series, int):
+        if isinstance(series, int) and not isinstance(series, bool):
+            if not -len(entries) <= series < len(entries):
+                raise CatalogError(f"no series number {series} in {self.ref}",
+                                   expected=f"an index from 0 to {len(entries) - 1}", found=str(series))
             return entries[series]
         uid, _, label = str(series).partition("#")
         for e in entries:
             if e.series_uid == uid and (e.label == label or not label and not e.label):
                 return e
-        raise CatalogError(f"no series '{series}' in {self.ref}", expected="a series of the version",
-                           fix="list them with `sobre dataset show`")
+        raise CatalogError(f"no series '{series}' in {self.ref}", expected="a series of the version (entry, index "
+                           "or uid[#label])", fix="list them with `sobre dataset show`")
 
     def verify(self, progress: Progress = no_progress) -> list[Problem]:
         """Re-hash every file against the manifest; the problems found (empty when intact)."""

@@ -450,21 +450,9 @@ class TrainedModel:
 
 def _select(ds, series) -> list:
     """Series of dataset version ``ds``: all, or those given as entries, indices or ``uid[#label]``."""
-    entries = ds.series
     if series is None:
-        return entries
-    by_key = {e.key: e for e in entries}
-    out = []
-    for s in series:
-        if isinstance(s, (int, np.integer)) and -len(entries) <= s < len(entries):
-            out.append(entries[s])
-            continue
-        key = getattr(s, "key", None) or str(s)
-        if key not in by_key:
-            raise InputError(f"no series '{key}' in {ds.ref}", expected="series of that dataset version (entries, "
-                             "indices or uids)", found=repr(s), fix="list them with ds.series")
-        out.append(by_key[key])
-    return out
+        return ds.series
+    return [ds.entry(int(s) if isinstance(s, np.integer) else s) for s in series]
 
 
 def _member_task(kind: str, member: dict):
