@@ -14,7 +14,10 @@ No other module builds a path inside a workspace by hand; they ask the :class:`W
       incoming/deidentified/      de-identified instances, the only DICOM a de-identifying workspace keeps
       incoming/dicom/             what the C-STORE listener received
       incoming/dicomweb/          what `sobre pull` fetched
-      secrets/                    project key and pseudonym map (0700; see [privacy] key_file)
+      secrets/                    project key and pseudonym map (0700; see [privacy] key_file), site signing key
+      models/NAME/VERSION/        registered model packages (signed manifests)
+      audit/audit.jsonl           the append-only, hash-chained audit log (and its signed head)
+      service/                    the inference service's queue, outputs and dead letters
 """
 
 from __future__ import annotations
@@ -100,6 +103,30 @@ class WorkspaceLayout:
     @property
     def default_key(self) -> Path:
         return self.secrets / "project.key"
+
+    @property
+    def site_key(self) -> Path:
+        """The site's Ed25519 signing key (model packages, audit checkpoints)."""
+        return self.secrets / "site.ed25519.pem"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    def model_package(self, name: str, version: str) -> Path:
+        return self.models / name / version
+
+    @property
+    def audit(self) -> Path:
+        return self.root / "audit"
+
+    @property
+    def audit_log(self) -> Path:
+        return self.audit / "audit.jsonl"
+
+    @property
+    def service(self) -> Path:
+        return self.root / "service"
 
     def created_folders(self) -> list[Path]:
         """Folders made by ``Workspace.init``."""
