@@ -191,3 +191,16 @@ def test_export_of_a_truncated_native_file_names_it(tmp_path, rng, capsys):
 def test_geometry_errors_stay_geometry_errors(mixed):
     with pytest.raises(GeometryError):
         sobre.load(mixed[0] / "gap")
+
+
+def test_truncated_uncompressed_nifti_is_refused_when_its_header_is_read(tmp_path, rng, capsys):
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(rng.integers(0, 9, (20, 20, 20)).astype(np.int16), np.eye(4)), tmp_path / "a.nii")
+    raw = (tmp_path / "a.nii").read_bytes()
+    (tmp_path / "cut.nii").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(InputError, match=r"cut\.nii: dim / vox_offset: NIfTI voxel data is truncated \(expected 16352 "
+                                         r"bytes \(header offset \+ 20×20×20 voxels × 2 bytes\); found 8176 bytes\)"):
+        sobre.load(tmp_path / "cut.nii")
+    status, _, err = run(capsys, "info", tmp_path / "cut.nii")  # info and export agree
+    assert status == 2 and "NIfTI voxel data is truncated" in err

@@ -23,6 +23,7 @@ element), not as a missing attribute: pydicom itself stops silently at the end o
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections import defaultdict
@@ -269,12 +270,12 @@ def _orientation(value: Any, path: Path) -> tuple[np.ndarray | None, str | None]
         arr = _floats(value, 6, path, "ImageOrientationPatient")
     except InputError as exc:
         return None, f"{tag}: {exc.what} (expected {exc.expected}; found {exc.found})"
-    row, col = arr[:3], arr[3:]
-    nr, nc = float(np.linalg.norm(row)), float(np.linalg.norm(col))
+    a, b, c, d, e, f = arr.tolist()  # plain floats: this runs for every file of an ingest
+    nr, nc = math.sqrt(a * a + b * b + c * c), math.sqrt(d * d + e * e + f * f)
     if abs(nr - 1) > ORIENTATION_VALID_TOL or abs(nc - 1) > ORIENTATION_VALID_TOL:
         return None, (f"{tag}: direction cosines are not unit vectors (row length {nr:.4g}, column length "
                       f"{nc:.4g}; expected 1 ± {ORIENTATION_VALID_TOL:g})")
-    cos = float(np.dot(row, col)) / (nr * nc)
+    cos = (a * d + b * e + c * f) / (nr * nc)
     if abs(cos) > ORIENTATION_VALID_TOL:
         return None, (f"{tag}: row and column directions are not orthogonal (angle "
                       f"{np.degrees(np.arccos(cos)):.4g}°; expected 90 ± {np.degrees(np.arcsin(ORIENTATION_VALID_TOL)):.2g}°)")
@@ -297,8 +298,9 @@ RT_DOSE_STORAGE = "1.2.840.10008.5.1.4.1.1.481.2"
 
 def _dose_scaling(ds: Dataset, path: Path) -> float:
     """DoseGridScaling (3004,000E) of an RT Dose object (stored value × scaling = dose), else 1."""
-    if str(raw_value(ds, "Modality") or "").upper() != "RTDOSE" and str(raw_value(ds, "SOPClassUID") or "") \
-            != RT_DOSE_STORAGE:
+    modality = raw_value(ds, "Modality")
+    if modality is not None and modality != "RTDOSE" or modality is None and str(raw_value(ds, "SOPClassUID")
+                                                                                  or "") != RT_DOSE_STORAGE:
         return 1.0
     value = header_value(ds, "DoseGridScaling", path)
     if value is None or value == "":
@@ -1090,9 +1092,15 @@ def header_metadata(ds: Dataset) -> dict:
     to the values).
     """
 
-    def get(kw: str):
-        return header_value(ds, kw)
+    try:
+        return _header_metadata(ds, ds.get)
+    except SobreError:
+        raise
+    except Exception:  # noqa: BLE001 - a value pydicom cannot convert: again, naming the tag this time
+        return _header_metadata(ds, lambda kw: header_value(ds, kw))
 
+
+def _header_metadata(ds: Dataset, get) -> dict:
     def s(kw: str) -> str | None:
         v = get(kw)
         if v is None or v == "":

@@ -78,6 +78,19 @@ def read_nifti(path: str | Path) -> Image:
         shape = shape[:4]
     hdr = nimg.header
     raw_dtype = hdr.get_data_dtype()
+    if path.suffix.lower() == ".nii":  # one uncompressed file: its size must hold what the header says
+        try:
+            offset = getattr(nimg.dataobj, "offset", None)
+            offset = int(hdr.get_data_offset() if offset is None else offset)
+            need = offset + int(np.prod(hdr.get_data_shape(), dtype=np.float64)) * raw_dtype.itemsize
+            size = path.stat().st_size
+        except (OSError, ValueError, TypeError, AttributeError):
+            need = size = 0
+        if size < need:
+            raise InputError("NIfTI voxel data is truncated", path=path, tag="dim / vox_offset",
+                             expected=f"{need} bytes (header offset + {'×'.join(str(int(v)) for v in hdr.get_data_shape())}"
+                                      f" voxels × {raw_dtype.itemsize} bytes)", found=f"{size} bytes",
+                             fix="the file was cut short, or its header dimensions are wrong; re-export or re-send it")
     # nibabel moves scl_slope / scl_inter from the header to the array proxy when it loads a file
     slope = float(getattr(nimg.dataobj, "slope", 1.0))
     inter = float(getattr(nimg.dataobj, "inter", 0.0))

@@ -117,7 +117,8 @@ def read_header(path: str | Path) -> Dataset:
         raise InputError("DICOM dataset has neither a SOP Class UID nor a Modality: not an image object",
                          path=path, tag=tag_name("SOPClassUID"), expected="a DICOM image object",
                          found=f"{len(ds)} elements", fix="the file may be truncated or only a fragment")
-    if any(t in ds for t in _PIXEL_TAGS):
+    elements = getattr(ds, "_dict", None)
+    if any(t in (elements if isinstance(elements, dict) else ds) for t in _PIXEL_TAGS):
         check_pixel_length(ds, path, strict=True)  # the image module against the pixel data, before decoding
     return ds
 
@@ -452,12 +453,15 @@ def pixel_module_problem(*, keyword: str, rows: int, cols: int, frames: int, sam
         return dict(what="negative number of frames", tag=tag_name("NumberOfFrames"),
                     expected="a positive integer", found=str(frames), fix=_FIX_HEADER)
     frames = frames or 1
-    shape = f"{rows}×{cols} × {frames} frame(s) × {samples} sample(s) × {bits} bits"
+
+    def shape() -> str:
+        return f"{rows}×{cols} × {frames} frame(s) × {samples} sample(s) × {bits} bits"
+
     decoded = rows * cols * frames * samples * max(1, bits // 8)
-    memory = _memory_bytes()
+    memory = _MEMORY[0] if _MEMORY else _memory_bytes()
     if memory and decoded > memory:
         return dict(what="image is larger than this machine's memory", tag=tag_name("PixelData"),
-                    expected=f"at most {_gib(memory)} of decoded pixels", found=f"{shape} = {_gib(decoded)}",
+                    expected=f"at most {_gib(memory)} of decoded pixels", found=f"{shape()} = {_gib(decoded)}",
                     fix="the header is probably corrupted ((0028,0010) Rows, (0028,0011) Columns or "
                         "(0028,0008) NumberOfFrames); re-export the file")
     if length is None:
@@ -476,7 +480,7 @@ def pixel_module_problem(*, keyword: str, rows: int, cols: int, frames: int, sam
     expected = expected_pixel_bytes(rows, cols, frames, samples, bits, photometric)
     if length < expected:
         return dict(what="pixel data is shorter than the image module says", tag=tag_name(keyword),
-                    expected=f"{expected} bytes ({shape}"
+                    expected=f"{expected} bytes ({shape()}"
                              + (", YBR_FULL_422" if photometric == "YBR_FULL_422" else "") + ")",
                     found=f"{length} bytes",
                     fix="the file was cut short, or (0028,0010) Rows, (0028,0011) Columns, (0028,0008) "
@@ -565,35 +569,33 @@ def _fragments(ds, elem, stop_after: int) -> tuple[int, int] | bool | None:
         return _count_fragments(read_file, stop_after)
 
 
-_DECODABLE: dict[str, str | None] = {}
+_TRANSFER_SYNTAXES: dict[str, tuple[bool, dict | None]] = {}
 
 
-def _decodable_problem(ds, ts, photometric: str, keyword: str) -> dict | None:
-    """What makes pixel data undecodable whatever its bytes: a transfer syntax no installed decoder
-    handles, or a palette colour image without its palette."""
-    if keyword == "PixelData" and ts is not None and str(ts):
-        uid = str(ts)
-        if uid not in _DECODABLE:
-            from pydicom.pixels.decoders.base import get_decoder
+def _transfer_syntax(uid: str) -> tuple[bool, dict | None]:
+    """``(encapsulated, why no installed decoder handles it or None)`` for a transfer syntax UID (cached)."""
+    known = _TRANSFER_SYNTAXES.get(uid)
+    if known is None:
+        from pydicom.pixels.decoders.base import get_decoder
 
-            try:
-                decoder = get_decoder(pydicom.uid.UID(uid))
-                _DECODABLE[uid] = None if decoder.is_available else "no installed plugin decodes it"
-            except (NotImplementedError, ValueError, AttributeError) as exc:
-                _DECODABLE[uid] = str(exc) or "unknown transfer syntax"
-        reason = _DECODABLE[uid]
+        ts = pydicom.uid.UID(uid)
+        try:
+            encapsulated = bool(ts.is_transfer_syntax and ts.is_encapsulated)
+        except (AttributeError, ValueError):
+            encapsulated = False
+        try:
+            reason = None if get_decoder(ts).is_available else "no installed plugin decodes it"
+        except (NotImplementedError, ValueError, AttributeError) as exc:
+            reason = str(exc) or "unknown transfer syntax"
+        problem = None
         if reason is not None:
-            name = pydicom.uid.UID(uid).name
-            return dict(what="pixel data cannot be decoded: unsupported transfer syntax",
-                        tag=tag_name("TransferSyntaxUID"), expected="a transfer syntax pydicom's decoders handle",
-                        found=f"{uid}{f' ({name})' if name != uid else ''}: {reason}",
-                        fix="convert the file (e.g. with dcmtk's dcmdjpeg or gdcmconv --raw), or install the "
-                            "decoder plugin for this transfer syntax")
-    if photometric == "PALETTE COLOR" and "RedPaletteColorLookupTableDescriptor" not in ds:
-        return dict(what="palette colour image without a palette", tag=tag_name("PhotometricInterpretation"),
-                    expected="(0028,1101-1103) palette colour lookup table descriptors and data",
-                    found="PALETTE COLOR and no lookup table", fix=_FIX_HEADER)
-    return None
+            problem = dict(what="pixel data cannot be decoded: unsupported transfer syntax",
+                           tag=tag_name("TransferSyntaxUID"), expected="a transfer syntax pydicom's decoders handle",
+                           found=f"{uid}{f' ({ts.name})' if ts.name != uid else ''}: {reason}",
+                           fix="convert the file (e.g. with dcmtk's dcmdjpeg or gdcmconv --raw), or install the "
+                               "decoder plugin for this transfer syntax")
+        known = _TRANSFER_SYNTAXES[uid] = (encapsulated, problem)
+    return known
 
 
 _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
@@ -746,15 +748,19 @@ def check_pixel_length(ds, path=None, *, transfer_syntax=None, strict: bool = Fa
     module (:func:`codestream_problem`: JPEG, JPEG-LS and JPEG 2000 size and components, RLE
     segments; first frame, first 16 KiB only).
     """
-    keyword = next((k for k in _PIXEL_KEYWORDS if k in ds), None)
-    if keyword is None:
-        if "Rows" in ds and "Columns" in ds:
+    elements = getattr(ds, "_dict", None)  # pydicom's element store: a plain dict keyed by tag
+    if not isinstance(elements, dict):
+        elements = {int(t): ds.get_item(t, keep_deferred=True) for t in ds.keys()}
+    tag = next((t for t in _PIXEL_TAGS if t in elements), None)
+    if tag is None:
+        if 0x00280010 in elements and 0x00280011 in elements:
             raise InputError("image without pixel data (truncated?)", path=path, tag="(7FE0,0010) PixelData",
                              expected="pixel data after (0028,0010) Rows and (0028,0011) Columns", found="none",
                              fix="re-export or re-send the instance")
         return
-    if "Rows" not in ds or "Columns" not in ds:
+    if 0x00280010 not in elements or 0x00280011 not in elements:
         return  # not an image module we can check
+    keyword = _PIXEL_KEYWORDS[_PIXEL_TAGS.index(tag)]
     where = path if path is not None else getattr(ds, "filename", None)
 
     def number(kw: str, default: int | None) -> int:
@@ -765,28 +771,32 @@ def check_pixel_length(ds, path=None, *, transfer_syntax=None, strict: bool = Fa
                              fix=_FIX_HEADER)
         return header_int(value, default if default is not None else 0, where, kw)
 
-    ts = transfer_syntax
-    if ts is None:
+    def us(t: int, kw: str, default: int | None) -> int:  # the common case inline: 2 raw bytes of a US
+        elem = elements.get(t)
+        if type(elem) is RawDataElement and elem.VR in ("US", None) and elem.value is not None \
+                and len(elem.value) == 2:
+            return int.from_bytes(elem.value, "little" if elem.is_little_endian else "big")
+        return number(kw, default)
+
+    if transfer_syntax is not None:
+        uid = str(transfer_syntax)
+    else:
         fm = getattr(ds, "file_meta", None)
-        uid = raw_value(fm, "TransferSyntaxUID") if fm is not None else None
-        ts = pydicom.uid.UID(str(uid)) if uid else None
+        uid = str(raw_value(fm, "TransferSyntaxUID") or "") if fm is not None else ""
+    encapsulated, undecodable = _transfer_syntax(uid) if uid else (False, None)
     try:
-        encapsulated = bool(ts is not None and ts.is_transfer_syntax and ts.is_encapsulated)
-    except (AttributeError, ValueError):
-        encapsulated = False
-    try:
-        rows, cols = number("Rows", None), number("Columns", None)
-        bits = number("BitsAllocated", _PIXEL_BITS[keyword])
-        samples = number("SamplesPerPixel", 1)
-        frames = number("NumberOfFrames", 1)
-        stored, representation = number("BitsStored", bits), number("PixelRepresentation", 0)
+        rows, cols = us(0x00280010, "Rows", None), us(0x00280011, "Columns", None)
+        bits = us(0x00280100, "BitsAllocated", _PIXEL_BITS[keyword])
+        samples = us(0x00280002, "SamplesPerPixel", 1)
+        frames = number("NumberOfFrames", 1) if 0x00280008 in elements else 1
+        stored, representation = us(0x00280101, "BitsStored", bits), us(0x00280103, "PixelRepresentation", 0)
         photometric = _text_value(raw_value(ds, "PhotometricInterpretation"))
-        planar = number("PlanarConfiguration", -1) if samples > 1 else -1
+        planar = us(0x00280006, "PlanarConfiguration", -1) if samples > 1 else -1
     except InputError:
         if strict:
             raise
         return  # not an image module that can be checked
-    elem = ds.get_item(keyword, keep_deferred=True)  # never the value itself: it may be deferred
+    elem = elements[tag]  # never the value itself: it may be deferred
     length = getattr(elem, "length", None)
     if length is None:  # an element created in memory: its value is all there is
         value = getattr(elem, "value", None)
@@ -797,7 +807,12 @@ def check_pixel_length(ds, path=None, *, transfer_syntax=None, strict: bool = Fa
         planar=None if planar < 0 else planar,
     )
     if problem is None and strict:
-        problem = _decodable_problem(ds, ts, photometric, keyword)
+        if undecodable is not None and keyword == "PixelData":
+            problem = dict(undecodable)
+        elif photometric == "PALETTE COLOR" and 0x00281101 not in elements:
+            problem = dict(what="palette colour image without a palette", tag=tag_name("PhotometricInterpretation"),
+                           expected="(0028,1101-1103) palette colour lookup table descriptors and data",
+                           found="PALETTE COLOR and no lookup table", fix=_FIX_HEADER)
     if problem is None and encapsulated and keyword == "PixelData":
         counted = _fragments(ds, elem, stop_after=max(frames, 1))  # item headers only
         if counted is False:
@@ -809,7 +824,7 @@ def check_pixel_length(ds, path=None, *, transfer_syntax=None, strict: bool = Fa
         if problem is None and strict:
             head = _first_fragment(ds, elem, 1 << 14)
             if head is not None:
-                problem = codestream_problem(ts, head, rows=rows, cols=cols, samples=samples, bits=bits)
+                problem = codestream_problem(uid, head, rows=rows, cols=cols, samples=samples, bits=bits)
     if problem is not None:
         raise InputError(problem.pop("what"), path=where, **problem)
 
