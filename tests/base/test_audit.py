@@ -124,6 +124,7 @@ def test_checkpoints_every_n_entries_hold_the_signed_chain_head(tmp_path, key):
     assert verify_signature(pub, base64.b64decode(head["signature"]), signed)
     result = verify_audit(audit, public_key_pem=pub)
     assert result.ok and result.signatures_checked and result.checkpoints_verified == 3
+    assert (result.head_seq, result.head_time) == (27, head["time"])
 
 
 def test_wrong_public_key_is_reported_at_the_first_checkpoint_and_on_the_head(tmp_path, key):
@@ -204,6 +205,23 @@ def test_rewritten_tail_with_recomputed_hashes_is_caught_by_signatures(tmp_path,
     assert verify_audit(audit.path).ok  # without the public key the rewrite cannot be told apart
     result = verify_audit(audit.path, public_key_pem=key.public_key_pem())
     assert (result.ok, result.code, result.first_bad) == (False, "bad-signature", BadEntry(40, 41))
+
+
+def test_rollback_to_an_older_signed_head_is_not_detected_by_the_log_alone(tmp_path, key):
+    """The documented limit: cutting the log back to where an old copy of the head file was taken, and
+    putting that copy back, leaves a log that verifies; only a copy of a later head kept elsewhere, or
+    the head's time, tells. (docs/audit.md, "What is not detected".)"""
+    audit = AuditLog(tmp_path / "audit.jsonl", signer=key)
+    audit.append_many([("u", "view", {"i": i}) for i in range(10)])
+    old_log, old_head = audit.path.read_bytes(), audit.head_path.read_bytes()
+    audit.append_many([("u", "view", {"i": i}) for i in range(10, 20)])
+    now = verify_audit(audit.path, public_key_pem=key.public_key_pem())
+    audit.path.write_bytes(old_log)
+    audit.head_path.write_bytes(old_head)
+    rolled_back = verify_audit(audit.path, public_key_pem=key.public_key_pem())
+    assert rolled_back.ok and rolled_back.n_entries == 10
+    assert (rolled_back.head_seq, now.head_seq) == (9, 19)
+    assert rolled_back.head_time <= now.head_time
 
 
 def test_last_entry_replaced_is_caught_by_the_head(tmp_path):

@@ -127,10 +127,20 @@ class AuditEntry:
 
         Raises ValueError or TypeError when ``data`` is not JSON (NaN, sets, objects, mixed keys).
         """
-        body = {"seq": seq, "time": time, "actor": actor, "action": action, "data": data, "prev": prev}
-        text = _ENCODE(body)  # canonical_json's encoder
-        return cls(seq=seq, time=time, actor=actor, action=action, data=_DECODE(text)[0]["data"], prev=prev,
-                   hash=_sha256(text.encode()))
+        return cls._build(seq, time, actor, action, data, prev)[0]
+
+    @classmethod
+    def _build(cls, seq: int, time: str, actor: str, action: str, data: Mapping, prev: str) -> tuple[AuditEntry, bytes]:
+        """:meth:`build` and the entry's line, made from the one encoding of its content."""
+        body = _ENCODE({"seq": seq, "time": time, "actor": actor, "action": action, "data": data,
+                        "prev": prev}).encode()
+        digest = _sha256(body)
+        entry = cls(seq=seq, time=time, actor=actor, action=action, data=_DECODE(body.decode())[0]["data"],
+                    prev=prev, hash=digest)
+        if not (_TIME.match(time) and _HEX64.match(prev)):  # not as the log writes them: encode again
+            return entry, entry.line()
+        cut = len(body) - 119 - len(str(seq))  # "hash" goes before ',"prev":"…","seq":…,"time":"…"}'
+        return entry, b"".join((body[:cut], b',"hash":"', digest.encode(), b'"', body[cut:], b"\n"))
 
     @classmethod
     def from_line(cls, line: bytes) -> AuditEntry:
@@ -184,6 +194,9 @@ class AuditVerification:
         A public key was given, so signatures were checked.
     head_seq : int or None
         The last ``seq`` the head file records (None when it is missing or unreadable).
+    head_time : str or None
+        When the head file was written (signed with it): a head much older than the last activity
+        you expect is worth a look (see "what is not detected" in docs/audit.md).
     last_hash : str
         Hash of the last sound entry (the chain head; 64 zeros when there is none).
     notes : tuple of str
@@ -199,6 +212,7 @@ class AuditVerification:
     checkpoints_verified: int = 0
     signatures_checked: bool = False
     head_seq: int | None = None
+    head_time: str | None = None
     last_hash: str = GENESIS
     notes: tuple[str, ...] = field(default_factory=tuple)
 
@@ -215,7 +229,7 @@ class AuditVerification:
                 "first_bad": self.first_bad._asdict() if self.first_bad else None, "code": self.code,
                 "problem": self.problem, "checkpoints_verified": self.checkpoints_verified,
                 "signatures_checked": self.signatures_checked, "head_seq": self.head_seq,
-                "last_hash": self.last_hash, "notes": list(self.notes)}
+                "head_time": self.head_time, "last_hash": self.last_hash, "notes": list(self.notes)}
 
 
 def _checkpoint_message(head_seq: int, head_hash: str) -> bytes:
@@ -315,7 +329,8 @@ def _read_head(path: Path) -> tuple[dict | None, str | None, str | None]:
     except ValueError:
         return None, "head-malformed", f"the head file {path.name} is not JSON ({len(raw)} bytes)"
     if (not isinstance(head, dict) or head.keys() != _HEAD_FIELDS or head["format"] != HEAD_FORMAT
-            or type(head["seq"]) is not int or head["seq"] < -1 or not isinstance(head["hash"], str)
+            or type(head["seq"]) is not int or head["seq"] < -1 or not isinstance(head["time"], str)
+            or not isinstance(head["hash"], str)
             or not _HEX64.match(head["hash"])):
         return None, "head-malformed", (f"the head file {path.name} is not a {HEAD_FORMAT} record "
                                         f"(expected the fields {sorted(_HEAD_FIELDS)})")
@@ -435,7 +450,12 @@ class AuditLog:
         Faster than :meth:`append` in a loop (the fsync is shared), and all or nothing: a crash loses
         the whole batch (moved aside as a torn line at the next opening) rather than part of it.
         """
-        return self._write([(a, b, c) for a, b, c in records])
+        try:
+            batch = [(actor, action, data) for actor, action, data in records]
+        except (TypeError, ValueError):
+            raise InputError("append_many takes (actor, action, data) records", path=self.path,
+                             fix="pass e.g. [('dr.b', 'view', {'series': uid}), ...]") from None
+        return self._write(batch)
 
     def checkpoint(self) -> AuditEntry:
         """Append a signed ``checkpoint`` entry now (holding the chain head's seq and hash)."""
@@ -488,18 +508,18 @@ class AuditLog:
         if not isinstance(data, Mapping):
             raise InputError("audit entry data must be a mapping", path=self.path, found=type(data).__name__)
 
-    def _build(self, seq: int, prev: str, actor: str, action: str, data: Mapping) -> AuditEntry:
+    def _build(self, seq: int, prev: str, actor: str, action: str, data: Mapping) -> tuple[AuditEntry, bytes]:
         try:
-            return AuditEntry.build(seq=seq, time=_now(), actor=actor, action=action, data=data, prev=prev)
+            return AuditEntry._build(seq, _now(), actor, action, dict(data), prev)
         except (TypeError, ValueError) as exc:
             raise InputError(f"audit entry data is not JSON ({exc})", path=self.path,
                              expected="strings, numbers, booleans, None, lists and string-keyed mappings",
                              fix="log UIDs, hashes and decisions as plain values") from None
 
-    def _checkpoint_entry(self, seq: int, prev: str) -> AuditEntry:
+    def _checkpoint_entry(self, seq: int, prev: str) -> tuple[AuditEntry, bytes]:
         signature = self.signer.sign(_checkpoint_message(seq - 1, prev))
         data = {"head_hash": prev, "head_seq": seq - 1, "key_id": self.key_id, "signature": _b64(signature)}
-        return AuditEntry.build(seq=seq, time=_now(), actor=SYSTEM_ACTOR, action=CHECKPOINT, data=data, prev=prev)
+        return AuditEntry._build(seq, _now(), SYSTEM_ACTOR, CHECKPOINT, data, prev)
 
     def _head_bytes(self, seq: int, last_hash: str) -> bytes:
         head = {"format": HEAD_FORMAT, "seq": seq, "hash": last_hash, "time": _now(), "key_id": self.key_id}
@@ -512,39 +532,36 @@ class AuditLog:
         with self._locked() as fd:
             st = os.fstat(fd)
             seq, prev, torn, head = self._tail(fd, st)
-            system: list[AuditEntry] = []
+            written: list[tuple[AuditEntry, bytes]] = []  # everything appended, with its line
             if torn is not None:
-                system.append(AuditEntry.build(seq=seq + 1, time=_now(), actor=SYSTEM_ACTOR, action=TORN_TAIL,
-                                               prev=prev, data={"offset": torn[0], "length": len(torn[1]),
-                                                                "sha256": _sha256(torn[1]),
-                                                                "moved_to": self.torn_path.name}))
-                seq, prev = seq + 1, system[-1].hash
-            if head is not None and head["seq"] < seq - len(system):
-                behind = {"head_seq": head["seq"], "head_hash": head["hash"], "log_seq": seq - len(system)}
+                data = {"offset": torn[0], "length": len(torn[1]), "sha256": _sha256(torn[1]),
+                        "moved_to": self.torn_path.name}
+                written.append(AuditEntry._build(seq + 1, _now(), SYSTEM_ACTOR, TORN_TAIL, data, prev))
+                seq, prev = seq + 1, written[-1][0].hash
+            if head is not None and head["seq"] < seq - len(written):
+                behind = {"head_seq": head["seq"], "head_hash": head["hash"], "log_seq": seq - len(written)}
                 log.warning("%s: the head file recorded entry %d but the log ends at entry %d; recording "
                             "that in the log and signing the head again", self.path, head["seq"], behind["log_seq"])
-                system.append(AuditEntry.build(seq=seq + 1, time=_now(), actor=SYSTEM_ACTOR, action=HEAD_RECOVERED,
-                                               data=behind, prev=prev))
-                seq, prev = seq + 1, system[-1].hash
+                written.append(AuditEntry._build(seq + 1, _now(), SYSTEM_ACTOR, HEAD_RECOVERED, behind, prev))
+                seq, prev = seq + 1, written[-1][0].hash
             entries: list[AuditEntry] = []
-            written = list(system)
+            every = self.checkpoint_every if self.signer is not None else None
             for actor, action, data in records:
-                entry = self._build(seq + 1, prev, actor, action, data)
-                entries.append(entry)
-                written.append(entry)
-                seq, prev = entry.seq, entry.hash
-                if self.signer is not None and self.checkpoint_every and (seq + 1) % self.checkpoint_every == 0:
+                written.append(self._build(seq + 1, prev, actor, action, data))
+                entries.append(written[-1][0])
+                seq, prev = seq + 1, written[-1][0].hash
+                if every and (seq + 1) % every == 0:
                     written.append(self._checkpoint_entry(seq + 1, prev))
-                    seq, prev = seq + 1, written[-1].hash
+                    seq, prev = seq + 1, written[-1][0].hash
             if checkpoint:
-                entries.append(self._checkpoint_entry(seq + 1, prev))
-                written.append(entries[-1])
-                seq, prev = seq + 1, entries[-1].hash
+                written.append(self._checkpoint_entry(seq + 1, prev))
+                entries.append(written[-1][0])
+                seq, prev = seq + 1, written[-1][0].hash
             if written or head is None:
                 head_bytes = self._head_bytes(seq, prev)  # signed before anything is written
                 size = st.st_size if torn is None else self._move_torn_aside(fd, torn, seq - len(written))
                 if written:
-                    self._append_bytes(fd, size, b"".join(e.line() for e in written))
+                    self._append_bytes(fd, size, b"".join(line for _, line in written))
                 try:
                     write_atomic(self.head_path, head_bytes)
                 except OSError as exc:
@@ -703,16 +720,16 @@ def verify_audit(path_or_log, *, public_key_pem: bytes | str | None = None) -> A
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
         if head is not None and public_key is not None:
             head_code, head_problem = _check_head_signature(head, public_key, key_id)
-        head_seq = head["seq"] if head is not None else None
         trusted_head = head if head_code is None else None
-        result = dict(path=str(path), signatures_checked=public_key is not None, head_seq=head_seq)
+        result = dict(path=str(path), signatures_checked=public_key is not None,
+                      head_seq=head["seq"] if head is not None else None,
+                      head_time=head["time"] if head is not None else None)
 
         expected, prev, checkpoints, read = 0, GENESIS, 0, 0
         notes: list[str] = []
 
-        def bad(code: str, problem: str, at: int | None = None) -> AuditVerification:
-            at = expected if at is None else at
-            return AuditVerification(ok=False, n_entries=expected, first_bad=BadEntry(at, at + 1), code=code,
+        def bad(code: str, problem: str) -> AuditVerification:
+            return AuditVerification(ok=False, n_entries=expected, first_bad=BadEntry(expected, expected + 1), code=code,
                                      problem=problem, checkpoints_verified=checkpoints, last_hash=prev,
                                      notes=tuple(notes), **result)
 
