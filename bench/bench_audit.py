@@ -96,8 +96,10 @@ def main(argv: list[str] | None = None) -> int:
                 audit.append(actor, action, **data)
 
         _, wall, cpu = timed(one_by_one)
-        res["append"] = {"entries": args.appends, "seconds": round(wall, 3), "entries_per_s": round(args.appends / wall),
-                         "ms_per_entry": round(wall / args.appends * 1e3, 3), "cpu_ms_per_entry": round(cpu / args.appends * 1e3, 3)}
+        res["append"] = {"entries": args.appends, "seconds": round(wall, 3),
+                         "entries_per_s": round(args.appends / wall),
+                         "ms_per_entry": round(wall / args.appends * 1e3, 3),
+                         "cpu_ms_per_entry": round(cpu / args.appends * 1e3, 3)}
 
         # 2. batches
         audit = AuditLog(work / "batched.jsonl", signer=key)
@@ -110,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
 
         _, wall, cpu = timed(batched)
         res["append_many"] = {"entries": n_batched, "batch": args.batch, "seconds": round(wall, 3),
-                              "entries_per_s": round(n_batched / wall), "cpu_us_per_entry": round(cpu / n_batched * 1e6, 1)}
+                              "entries_per_s": round(n_batched / wall),
+                              "cpu_us_per_entry": round(cpu / n_batched * 1e6, 1)}
 
         # 3. the bulk path: 1,000,000 entries
         big = AuditLog(work / "audit.jsonl", signer=key, checkpoint_every=1000)
@@ -119,12 +122,12 @@ def main(argv: list[str] | None = None) -> int:
         wall = cpu = 0.0
         for start in range(0, args.entries, chunk):  # records made outside the timed calls
             batch = [decision(rng, start + i) for i in range(min(chunk, args.entries - start))]
-            _, w, c = timed(lambda: big.append_many(batch))
+            _, w, c = timed(lambda batch=batch: big.append_many(batch))
             wall, cpu = wall + w, cpu + c
         size = big.path.stat().st_size
-        res["bulk_write"] = {"entries_requested": args.entries, "seconds": round(wall, 2), "cpu_seconds": round(cpu, 2),
-                             "entries_per_s": round(args.entries / wall), "MB": round(size / 1e6, 1),
-                             "bytes_per_line": None}
+        res["bulk_write"] = {"entries_requested": args.entries, "seconds": round(wall, 2),
+                             "cpu_seconds": round(cpu, 2), "entries_per_s": round(args.entries / wall),
+                             "MB": round(size / 1e6, 1), "bytes_per_line": None}
 
         # 4. verify it, with the public key
         result, wall, cpu = timed(lambda: verify_audit(big.path, public_key_pem=pub))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import errno
 import hashlib
+import itertools
 import json
 import multiprocessing
 import os
@@ -74,7 +75,7 @@ def test_chain_of_100_entries_verifies_and_links(tmp_path):
     assert result.last_hash == written[-1].hash
     assert [e.seq for e in written] == list(range(100))
     assert written[0].prev == ZEROS
-    assert all(b.prev == a.hash for a, b in zip(written, written[1:]))
+    assert all(b.prev == a.hash for a, b in itertools.pairwise(written))
     assert [e.to_dict() for e in audit_entries(audit.path)] == [e.to_dict() for e in written]
 
 
@@ -205,6 +206,7 @@ def test_rewritten_tail_with_recomputed_hashes_is_caught_by_signatures(tmp_path,
     assert verify_audit(audit.path).ok  # without the public key the rewrite cannot be told apart
     result = verify_audit(audit.path, public_key_pem=key.public_key_pem())
     assert (result.ok, result.code, result.first_bad) == (False, "bad-signature", BadEntry(40, 41))
+    assert result.last_checkpoint_seq == 20  # entries 0-19 are still vouched for by a signature
 
 
 def test_rollback_to_an_older_signed_head_is_not_detected_by_the_log_alone(tmp_path, key):
@@ -387,7 +389,7 @@ def test_concurrent_appends_from_four_processes_form_one_chain(tmp_path, key):
         mine = [e.data["i"] for e in entries if e.action == "view" and e.data["worker"] == w]
         assert mine == list(range(n))
     workers_seen = [e.data["worker"] for e in entries if e.action == "view"]
-    assert sum(a != b for a, b in zip(workers_seen, workers_seen[1:])) > 3  # they did interleave
+    assert sum(a != b for a, b in itertools.pairwise(workers_seen)) > 3  # they did interleave
 
 
 # --- reading -------------------------------------------------------------------------------------------

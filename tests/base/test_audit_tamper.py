@@ -41,7 +41,8 @@ def big_log(tmp_path_factory):
     audit = AuditLog(folder / "audit.jsonl", signer=key, checkpoint_every=CHECKPOINT_EVERY)
     rng = random.Random(SEED)
     records = [(f"dr.{rng.choice('abcdef')}", rng.choice(["view", "annotation.save", "infer.decision"]),
-                {"series": f"1.2.826.0.1.3680043.8.498.{rng.getrandbits(64)}", "sha256": f"{rng.getrandbits(256):064x}"})
+                {"series": f"1.2.826.0.1.3680043.8.498.{rng.getrandbits(64)}",
+                 "sha256": f"{rng.getrandbits(256):064x}"})
                for _ in range(N_LOGGED)]
     for start in range(0, N_LOGGED, 2500):
         audit.append_many(records[start:start + 2500])
@@ -54,7 +55,7 @@ def test_the_generated_log_verifies(big_log):
     result = verify_audit(audit.path, public_key_pem=pub)
     assert result.ok, result
     assert result.n_entries == len(lines) == N_LOGGED + N_LOGGED // CHECKPOINT_EVERY
-    assert result.checkpoints_verified == 10
+    assert (result.checkpoints_verified, result.last_checkpoint_seq) == (10, 10_000)
     assert [e.seq for e in audit_entries(audit.path, action="checkpoint")] == list(range(1000, 10_001, 1000))
 
 

@@ -192,6 +192,10 @@ class AuditVerification:
         Checkpoint entries that match the chain (and, with a public key, whose signature verifies).
     signatures_checked : bool
         A public key was given, so signatures were checked.
+    last_checkpoint_seq : int or None
+        The last checkpoint entry found sound: with ``signatures_checked``, every entry before it is
+        vouched for by the site key's signature, even when the head file is lost or the log damaged
+        after it.
     head_seq : int or None
         The last ``seq`` the head file records (None when it is missing or unreadable).
     head_time : str or None
@@ -211,6 +215,7 @@ class AuditVerification:
     problem: str | None = None
     checkpoints_verified: int = 0
     signatures_checked: bool = False
+    last_checkpoint_seq: int | None = None
     head_seq: int | None = None
     head_time: str | None = None
     last_hash: str = GENESIS
@@ -228,7 +233,8 @@ class AuditVerification:
         return {"path": self.path, "ok": self.ok, "n_entries": self.n_entries,
                 "first_bad": self.first_bad._asdict() if self.first_bad else None, "code": self.code,
                 "problem": self.problem, "checkpoints_verified": self.checkpoints_verified,
-                "signatures_checked": self.signatures_checked, "head_seq": self.head_seq,
+                "signatures_checked": self.signatures_checked, "last_checkpoint_seq": self.last_checkpoint_seq,
+                "head_seq": self.head_seq,
                 "head_time": self.head_time, "last_hash": self.last_hash, "notes": list(self.notes)}
 
 
@@ -721,17 +727,20 @@ def verify_audit(path_or_log, *, public_key_pem: bytes | str | None = None) -> A
         if head is not None and public_key is not None:
             head_code, head_problem = _check_head_signature(head, public_key, key_id)
         trusted_head = head if head_code is None else None
-        result = dict(path=str(path), signatures_checked=public_key is not None,
-                      head_seq=head["seq"] if head is not None else None,
-                      head_time=head["time"] if head is not None else None)
+        result = {"path": str(path), "signatures_checked": public_key is not None,
+                  "head_seq": head["seq"] if head is not None else None,
+                  "head_time": head["time"] if head is not None else None}
 
-        expected, prev, checkpoints, read = 0, GENESIS, 0, 0
+        expected, prev, checkpoints, read, last_checkpoint = 0, GENESIS, 0, 0, None
         notes: list[str] = []
 
+        def found(**outcome) -> AuditVerification:
+            return AuditVerification(n_entries=expected, checkpoints_verified=checkpoints,
+                                     last_checkpoint_seq=last_checkpoint, last_hash=prev, notes=tuple(notes),
+                                     **result, **outcome)
+
         def bad(code: str, problem: str) -> AuditVerification:
-            return AuditVerification(ok=False, n_entries=expected, first_bad=BadEntry(expected, expected + 1), code=code,
-                                     problem=problem, checkpoints_verified=checkpoints, last_hash=prev,
-                                     notes=tuple(notes), **result)
+            return found(ok=False, first_bad=BadEntry(expected, expected + 1), code=code, problem=problem)
 
         for line in fh:
             read += len(line)
@@ -763,6 +772,7 @@ def verify_audit(path_or_log, *, public_key_pem: bytes | str | None = None) -> A
                 if code is not None:
                     return bad(code, f"checkpoint entry {seq}: {problem}")
                 checkpoints += 1
+                last_checkpoint = seq
             elif entry["action"] == TORN_TAIL and entry["actor"] == SYSTEM_ACTOR:
                 notes.append(f"entry {seq}: a partial line of {entry['data'].get('length')} bytes left by a "
                              f"crash was moved to {entry['data'].get('moved_to')}")
@@ -780,24 +790,19 @@ def verify_audit(path_or_log, *, public_key_pem: bytes | str | None = None) -> A
 
     last = expected - 1
     if head_code is not None:
-        return AuditVerification(ok=False, n_entries=expected, code=head_code, problem=head_problem,
-                                 checkpoints_verified=checkpoints, last_hash=prev, notes=tuple(notes), **result)
+        return found(ok=False, code=head_code, problem=head_problem)
     if head["seq"] > last:
         n_missing = head["seq"] - last
-        return AuditVerification(ok=False, n_entries=expected, first_bad=BadEntry(expected, expected + 1),
-                                 code="truncated", problem=f"the log ends at entry {last} but its head file "
-                                 f"records entry {head['seq']}: {n_missing} entr{'y' if n_missing == 1 else 'ies'} "
-                                 "at the end deleted", checkpoints_verified=checkpoints, last_hash=prev,
-                                 notes=tuple(notes), **result)
+        return found(ok=False, first_bad=BadEntry(expected, expected + 1), code="truncated",
+                     problem=f"the log ends at entry {last} but its head file records entry {head['seq']}: "
+                             f"{n_missing} entr{'y' if n_missing == 1 else 'ies'} at the end deleted")
     if head["seq"] < last:
-        return AuditVerification(ok=False, n_entries=expected, first_bad=BadEntry(head["seq"] + 1, head["seq"] + 2),
-                                 code="head-behind", problem=f"the head file records entry {head['seq']} but the "
-                                 f"log goes on to entry {last}: entries after {head['seq']} are not covered by the "
-                                 "head (a crash between writing the log and the head, or entries added by "
-                                 "someone else); the next opening of the log records this",
-                                 checkpoints_verified=checkpoints, last_hash=prev, notes=tuple(notes), **result)
-    return AuditVerification(ok=True, n_entries=expected, checkpoints_verified=checkpoints, last_hash=prev,
-                             notes=tuple(notes), **result)
+        return found(ok=False, first_bad=BadEntry(head["seq"] + 1, head["seq"] + 2), code="head-behind",
+                     problem=f"the head file records entry {head['seq']} but the log goes on to entry {last}: "
+                             f"entries after {head['seq']} are not covered by the head (a crash between writing "
+                             "the log and the head, or entries added by someone else); the next opening of the "
+                             "log records this")
+    return found(ok=True)
 
 
 def _since_text(since: datetime | str | None) -> str | None:

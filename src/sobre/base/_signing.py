@@ -194,10 +194,10 @@ class SiteKey:
 def load_public_key(public_pem: bytes | str):
     """The Ed25519 public key in ``public_pem`` (cryptography object); ConfigError when it is not one.
 
-    >>> load_public_key(b"not a key")
+    >>> load_public_key(b"not a key")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    sobre.errors.ConfigError: public key is not PEM (expected -----BEGIN PUBLIC KEY----- (Ed25519); found 9 bytes starting b'not a key')
+    sobre.errors.ConfigError: public key is not PEM (expected -----BEGIN PUBLIC KEY----- (Ed25519); found 9 bytes ...)
     """
     from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
