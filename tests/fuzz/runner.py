@@ -372,10 +372,11 @@ class _Worker:
         sop = (mine or {}).get("sop") or self.task_sop
         if changed:
             same_sop = bool(sop and sop in base["sops"])
+            how = _how_changed(base, after)
             fails.append({"class": "workspace_changed",
-                          "detail": ("mutant carries the SOP Instance UID of a catalogued original; "
-                                     if same_sop else "") + "; ".join(changed)[:800],
-                          "sub": "same_sop_uid" if same_sop else "other"})
+                          "detail": f"[{how}] " + ("mutant carries the SOP Instance UID of a catalogued original; "
+                                                   if same_sop else "") + "; ".join(changed)[:800],
+                          "sub": how + (", same SOP Instance UID" if same_sop else "")})
         reasons = [s.get("reason", "") if isinstance(s, dict) else str(s[1] if len(s) > 1 else s)
                    for s in report.get("skipped", []) if path.name in json.dumps(s)]
         named = bool(reasons)
@@ -597,6 +598,29 @@ class _ListHandler:
 
         h = H(level=logging.WARNING)
         return h
+
+
+def _how_changed(base: dict, after: dict) -> str:
+    """``altered``: an original volume now has other files or another status/shape/geometry (or lost a file);
+    ``relabelled``: every original volume is intact, but some are now named by another ``uid#label``."""
+    members: dict = defaultdict(set)
+    for fpath, rec in base["files"].items():
+        members[rec["series"]].add(fpath)
+    relabelled = False
+    for key, rec in base["series"].items():
+        files = members.get(key, set())
+        now_keys = {(after["files"].get(f) or {}).get("series") for f in files} if files else {key}
+        if len(now_keys) != 1 or None in now_keys:
+            return "altered"
+        (now_key,) = now_keys
+        if after["series"].get(now_key) != rec:
+            return "altered"
+        if files and any((after["files"].get(f) or {}).get("sha256") != base["files"][f]["sha256"] for f in files):
+            return "altered"
+        if now_key != key:
+            relabelled = True
+    # an original volume that gained the mutant: same record? n_files would differ, so "altered" above
+    return "relabelled" if relabelled else "altered"
 
 
 def _sha256(path: Path) -> str | None:
@@ -1210,7 +1234,8 @@ class Runner:
             out = {}
             for (stage, cls), items in sorted(by.items(), key=lambda kv: -len(kv[1])):
                 r, f = items[0]
-                subs = Counter(fi.get("sub") or _kind_label(ri["mutant"]) for ri, fi in items)
+                subs = Counter(_kind_label(ri["mutant"]) for ri, fi in items)
+                subclasses = Counter(fi["sub"] for _, fi in items if fi.get("sub"))
                 out[f"{stage}/{cls}"] = {
                     "stage": stage, "class": cls, "count": len(items),
                     "mutants": len({ri["mutant"]["index"] for ri, _ in items}),
@@ -1218,6 +1243,7 @@ class Runner:
                                                    if (ri["mutant"]["source"], stage, cls) in in_control
                                                    and not ri.get("control")),
                     "by_mutation": dict(subs.most_common()),
+                    "subclasses": dict(subclasses.most_common()),
                     "sources": dict(Counter(ri["mutant"]["source"] for ri, _ in items).most_common(8)),
                     "example": _example(r, f, stage, self.cfg.seed),
                     "more_examples": [_example(ri, fi, stage, self.cfg.seed, short=True) for ri, fi in items[1:4]],
@@ -1426,6 +1452,8 @@ def summary_text(rep: dict) -> str:
         lines.append(f"FAIL {key}: {fc['count']} ({FAILURES.get(fc['class'], '')})"
                      + (f"; {same} of them from sources whose unmodified file fails the same way" if same else ""))
         lines.append(f"     by mutation: {', '.join(f'{k} {v}' for k, v in list(fc['by_mutation'].items())[:6])}")
+        if fc.get("subclasses"):
+            lines.append(f"     kinds: {', '.join(f'{k} {v}' for k, v in fc['subclasses'].items())}")
         lines.append(f"     example: mutant {ex['mutant']} = {ex['source']} + {ex['kind']} "
                      f"{json.dumps(ex['params'], default=str)[:200]} (seed {ex['seed']})")
         lines.append(f"     regenerate: {ex['regenerate']}")
