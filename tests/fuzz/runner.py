@@ -55,7 +55,7 @@ STAGES = ("info", "export", "deid", "ingest", "listener")
 
 FAILURES = {
     "internal_error": "exit status 3 / 'internal error' on stderr",
-    "traceback": "a Python traceback (stderr, log, or an exception escaping sobre.cli.main)",
+    "traceback": "a Python traceback or a Rust panic message (stderr, log, or an exception escaping sobre.cli.main)",
     "hang": "a stage ran past the time limit (killed; confirmed in a fresh worker)",
     "memory": "peak resident memory over the limit, or MemoryError",
     "crash": "the worker process died (signal) while handling the mutant (confirmed in a fresh worker)",
@@ -210,6 +210,12 @@ class _Worker:
             if "Traceback (most recent call last)" in text:
                 fails.append({"class": "traceback", "detail": _first_error_line(text),
                               "traceback": text[text.index("Traceback"):][-6000:]})
+                break
+            if "panicked at" in text:  # a native (Rust) decoder's panic message reaches the user's terminal
+                at = text.index("panicked at")
+                line = text[text.rfind("\n", 0, at) + 1:].split("\n", 2)
+                fails.append({"class": "traceback", "detail": "Rust panic on stderr: " + " ".join(line[:2])[:300],
+                              "traceback": text[max(0, at - 200):][-6000:]})
                 break
         if rc in (1, 2) and rc in allowed and not fails and mutant.name not in err:
             fails.append({"class": "unnamed_refusal", "detail": _first_error_line(err)})
@@ -467,7 +473,7 @@ class _Worker:
             fails.append({"class": "listener_exception", "detail": handler_exc[0][:300],
                           "traceback": "\n".join(logs[at[0]:at[0] + 3])[-6000:]})
         logged_tb = [m for m in logs if "Traceback (most recent call last)" in m]
-        if not handler_exc and (logged_tb or "Traceback (most recent call last)" in stray):
+        if not handler_exc and (logged_tb or "Traceback (most recent call last)" in stray or "panicked at" in stray):
             text = (logged_tb or [stray])[0]
             fails.append({"class": "traceback", "detail": "traceback text in the listener's log/output: "
                                                           + _first_error_line(text)[:250],
@@ -832,12 +838,13 @@ def worker_main(cfg_path: str) -> int:
             a.release()
         except Exception:  # noqa: BLE001
             pass
-    for lst in w.listeners.values():
+    for mode, lst in w.listeners.items():
         try:
             lst.stop(grace=1)
-        except Exception:  # noqa: BLE001
-            pass
-    return 0
+        except Exception as exc:  # noqa: BLE001
+            proto.write(json.dumps({"ev": "note", "note": f"listener {mode} stop: {type(exc).__name__}: {exc}"}) + "\n")
+    proto.flush()
+    os._exit(0)  # leave even if a library thread (pynetdicom's servers) is still alive
 
 
 def _vm_size_mb() -> float:

@@ -35,8 +35,9 @@ KNOWN = {
                             "the compressed stream) while info/export read them",
     "internal_error": "export: extreme RescaleSlope/RescaleIntercept -> OverflowError in image._dicom._store; "
                       "deid: damaged headers/deflate streams -> internal error in image._part10.read_instance",
-    "traceback": "pyo3 PanicException from the RLE decoder (a BaseException) escapes sobre.cli.main in export "
-                 "and ingest; pydicom's encode errors embed a traceback in deid's skip message and the listener log",
+    "traceback": "the RLE decoder's Rust panic: its message reaches stderr (export) and its PanicException (a "
+                 "BaseException) escapes ingest (catalog._scan._decodes); pydicom's encode errors embed a traceback "
+                 "in deid's skip message and the listener log",
     "unnamed_refusal": "export: 'affine is singular or not finite' does not name the input file",
 }
 
