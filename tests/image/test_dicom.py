@@ -796,3 +796,35 @@ def test_write_dicom_series_refuses_what_it_cannot_write(tmp_path):
         sobre.write_dicom_series(Image(np.zeros((4, 4), np.uint8), coordinate_system="pixel"), tmp_path)
     with pytest.raises(InputError, match="only grey-level 2D/3D images"):
         sobre.write_dicom_series(Image(np.zeros((4, 4, 3), np.uint8), extra_axes="channel"), tmp_path)
+
+
+def test_rescale_does_not_apply_to_colour_palette_or_1_bit_pixels(tmp_path, pydicom_data):
+    for name in ("SC_rgb.dcm", "OBXXXX1A.dcm", "liver_1frame.dcm"):
+        src = pydicom_data / name if (pydicom_data / name).exists() else None
+        if src is None:
+            continue
+        ds = pydicom.dcmread(src)
+        ds.RescaleSlope, ds.RescaleIntercept = "1e308", "-7"  # meaningless here (PS3.3 C.11.1): ignored
+        ds.save_as(tmp_path / name)
+        assert np.array_equal(sobre.load(tmp_path / name).array, sobre.load(src).array)
+
+
+@pytest.mark.parametrize("slope, intercept, bad", [("inf", "0", "RescaleSlope"), ("0", "0", "RescaleSlope"),
+                                                   ("1", "nan", "RescaleIntercept")])
+def test_rescale_values_that_are_not_numbers_name_their_tag(tmp_path, rng, slope, intercept, bad):
+    paths = sobre.write_dicom_series(Image(volume(rng, (4, 3, 2)), AXIAL, modality="CT"), tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom: "Invalid value for VR DS"
+        for p in paths:
+            edit(p, RescaleSlope=slope, RescaleIntercept=intercept)
+    with pytest.raises(InputError, match=rf"IM0001\.dcm: \(0028,105[23]\) {bad}: rescale value is not usable"):
+        sobre.load(tmp_path)
+
+
+def test_singular_pixel_spacing_names_the_file(tmp_path, rng):
+    paths = sobre.write_dicom_series(Image(volume(rng, (4, 3, 2)), AXIAL, modality="CT"), tmp_path)
+    for p in paths:
+        edit(p, PixelSpacing=["1e-30", "1e-30"])
+    with pytest.raises(GeometryError, match=r"IM0001\.dcm: \(0028,0030\) PixelSpacing / \(0020,0032\) "
+                                            r"ImagePositionPatient: affine is singular or not finite"):
+        sobre.load(tmp_path)

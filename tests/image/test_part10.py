@@ -462,3 +462,67 @@ def test_a_decoder_panic_is_an_input_error_naming_the_file(tmp_path, pydicom_tes
     with pytest.raises(InputError, match=r"MR_small_RLE\.dcm: \(7FE0,0010\) PixelData: pixel data cannot be decoded "
                                          r"\(PanicException: index out of bounds"):
         img.array  # noqa: B018
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"PhotometricInterpretation": "XYZ"}, r"\(0028,0004\) PhotometricInterpretation: unknown PhotometricInterpretation "
+                                           r"\(expected ARGB, CMYK, HSV, MONOCHROME1, .*; found 'XYZ'\)"),
+    ({"BitsAllocated": 24, "BitsStored": 24, "HighBit": 23},
+     r"\(0028,0100\) BitsAllocated: pixel data cannot be decoded: no decoder handles this sample size \(expected 1, 8, "
+     r"16, 32 or 64; found 24\)"),
+])
+def test_module_values_no_decoder_handles(tmp_path, pydicom_test_files, changes, message):
+    src = pydicom.dcmread(pydicom_test_files / "CT_small.dcm")
+    if "BitsAllocated" in changes:  # keep the data as long as the header now says
+        src.PixelData = bytes(128 * 128 * 3)
+    src.save_as(tmp_path / "src.dcm")
+    p = _mutate(tmp_path / "src.dcm", tmp_path / "mutant.dcm", **changes)
+    with pytest.raises(InputError, match=rf"mutant\.dcm: {message}"):
+        sobre.load_all(p)
+
+
+def test_four_samples_per_pixel_are_consistent_but_not_decodable(tmp_path):
+    data = image(spp=4, bits=8, photometric="ARGB")
+    assert check_pixel_length(pydicom.dcmread(pydicom.filebase.DicomBytesIO(data), force=True),
+                              transfer_syntax=UID(ExplicitVRLittleEndian)) is None  # the shared rule accepts it
+    p = write(tmp_path, "argb", part10(data))
+    with pytest.raises(InputError, match=r"argb\.dcm: \(0028,0002\) SamplesPerPixel: pixel data cannot be decoded: no "
+                                         r"decoder handles 4 samples per pixel"):
+        read_header(p)
+
+
+def test_multiframe_compressed_data_with_fewer_codestreams_than_frames(tmp_path, pydicom_data):
+    ds = pydicom.dcmread(pydicom_data / "emri_small_jpeg_2k_lossless.dcm")
+    frames = list(generate_frames(ds.PixelData, number_of_frames=int(ds.NumberOfFrames)))
+    halves = [part for f in frames[:5] for part in (f[: len(f) // 2], f[len(f) // 2:])]  # 10 fragments, 5 frames
+    ds.PixelData = encapsulate(halves, has_bot=False)
+    ds.save_as(tmp_path / "split.dcm")
+    with pytest.raises(InputError, match=r"split\.dcm: \(7FE0,0010\) PixelData: compressed pixel data holds fewer "
+                                         r"frames than NumberOfFrames \(expected 10 frames \(each beginning a "
+                                         r"codestream\); found 10 fragment\(s\), 5 of them beginning a codestream\)"):
+        sobre.load_all(tmp_path / "split.dcm")
+
+
+def test_empty_frame_in_compressed_data(tmp_path, pydicom_data):
+    ds = pydicom.dcmread(pydicom_data / "emri_small_jpeg_2k_lossless.dcm")
+    frames = list(generate_frames(ds.PixelData, number_of_frames=int(ds.NumberOfFrames)))
+    frames[3] = b""
+    items = struct.pack("<HHL", 0xFFFE, 0xE000, 0)  # empty basic offset table, then one item per frame
+    for f in frames:
+        f += b"\x00" * (len(f) % 2)
+        items += struct.pack("<HHL", 0xFFFE, 0xE000, len(f)) + f
+    ds.PixelData = items
+    ds.save_as(tmp_path / "hole.dcm")
+    with pytest.raises(InputError, match=r"hole\.dcm: \(7FE0,0010\) PixelData: compressed pixel data holds an empty "
+                                         r"frame \(expected 10 frame\(s\) of compressed bytes, one fragment each; found 1 "
+                                         r"empty fragment\(s\)\)"):
+        sobre.load_all(tmp_path / "hole.dcm")
+
+
+def test_rle_data_under_a_jpeg_transfer_syntax(tmp_path, pydicom_test_files):
+    p = _mutate(pydicom_test_files / "MR_small_RLE.dcm", tmp_path / "rle_as_jpeg.dcm",
+                TransferSyntaxUID="1.2.840.10008.1.2.4.57")
+    with pytest.raises(InputError, match=r"rle_as_jpeg\.dcm: \(7FE0,0010\) PixelData: compressed frame is not the "
+                                         r"codestream its transfer syntax names \(expected a JPEG codestream \(JPEG "
+                                         r"Lossless, Non-Hierarchical \(Process 14\)\); found data beginning "):
+        sobre.load_all(p)

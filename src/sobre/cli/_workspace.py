@@ -127,6 +127,10 @@ def _info(ns) -> int:
         # every readable volume is shown; files and series that cannot be are listed as problems
         problems = Problems()
         images = sobre.load_all(ns.target, problems=problems)
+        errors = problems.at("error")
+        if not images and Path(ns.target).is_file() and len(errors) == 1:
+            # one file that cannot be read: its own error, as for every other command
+            raise InputError(errors[0].message, path=errors[0].path, tag=errors[0].tag, fix=errors[0].fix)
         if not images:
             err = InputError("no readable image found", path=ns.target,
                              expected="at least one DICOM series or NIfTI, NRRD/MetaImage, PNG, JPEG or TIFF file",

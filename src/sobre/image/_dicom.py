@@ -282,6 +282,21 @@ def _orientation(value: Any, path: Path) -> tuple[np.ndarray | None, str | None]
     return arr, None
 
 
+def _rescale(slope_value: Any, intercept_value: Any, base: dict, path: Path) -> tuple[float, float]:
+    """RescaleSlope / RescaleIntercept of grey-level pixels; (1, 0) for colour, palette and 1-bit
+    pixels, which a modality rescale does not apply to (PS3.3 C.11.1); InputError naming the tag
+    when a value is not a finite number."""
+    if base["samples"] != 1 or base["photometric"] == "PALETTE COLOR" or base["bits_allocated"] == 1:
+        return 1.0, 0.0
+    slope, intercept = _float(slope_value, 1.0), _float(intercept_value, 0.0)
+    for keyword, value, raw in (("RescaleSlope", slope, slope_value), ("RescaleIntercept", intercept, intercept_value)):
+        if not math.isfinite(value) or keyword == "RescaleSlope" and value == 0:
+            raise InputError("rescale value is not usable", path=path, tag=tag_name(keyword),
+                             expected="a finite number" + (", not 0" if keyword == "RescaleSlope" else ""),
+                             found=repr(str(raw)), fix="the header is corrupted; re-export the file")
+    return slope, intercept
+
+
 def _half_frame(orientation: np.ndarray | None, position: np.ndarray | None) -> str | None:
     """What is wrong when a header gives one of ImageOrientationPatient / ImagePositionPatient only."""
     if orientation is None and position is not None:
@@ -382,8 +397,8 @@ def _frames_of(ds: Dataset, path: Path) -> list[Frame]:
         if mosaic is not None:
             soft = dict(soft_common, mosaic=mosaic)
             return [Frame(index=None, orientation=None, position=None, pixel_spacing=None,
-                          slope=_float(raw_value(ds, "RescaleSlope"), 1.0),
-                          intercept=_float(raw_value(ds, "RescaleIntercept"), 0.0),
+                          **dict(zip(("slope", "intercept"), _rescale(
+                              raw_value(ds, "RescaleSlope"), raw_value(ds, "RescaleIntercept"), base, path))),
                           soft=soft, native=_frame_native(native, 0), **base)]
     if not is_enhanced:
         orientation, problem = _orientation(raw_value(ds, "ImageOrientationPatient"), path)
@@ -394,8 +409,8 @@ def _frames_of(ds: Dataset, path: Path) -> list[Frame]:
             spacing = _floats(raw_value(ds, "ImagerPixelSpacing"), 2, path, "ImagerPixelSpacing")
         if spacing is not None and np.any(spacing <= 0):
             spacing = None  # e.g. '0\\0' written by some exporters: no usable physical size
-        slope = _float(raw_value(ds, "RescaleSlope"), 1.0) * _dose_scaling(ds, path)
-        intercept = _float(raw_value(ds, "RescaleIntercept"), 0.0)
+        slope, intercept = _rescale(raw_value(ds, "RescaleSlope"), raw_value(ds, "RescaleIntercept"), base, path)
+        slope *= _dose_scaling(ds, path)
         offsets = raw_value(ds, "GridFrameOffsetVector")  # RT dose: frames are parallel planes
         if n > 1 and offsets is not None:
             offsets = _floats(offsets, n, path, "GridFrameOffsetVector")
@@ -437,9 +452,9 @@ def _frames_of(ds: Dataset, path: Path) -> list[Frame]:
             soft["echo"] = str(header_value(me, "EffectiveEchoTime", path, soft["echo"]))
         frames.append(Frame(
             index=i, orientation=orientation, position=position, pixel_spacing=spacing,
-            slope=_float(header_value(pv, "RescaleSlope", path) if pv else raw_value(ds, "RescaleSlope"), 1.0),
-            intercept=_float(header_value(pv, "RescaleIntercept", path) if pv else raw_value(ds, "RescaleIntercept"),
-                             0.0),
+            **dict(zip(("slope", "intercept"), _rescale(
+                header_value(pv, "RescaleSlope", path) if pv else raw_value(ds, "RescaleSlope"),
+                header_value(pv, "RescaleIntercept", path) if pv else raw_value(ds, "RescaleIntercept"), base, path))),
             soft=soft, native=_frame_native(native, i), geometry_problem=problem, **base,
         ))
     return frames
@@ -545,11 +560,18 @@ class VolumePlan:
         if self.label:
             meta.setdefault("volume_label", self.label)
         modality = meta.get("modality")
-        return Image(
-            loader=lambda: load_pixels(self), shape=self.shape, dtype=self.dtype, affine=self.affine,
-            spatial_ndim=self.spatial_ndim, extra_axes=self.extra_axes, modality=modality,
-            metadata=meta, sources=self.paths, coordinate_system=self.coordinate_system,
-        )
+        try:
+            return Image(
+                loader=lambda: load_pixels(self), shape=self.shape, dtype=self.dtype, affine=self.affine,
+                spatial_ndim=self.spatial_ndim, extra_axes=self.extra_axes, modality=modality,
+                metadata=meta, sources=self.paths, coordinate_system=self.coordinate_system,
+            )
+        except SobreError as exc:
+            if exc.path is not None:
+                raise
+            raise type(exc)(exc.what, path=self.frames[0].path, expected=exc.expected, found=exc.found,
+                            tag=exc.tag or f"{tag_name('PixelSpacing')} / {tag_name('ImagePositionPatient')}",
+                            fix=exc.fix or "the geometry in the header is damaged; re-export the file") from None
 
 
 def _output_dtype(frames: list[Frame]) -> np.dtype:

@@ -497,32 +497,57 @@ def pixel_module_problem(*, keyword: str, rows: int, cols: int, frames: int, sam
     return None
 
 
-def fragments_problem(frames: int, offsets: int, fragments: int) -> dict | None:
+def fragments_problem(frames: int, offsets: int, fragments: int, empty: int = 0, begun: int | None = None) \
+        -> dict | None:
     """Encapsulated pixel data with fewer frames than NumberOfFrames (``offsets``: entries of the
-    Basic Offset Table, 0 when empty; ``fragments``: items after it)."""
+    Basic Offset Table, 0 when empty; ``fragments``: items after it; ``empty``: how many of them
+    hold no byte; ``begun``: how many begin a codestream, when known)."""
     frames = frames or 1
     if fragments == 0:
         return dict(what="compressed pixel data holds no fragment", tag=tag_name("PixelData"),
                     expected=f"{frames} frame(s)", found="no fragment", fix="re-export or re-send the file")
+    if empty and fragments == frames:
+        return dict(what="compressed pixel data holds an empty frame", tag=tag_name("PixelData"),
+                    expected=f"{frames} frame(s) of compressed bytes, one fragment each",
+                    found=f"{empty} empty fragment(s)", fix="the file is damaged; re-export or re-send it")
     if fragments < frames or 0 < offsets < frames:
         return dict(what="compressed pixel data holds fewer frames than NumberOfFrames", tag=tag_name("PixelData"),
                     expected=f"{frames} frames (at least one fragment each)",
                     found=f"{fragments} fragment(s)" + (f" and {offsets} offset table entries" if offsets else ""),
                     fix="frames are missing (damaged file) or (0028,0008) NumberOfFrames is wrong; re-export it")
+    if begun is not None and not offsets and 0 < begun < frames:
+        return dict(what="compressed pixel data holds fewer frames than NumberOfFrames", tag=tag_name("PixelData"),
+                    expected=f"{frames} frames (each beginning a codestream)",
+                    found=f"{fragments} fragment(s), {begun} of them beginning a codestream",
+                    fix="frames are missing (damaged file) or (0028,0008) NumberOfFrames is wrong; re-export it")
     return None
 
 
-def _count_fragments(read, stop_after: int) -> tuple[int, int] | bool:
-    """``(offset table entries, fragments)`` of encapsulated data, walking item headers with
-    ``read(n_bytes, skip)``; stops counting after ``stop_after`` fragments. False when the data is
-    not a sequence of items (a truncation is :func:`check_complete`'s to report, not this)."""
+def _frame_starts(uid: str) -> tuple[bytes, ...] | None:
+    """How the first fragment of each frame begins for a transfer syntax (JPEG family: SOI; JPEG 2000:
+    SOC, or a JP2 signature box); None when unknown (RLE, others)."""
+    kind = next((k for prefix, k in _CODESTREAM_OF.items() if uid.startswith(prefix)), None)
+    if kind in ("JPEG", "JPEG-LS"):
+        return (b"\xff\xd8",)
+    if kind == "JPEG 2000":
+        return (b"\xff\x4f", b"\x00\x00\x00\x0c")
+    return None
+
+
+def _count_fragments(read, stop_after: int, starts: tuple[bytes, ...] | None = None) \
+        -> tuple[int, int, int, int | None] | bool:
+    """``(offset table entries, fragments, empty fragments, fragments that begin a frame)`` of
+    encapsulated data, walking item headers with ``read(n_bytes, skip)`` (and the first 2 bytes of
+    each fragment when ``starts`` gives the codestream's start markers; else None in last place);
+    stops counting after ``stop_after`` fragments. False when the data is not a sequence of items
+    (a truncation is :func:`check_complete`'s to report, not this)."""
     head = read(8, 0)
     if len(head) < 8:
         return False
     group, element, length = struct.unpack("<HHL", head)
     if (group, element) != (0xFFFE, 0xE000) or length == 0xFFFFFFFF:
         return False
-    offsets, skip, fragments = length // 4, length, 0
+    offsets, skip, fragments, empty, begun = length // 4, length, 0, 0, 0
     while fragments < stop_after:
         head = read(8, skip)
         if not head:
@@ -535,11 +560,17 @@ def _count_fragments(read, stop_after: int) -> tuple[int, int] | bool:
         if (group, element) != (0xFFFE, 0xE000) or length == 0xFFFFFFFF:
             return False
         fragments += 1
+        empty += length == 0
         skip = length
-    return offsets, fragments
+        if starts is not None and length >= 4:
+            first = read(4, 0)
+            begun += first.startswith(starts)
+            skip = length - len(first)
+    return offsets, fragments, empty, begun if starts is not None else None
 
 
-def _fragments(ds, elem, stop_after: int) -> tuple[int, int] | bool | None:
+def _fragments(ds, elem, stop_after: int, starts: tuple[bytes, ...] | None = None) \
+        -> tuple[int, int, int, int | None] | bool | None:
     """Fragment count of encapsulated pixel data, from its bytes in memory or from the file (item
     headers only: the frames themselves are never read); False when malformed, None when the
     bytes are out of reach."""
@@ -566,10 +597,11 @@ def _fragments(ds, elem, stop_after: int) -> tuple[int, int] | bool | None:
                 fh.seek(skip, 1)
             return fh.read(n)
 
-        return _count_fragments(read_file, stop_after)
+        return _count_fragments(read_file, stop_after, starts)
 
 
 _TRANSFER_SYNTAXES: dict[str, tuple[bool, dict | None]] = {}
+_MAX_FRAGMENTS = 1 << 20  # items walked at most (a frame of a cine loop per item: far fewer)
 
 
 def _transfer_syntax(uid: str) -> tuple[bool, dict | None]:
@@ -666,7 +698,13 @@ def codestream_problem(ts, head: bytes, *, rows: int, cols: int, samples: int, b
         return None
     found = _codestream_size(head)
     if found is None:
-        return None  # not recognised here (or a frame header beyond what was read): the decoder decides
+        starts = _frame_starts(uid)
+        if starts and not head.startswith(starts):
+            return dict(what="compressed frame is not the codestream its transfer syntax names",
+                        tag=tag_name("PixelData"), expected=f"a {want} codestream ({pydicom.uid.UID(uid).name})",
+                        found=f"data beginning {head[:4].hex(' ')}",
+                        fix="the (0002,0010) TransferSyntaxUID is wrong or the data is damaged; re-export the file")
+        return None  # a frame header beyond what was read: the decoder decides
     kind, c_rows, c_cols, comps = found
     if kind != want:
         return dict(what="compressed frame is not the codestream its transfer syntax names", tag=tag_name("PixelData"),
@@ -809,12 +847,24 @@ def check_pixel_length(ds, path=None, *, transfer_syntax=None, strict: bool = Fa
     if problem is None and strict:
         if undecodable is not None and keyword == "PixelData":
             problem = dict(undecodable)
+        elif keyword == "PixelData" and bits not in (1, 8, 16, 32, 64):
+            problem = dict(what="pixel data cannot be decoded: no decoder handles this sample size",
+                           tag=tag_name("BitsAllocated"), expected="1, 8, 16, 32 or 64", found=str(bits),
+                           fix=_FIX_HEADER)
+        elif samples == 4:
+            problem = dict(what="pixel data cannot be decoded: no decoder handles 4 samples per pixel (the retired "
+                                "ARGB and CMYK)", tag=tag_name("SamplesPerPixel"), expected="1 or 3", found="4",
+                           fix="convert the image to RGB with the software that made it")
+        elif photometric and photometric not in _PHOTOMETRIC_SAMPLES:
+            problem = dict(what="unknown PhotometricInterpretation", tag=tag_name("PhotometricInterpretation"),
+                           expected=", ".join(sorted(_PHOTOMETRIC_SAMPLES)), found=repr(photometric),
+                           fix=_FIX_HEADER)
         elif photometric == "PALETTE COLOR" and 0x00281101 not in elements:
             problem = dict(what="palette colour image without a palette", tag=tag_name("PhotometricInterpretation"),
                            expected="(0028,1101-1103) palette colour lookup table descriptors and data",
                            found="PALETTE COLOR and no lookup table", fix=_FIX_HEADER)
     if problem is None and encapsulated and keyword == "PixelData":
-        counted = _fragments(ds, elem, stop_after=max(frames, 1))  # item headers only
+        counted = _fragments(ds, elem, _MAX_FRAGMENTS, _frame_starts(uid) if frames > 1 else None)  # item headers
         if counted is False:
             problem = dict(what="compressed pixel data is not a sequence of items", tag=tag_name("PixelData"),
                            expected="a Basic Offset Table item (FFFE,E000), then one item per fragment (PS3.5 A.4)",
@@ -916,7 +966,7 @@ def received_facts(buf: bytes, ts) -> tuple[str, str, str, str] | None:
                 at[0] += n
                 return out
 
-            counted = _count_fragments(read, max(frames, 1))
+            counted = _count_fragments(read, _MAX_FRAGMENTS, _frame_starts(str(ts)) if frames > 1 else None)
             if counted is False or fragments_problem(frames, *counted) is not None:
                 return None
     except (_Odd, ValueError):
