@@ -1,4 +1,5 @@
-"""The small shared base under every other package: files, hashes, canonical JSON, configuration, progress.
+"""The small shared base under every other package: files, hashes, canonical JSON, configuration, progress,
+the site's signing key and the one audit log of Sobre.
 
 Nothing here knows about images or workspaces; every other package may use it.
 

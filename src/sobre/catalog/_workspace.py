@@ -140,6 +140,28 @@ class Workspace:
     def __repr__(self) -> str:
         return f"Workspace({str(self.root)!r}, db={self.db_url.split('://')[0]})"
 
+    # ------------------------------------------------------------------ site key and audit trail
+    def site_key(self, *, create: bool = True):
+        """The site's Ed25519 signing key (``secrets/site.ed25519.pem``; created on first use)."""
+        from sobre.base import SiteKey
+
+        if create and not self.layout.site_key.exists():
+            self.layout.secrets.mkdir(mode=0o700, parents=True, exist_ok=True)
+            return SiteKey.load_or_create(self.layout.site_key)[0]
+        return SiteKey.load(self.layout.site_key)
+
+    @cached_property
+    def audit(self):
+        """The workspace's append-only, hash-chained audit log (checkpoints signed with the site key).
+
+        One log for all of Sobre: the workstation logs every view of patient data and every annotation
+        change, the inference service every decision (inputs, model, outputs, reviewer).
+        """
+        from sobre.base import AuditLog
+
+        self.layout.audit.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return AuditLog(self.layout.audit_log, signer=self.site_key())
+
     # ------------------------------------------------------------------ intake
     @cached_property
     def intake(self):
