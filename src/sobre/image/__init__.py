@@ -9,6 +9,10 @@ DICOM Part 10 (every other package reads and writes DICOM bytes through these)
     ``check_complete``, ``check_raw_lengths``, ``check_pixel_length``, ``received_facts`` (structural
     check of a received dataset from its bytes), ``raw_value``, ``encode_dataset`` (Part 10 bytes),
     ``file_meta_bytes``, ``tag_name``; ``write_atomic`` for the files themselves.
+DICOM result objects
+    ``write_seg`` (Segmentation), ``write_sr`` (TID 1500 Measurement Report), ``write_secondary_capture``
+    (overlay images), with ``Segment``, ``Finding``, ``Measurement``, ``Algorithm`` and ``DicomOutput``;
+    ``source_frames`` (the mask-on-source-grid check).
 File discovery
     ``discover``: the one walk of files and folders shared by load, ingest, de-identification, pull
     and listen.
@@ -16,6 +20,10 @@ File discovery
 
 from sobre.base import write_atomic
 from sobre.image._dicom import Frame, SeriesWarning, VolumePlan, assemble, check_image, frames_of, header_metadata
+from sobre.image._dicom_objects import (
+    GRID_TOLERANCE_VOXELS, WINDOWS, Algorithm, DicomOutput, Finding, Measurement, Segment, SourceFrame, new_uid,
+    render_overlay, source_frames, write_secondary_capture, write_seg, write_sr,
+)
 from sobre.image._dicom_write import write_dicom_series
 from sobre.image._discover import Discovery, discover
 from sobre.image._formats import sniff as file_kind
@@ -44,4 +52,6 @@ __all__ = [
     "SOBRE_IMPLEMENTATION_UID", "SOBRE_IMPLEMENTATION_VERSION",
     "Grid", "resample", "reorient", "crop_or_pad",
     "expected_pixel_bytes", "pixel_module_problem", "header_value",
+    "write_seg", "write_sr", "write_secondary_capture", "Segment", "Finding", "Measurement", "Algorithm",
+    "DicomOutput", "SourceFrame", "source_frames", "render_overlay", "new_uid", "GRID_TOLERANCE_VOXELS", "WINDOWS",
 ]
