@@ -526,3 +526,21 @@ def test_rle_data_under_a_jpeg_transfer_syntax(tmp_path, pydicom_test_files):
                                          r"codestream its transfer syntax names \(expected a JPEG codestream \(JPEG "
                                          r"Lossless, Non-Hierarchical \(Process 14\)\); found data beginning "):
         sobre.load_all(p)
+
+
+def test_read_instance_names_an_undecodable_uid(tmp_path, pydicom_test_files):
+    from sobre.image import read_instance
+
+    _set_raw(pydicom_test_files / "CT_small.dcm", tmp_path / "uid.dcm", "SOPInstanceUID", "ZZ", b"1.2.3.4 ")
+    with pytest.raises(InputError, match=r"uid\.dcm: \(0008,0018\) SOPInstanceUID: header value cannot be decoded"):
+        read_instance(tmp_path / "uid.dcm", decode_all=False)
+
+
+def test_read_instance_of_a_damaged_deflate_stream(tmp_path, pydicom_test_files):
+    from sobre.image import read_instance
+
+    data, meta_end = _deflate_parts(pydicom_test_files / "image_dfl.dcm")
+    p = write(tmp_path, "dfl_bad", data[:meta_end] + bytes([data[meta_end] ^ 0xFF]) + data[meta_end + 1:])
+    with pytest.raises(InputError, match=r"dfl_bad\.dcm: damaged or truncated DICOM file \(expected a complete DICOM "
+                                         r"dataset; found error: Error -3 while decompressing data"):
+        read_instance(p, decode_all=False)

@@ -298,12 +298,12 @@ def read_instance(src, *, force_no_meta: bool = True, decode_all: bool = True):
             raise InputError("file not found", path=path) from None
         raise InputError("damaged or truncated DICOM file", path=path, expected="a complete DICOM dataset",
                          found=f"{type(exc).__name__}: {exc}", fix="re-export or re-send the instance") from None
-    if str(ds.get("SOPClassUID", "")) == MEDIA_STORAGE_DIRECTORY or "DirectoryRecordSequence" in ds:
+    if str(header_value(ds, "SOPClassUID", path, "")) == MEDIA_STORAGE_DIRECTORY or "DirectoryRecordSequence" in ds:
         raise InputError("DICOMDIR is an index of a file set, not an instance", path=path,
                          tag="(0004,1220) DirectoryRecordSequence", fix="de-identify the files it lists and "
                          "build a new DICOMDIR for the output if one is needed")
     for kw, tag in (("SOPClassUID", "(0008,0016) SOPClassUID"), ("SOPInstanceUID", "(0008,0018) SOPInstanceUID")):
-        if not str(ds.get(kw, "") or "").strip():
+        if not str(header_value(ds, kw, path, "") or "").strip():
             raise InputError("not a DICOM instance: required attribute missing", path=path, tag=tag,
                              expected="a UID", found="nothing", fix="check that this is an image or object file")
     check_pixel_length(ds, path)
