@@ -821,30 +821,35 @@ def worker_main(cfg_path: str) -> int:
 
         limit = int((_vm_size_mb() + cfg["as_limit_mb"]) * 1024 * 1024)
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    proto.write(json.dumps({"ev": "ready", "pid": os.getpid()}) + "\n")
-    for line in sys.stdin:
-        task = json.loads(line)
-        if task.get("op") == "stop":
-            break
-        try:
-            res = w.handle(task)
-            proto.write(json.dumps({"ev": "done", "result": res}, default=str) + "\n")
-        except BaseException as exc:  # noqa: BLE001 - a harness error: report, do not die silently
-            proto.write(json.dumps({"ev": "harness_error", "error": f"{type(exc).__name__}: {exc}",
-                                    "traceback": traceback.format_exc()[-4000:]}) + "\n")
+    try:
+        proto.write(json.dumps({"ev": "ready", "pid": os.getpid()}) + "\n")
         proto.flush()
-    for a in w.assocs.values():
-        try:
-            a.release()
-        except Exception:  # noqa: BLE001
-            pass
-    for mode, lst in w.listeners.items():
-        try:
-            lst.stop(grace=1)
-        except Exception as exc:  # noqa: BLE001
-            proto.write(json.dumps({"ev": "note", "note": f"listener {mode} stop: {type(exc).__name__}: {exc}"}) + "\n")
-    proto.flush()
-    os._exit(0)  # leave even if a library thread (pynetdicom's servers) is still alive
+        for line in sys.stdin:
+            task = json.loads(line)
+            if task.get("op") == "stop":
+                break
+            try:
+                res = w.handle(task)
+                out = {"ev": "done", "result": res}
+            except BaseException as exc:  # noqa: BLE001 - a harness error: report, do not die silently
+                out = {"ev": "harness_error", "error": f"{type(exc).__name__}: {exc}",
+                       "traceback": traceback.format_exc()[-4000:]}
+            proto.write(json.dumps(out, default=str) + "\n")
+            proto.flush()
+    except BrokenPipeError:  # the parent is gone
+        pass
+    finally:
+        for a in w.assocs.values():
+            try:
+                a.release()
+            except Exception:  # noqa: BLE001, S110 - best effort on the way out
+                pass
+        for lst in w.listeners.values():
+            try:
+                lst.stop(grace=1)
+            except Exception:  # noqa: BLE001, S110
+                pass
+        os._exit(0)  # leave even if a library thread (pynetdicom's servers) is still alive
 
 
 def _vm_size_mb() -> float:
