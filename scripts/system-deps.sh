@@ -4,10 +4,11 @@
 #   dcmtk               real DICOM network clients and dcmdump (PACS and de-identification tests)
 #   orthanc, orthanc-dicomweb   a real PACS with DICOMweb (PACS tests)
 #   postgresql          the team database backend (catalog tests)
+#   dicom3tools         dciodvfy: IOD conformance of the SEG, SR and SC Sobre writes (image and apps tests)
 # Installed with apt-get when this user is root (or has password-less sudo); otherwise the tests
 # that need them skip with a message saying which package is missing.
 set -uo pipefail
-PKGS="dcm2niix dcmtk orthanc orthanc-dicomweb postgresql"
+PKGS="dcm2niix dcmtk orthanc orthanc-dicomweb postgresql dicom3tools"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

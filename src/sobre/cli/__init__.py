@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "sobre.cli._simulate",
     "sobre.cli._privacy",     # deid, pseudonyms export, pull, push, listen
     "sobre.cli._learn",
+    "sobre.cli._apps",        # app list|check|run, predict
     "sobre.cli._models",      # model register|list|show|verify|export|import|export-onnx|key|trust|trusted
 ]
 

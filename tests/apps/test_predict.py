@@ -1,0 +1,103 @@
+"""``sobre predict``: models and apps on files, catalogued series and dataset versions → predictions.csv
+that ``sobre evaluate`` reads, masks on the input grid, DICOM outputs on request, sliding windows."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import sobre
+from sobre.apps import predict
+from sobre.base import sha256_file
+from sobre.cli import main
+from sobre.errors import InputError
+from sobre.learn import load_model, train
+
+from image.test_dicom_objects import iod_check
+from learn.helpers import make_workspace, tiny_train_config
+
+
+@pytest.fixture(scope="module")
+def binary(tmp_path_factory):
+    """(workspace, completed binary run): the blob cohort of the learning tests, 40 subjects, 3 epochs."""
+    ws, _ = make_workspace(tmp_path_factory.mktemp("predict-ws"), 40)
+    res = train(tiny_train_config(data={"dataset": "all@v1"}, optim={"epochs": 3}), workspace=ws)
+    return ws, res.run
+
+
+def test_predict_on_a_dataset_version_is_read_by_sobre_evaluate(tmp_path, capsys, binary):
+    ws, run = binary
+    out = tmp_path / "pred"
+    assert main(["predict", run.run_id, "all@v1", "-w", str(ws.root), "--out", str(out)]) == 0
+    assert f"predictions: {out / 'predictions.csv'}" in capsys.readouterr().out
+    df = pd.read_csv(out / "predictions.csv", dtype={"subject_id": str})
+    assert len(df) == 40 and df["subject_id"].is_unique
+    assert {"subject_id", "series_uid", "split", "label", "score", "site", "sex", "age"} <= set(df.columns)
+    assert set(df["label"]) == {0, 1} and set(df["split"]) == {"test"}
+    ds = ws.dataset("all@v1")
+    truth = {s.series_uid: int(s.metadata["diagnosis"] == "patient") for s in ds.series}
+    assert dict(zip(df["series_uid"], df["label"])) == truth  # 1 = the positive class, as in runs
+    side = json.loads((out / "predictions.json").read_text())
+    assert (side["positive_label"], side["positive_class"]) == (1, "patient")
+    assert side["dataset_version"] == "all@v1" and side["task"] == "binary"
+    assert side["run_id"] == run.run_id and len(side["model_identity"]["sha256"]) == 64
+    model = load_model(run.path)
+    want = model.predict(ws.dataset("all@v1")).frame().set_index("series_uid")["score"]
+    np.testing.assert_allclose(df.set_index("series_uid").loc[want.index, "score"], want, atol=1e-6)
+    assert main(["evaluate", str(out / "predictions.csv"), "--bootstrap", "0", "--no-site", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["task"] == "binary" and report["input"]["sha256"] == sha256_file(out / "predictions.csv")
+
+
+def test_predict_segmentation_on_catalogued_series_with_dicom_outputs(tmp_path, capsys, seg_run, ct_series):
+    from sobre.catalog import Workspace
+
+    folder, img, truth = ct_series
+    ws = Workspace.init(tmp_path / "ws")
+    ws.ingest([folder], site="test")
+    uid = img.metadata.get("series_uid") or sobre.load(folder).metadata["series_uid"]
+    out = tmp_path / "pred"
+    assert main(["predict", str(seg_run), uid[:20], "-w", str(ws.root), "--out", str(out), "--dicom", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    df = pd.read_csv(out / "predictions.csv", dtype={"subject_id": str})
+    assert list(df["subject_id"]) == ["PHANTOM-001"] and list(df["series_uid"]) == [uid]
+    mask = sobre.load(out / df["pred_path"][0])
+    src = sobre.load(folder)
+    assert mask.spatial_shape == src.spatial_shape and np.allclose(mask.affine, src.affine)
+    kinds = [o["kind"] for o in res["cases"][0]["outputs"]]
+    assert {"mask", "SEG", "SR", "SC", "json"} <= set(kinds)
+    for o in res["cases"][0]["outputs"]:
+        if o["kind"] in ("SEG", "SR"):
+            iod_check(out / o["path"])
+    # the same on files, with an app by name; a NIfTI input cannot give DICOM outputs
+    sobre.save(img, tmp_path / "ct.nii.gz")
+    assert main(["predict", str(seg_run), str(tmp_path / "ct.nii.gz"), "--out", str(tmp_path / "x"), "--dicom"]) == 2
+    assert "rule 'dicom_sources'" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    r = predict("ct-lesions", [folder], tmp_path / "app", model=seg_run)
+    assert list(r.frame["pred_path"]) == ["case-001/mask.nii.gz"] and r.result.app["name"] == "ct-lesions"
+    assert not (tmp_path / "app" / "case-001" / "seg.dcm").exists()  # DICOM outputs only with dicom=True
+
+
+def test_predict_refuses_unknown_models_and_series_of_another_modality(tmp_path, seg_run, mr_series):
+    with pytest.raises(InputError, match="unknown model 'nope'") as e:
+        predict("nope", [mr_series], tmp_path / "a")
+    assert "no workspace given" in e.value.found
+    with pytest.raises(InputError, match="rule 'modality'"):
+        predict("ct-lesions", [mr_series], tmp_path / "a", model=seg_run)
+    with pytest.raises(InputError, match="no such file or folder"):
+        predict(seg_run, [tmp_path / "missing"], tmp_path / "a")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sliding_windows_cover_a_volume_four_times_the_patch(tmp_path, seg_run):
+    from .helpers import phantom_image
+
+    img, truth = phantom_image((64, 64, 64), seed=11, lesions=2)  # patch 16³: 4× along every axis
+    model = load_model(seg_run)
+    mask = model.predict(img).masks[0]
+    assert mask.spatial_shape == (64, 64, 64) and np.allclose(mask.affine, img.affine)
+    found = ((mask.array > 0) & (truth.array > 0)).sum()
+    assert found >= 0.9 * (truth.array > 0).sum()  # the lesions, wherever the windows put them
