@@ -54,7 +54,7 @@ def test_bad_input_one_line_exit_2(site, package, capsys):
         (("model", "import", ws.root / "sobre.toml", *w), "not a tar archive"),
     ]
     for args, msg in cases:
-        status, out, err = run_cli(capsys, *args)
+        status, _, err = run_cli(capsys, *args)
         assert status == 2, (args, err)
         assert err.startswith("error: ") and msg in err and "Traceback" not in err
         assert len(err.strip().splitlines()) == 1

@@ -17,7 +17,7 @@ def exported(site):
 
 
 def test_onnx_matches_pytorch_within_tolerance(site, exported):
-    ws, run = site
+    ws, _ = site
     rec = exported.onnx
     chk = rec["check"]
     assert chk["passed"] and chk["max_abs_diff"] <= chk["atol"] == 1e-4
@@ -43,6 +43,8 @@ def test_int8_is_measured_and_chosen_by_measurement(exported):
     assert held["measured"] and held["n"] == 5 and held["metric"] == "auc"
     assert "auc_delta_int8" in held and 0 <= held["agreement_ort_int8_vs_torch_fp32"] <= 1
     assert rec["recommended"] in ("onnx-int8", "onnx-fp32", "torch")
+    auto = exported.load(runtime="auto")
+    assert getattr(auto, "runtime", "torch") == rec["recommended"]
     if int8["chosen"]:
         assert "onnx/member0.int8.onnx" in exported.files
         assert exported.load(runtime="onnx").runtime == "onnx-int8"
@@ -53,8 +55,7 @@ def test_int8_is_measured_and_chosen_by_measurement(exported):
             exported.load(runtime="onnx-int8")
 
 
-def test_export_keeps_the_model_and_resigns_the_package(site, exported):
-    ws, _ = site
+def test_export_keeps_the_model_and_resigns_the_package(exported):
     chk = exported.verify()
     assert chk.ok and chk.signed_by == "this site"
     hist = exported.manifest["history"]

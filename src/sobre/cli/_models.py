@@ -214,7 +214,8 @@ def _export_onnx(ns) -> int:
                                                          f"({lat['ort_int8_over_ort_fp32']:.2f}x fp32)"
                                                          if "ort_int8_ms" in lat else ""))
     print(f"  int8: {'kept' if int8.get('chosen') else 'not kept'}: {int8.get('reason')}")
-    print(f"  recommended runtime: {rec['recommended']}  (load(runtime='onnx') uses it)")
+    print(f"  recommended runtime: {rec['recommended']} ({rec['recommended_basis']}; load(runtime='auto') "
+          "uses it)")
     return 0
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import statistics
 from collections import Counter
 from typing import Any, ClassVar
@@ -130,7 +131,7 @@ def _numeric(values: list) -> dict:
             f = float(v)
         except (TypeError, ValueError):
             continue
-        if f == f:
+        if not math.isnan(f):
             nums.append(f)
     if not nums:
         return {"min": None, "max": None, "median": None, "missing": len(values)}

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 import platform
 import statistics
@@ -62,6 +63,8 @@ class OnnxOptions(Config):
     int8_min_agreement: float = Field(0.98, ge=0, le=1, description="smallest held-out agreement with fp32 "
                                       "(labels, or voxels for segmentation)")
     threads: int | None = Field(None, ge=1, description="threads for both runtimes (default: torch's)")
+    keep_int8: bool = Field(False, description="keep the int8 files even when not chosen (benchmarks); "
+                            "runtime='onnx' still follows the choice")
 
 
 # ------------------------------------------------------------------------------- ORT networks
@@ -248,8 +251,8 @@ def _inputs(ws, model, run_series: dict, options: OnnxOptions, notes: list) -> t
     """(dataset, calibration series, held-out series, their descriptions), from what the workspace holds."""
     if options.calibration:
         ds = ws.dataset(options.calibration)
-        return ds, list(ds.series)[:options.n_calibration], [], f"{len(ds.series[:options.n_calibration])} images " \
-            f"of {ds.ref} (given for calibration)", ""
+        cal = list(ds.series)[:options.n_calibration]
+        return ds, cal, [], f"{len(cal)} images of {ds.ref} (given for calibration)", ""
     ds = run_series.get("dataset")
     if ds is None:
         notes.append(run_series.get("note") or "the model's dataset version is not in this workspace")
@@ -385,7 +388,7 @@ def export_onnx(folder: Path, load_torch, *, ws=None, run_series: dict | None = 
                                      torch_model.channels_last), options.repeats)
         for kind in ("fp32", "int8") if int8["measured"] else ("fp32",):
             sess = _session(folder / members[0][kind], threads)
-            lat[f"ort_{kind}_ms"] = _median_ms(lambda: _ort_out(sess, x1, c1), options.repeats)
+            lat[f"ort_{kind}_ms"] = _median_ms(lambda s=sess: _ort_out(s, x1, c1), options.repeats)
             del sess
     finally:
         torch.set_num_threads(prev)
@@ -404,14 +407,20 @@ def export_onnx(folder: Path, load_torch, *, ws=None, run_series: dict | None = 
     record["heldout"] = held
     if int8["measured"]:
         int8.update(_choose(lat, held, options))
-        if not int8["chosen"]:
+        if not int8["chosen"] and not options.keep_int8:
             for m in members:
                 (folder / m["int8"]).unlink()
                 m["int8"] = None
             int8["files"] = "removed (not chosen)"
     record["int8"] = int8
-    faster = lat["ort_fp32_ms"] < lat["torch_fp32_ms"]
-    record["recommended"] = "onnx-int8" if int8.get("chosen") else ("onnx-fp32" if faster else "torch")
+    torch_ms = lat.get(f"torch_{torch_model.precision}_ms", lat["torch_fp32_ms"])
+    candidates = {"torch": torch_ms, "onnx-fp32": lat["ort_fp32_ms"]}
+    if int8.get("chosen"):
+        candidates["onnx-int8"] = lat["ort_int8_ms"]
+    record["recommended"] = min(candidates, key=candidates.get)
+    record["recommended_basis"] = (f"fastest measured of: torch at the run's precision ({torch_model.precision}, "
+                                   "what the validation report evaluated), ONNX Runtime fp32"
+                                   + (", int8 (kept)" if int8.get("chosen") else ""))
     return record
 
 
@@ -582,7 +591,7 @@ def _choose(lat: dict, held: dict, o: OnnxOptions) -> dict:
         drop = -delta
     elif dice is not None:
         drop = 1.0 - dice
-    if drop is not None and drop == drop and drop > o.int8_max_metric_drop:
+    if drop is not None and not math.isnan(drop) and drop > o.int8_max_metric_drop:
         return {"chosen": False, "speedup_vs_ort_fp32": speedup, "rule": rule,
                 "reason": f"held-out {name or 'Dice'} changes by {drop:.4f} (more than {o.int8_max_metric_drop:g})"}
     return {"chosen": True, "speedup_vs_ort_fp32": speedup, "rule": rule,

@@ -22,10 +22,26 @@ from pathlib import Path
 
 from sobre.base import SiteKey, load_config, sha256_bytes, sha256_file, validate_config, write_atomic
 from sobre.errors import CatalogError, InputError, SobreError
-from sobre.models._card import (NOT_STATED, CardInfo, _numeric, build_card, card_json, data_ranges, render_html,
-                               render_markdown)
-from sobre.models._package import (MANIFEST, check_name, check_package, model_digest, remove_tree, rename_noreplace,
-                                   walk_files, write_manifest)
+from sobre.models._card import (
+    NOT_STATED,
+    CardInfo,
+    _numeric,
+    build_card,
+    card_json,
+    data_ranges,
+    render_html,
+    render_markdown,
+)
+from sobre.models._package import (
+    MANIFEST,
+    check_name,
+    check_package,
+    model_digest,
+    remove_tree,
+    rename_noreplace,
+    walk_files,
+    write_manifest,
+)
 
 __all__ = ["register", "run_series", "write_card", "card_info"]
 

@@ -21,14 +21,24 @@ from pathlib import Path, PurePosixPath
 
 from sobre.base import SiteKey, public_key_id, sha256_bytes, write_atomic
 from sobre.errors import CatalogError, ConfigError, InputError
-from sobre.models._package import (MANIFEST, SIGNER, PackageCheck, check_name, check_package, exchange_folders,
-                                   parse_ref, remove_tree, rename_noreplace, write_manifest)
+from sobre.models._package import (
+    MANIFEST,
+    SIGNER,
+    PackageCheck,
+    check_name,
+    check_package,
+    exchange_folders,
+    parse_ref,
+    remove_tree,
+    rename_noreplace,
+    write_manifest,
+)
 
 __all__ = ["Registry", "ModelPackage"]
 
 log = logging.getLogger("sobre.models")
 
-_RUNTIMES = ("torch", "onnx", "onnx-fp32", "onnx-int8")
+_RUNTIMES = ("torch", "auto", "onnx", "onnx-fp32", "onnx-int8")
 
 
 def _now() -> str:
@@ -97,10 +107,11 @@ class ModelPackage:
 
         Parameters
         ----------
-        runtime : {"torch", "onnx", "onnx-fp32", "onnx-int8"}
-            ``torch`` (default): the PyTorch networks. ``onnx``: ONNX Runtime with what the export's
-            measurements chose (int8 only where it won), ``onnx-fp32`` / ``onnx-int8`` explicitly.
-            Every runtime has the same ``predict``.
+        runtime : {"torch", "auto", "onnx", "onnx-fp32", "onnx-int8"}
+            ``torch`` (default): the PyTorch networks. ``auto``: the runtime the ONNX export measured
+            fastest (``onnx.json`` ``recommended``; torch when there is no export). ``onnx``: ONNX
+            Runtime, int8 only where the measurements kept it; ``onnx-fp32`` / ``onnx-int8``
+            explicitly. Every runtime has the same ``predict``.
         verify : bool
             Check the whole package (signature, trust, hashes) first; refuse it when it fails.
         device, precision : as :func:`sobre.learn.load_model` (torch runtime).
@@ -118,6 +129,8 @@ class ModelPackage:
             raise InputError("unknown runtime", expected=", ".join(_RUNTIMES), found=repr(runtime))
         if verify:
             self.verify().raise_for_problems(f"model {self.ref} does not verify")
+        if runtime == "auto":
+            runtime = (self.onnx or {}).get("recommended", "torch")
         if runtime == "torch":
             return load_model(self.path / "model", device=device, precision=precision, verify=True)
         from sobre.models._onnx import OnnxModel
@@ -270,7 +283,7 @@ class Registry:
                 raise ValueError("not an object")
         except (OSError, ValueError) as exc:
             raise CatalogError("model package manifest is unreadable", path=path / MANIFEST, found=str(exc),
-                               fix=f"check it with `sobre model verify`; restore the package") from None
+                               fix="check it with `sobre model verify`; restore the package") from None
         return ModelPackage(self, path, manifest)
 
     def _versions(self) -> dict[str, list[Path]]:
@@ -416,8 +429,8 @@ class Registry:
         """
         from sobre.learn import load_model
         from sobre.models._card import with_onnx
-        from sobre.models._register import _onnx_options, run_series, write_card
         from sobre.models._onnx import export_onnx
+        from sobre.models._register import _onnx_options, run_series, write_card
 
         pkg = self.get(ref)
         pkg.verify().raise_for_problems(f"model {pkg.ref} does not verify")
