@@ -52,6 +52,26 @@ def test_predict_on_a_dataset_version_is_read_by_sobre_evaluate(tmp_path, capsys
     assert report["task"] == "binary" and report["input"]["sha256"] == sha256_file(out / "predictions.csv")
 
 
+def test_predict_with_a_registered_model_package(tmp_path, binary):
+    from sobre.models import register
+
+    ws, run = binary
+    code = {"scheme": "SCT", "value": "64572001", "meaning": "Disease"}
+    pkg = register(ws, run, "blobs", "1.0", info={"codes": {"patient": code}}, measure=False)
+    res = predict("blobs@1.0", ["all@v1"], tmp_path / "pred", workspace=ws)
+    ident = res.result.models[0]
+    assert ident["source"] == "registry" and (ident["name"], ident["version"]) == ("blobs", "1.0")
+    assert ident["sha256"] == pkg.package_sha256 and ident["model_sha256"] == pkg.model_sha256
+    finding = res.result.cases[0].findings[0]
+    assert finding["name"] == {"value": "64572001", "scheme": "SCT", "meaning": "Disease"}  # the card's code
+    assert finding["value"]["meaning"] in ("Present", "Absent")
+    direct = predict(run.path, ["all@v1"], tmp_path / "direct", workspace=ws)
+    np.testing.assert_allclose(res.frame["score"], direct.frame["score"], atol=1e-6)  # the same weights
+    with pytest.raises(InputError, match="unknown model 'blobs@9'") as e:
+        predict("blobs@9", ["all@v1"], tmp_path / "x", workspace=ws)
+    assert "no version 9 of model blobs" in e.value.found
+
+
 def test_predict_segmentation_on_catalogued_series_with_dicom_outputs(tmp_path, capsys, seg_run, ct_series):
     from sobre.catalog import Workspace
 

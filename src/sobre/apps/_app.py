@@ -287,6 +287,8 @@ class App:
                                  "(with -w WS) or a registered model NAME@VERSION", found="none given",
                                  fix="pass --model (App.run(model=...))")
             loaded.append(load_model_source(src, workspace=workspace, precision=precision))
+            if precision != "run":  # also for a model loaded before (App.for_model, a TrainedModel given)
+                loaded[-1].model.precision = precision
             if loaded[-1].task is None:
                 raise InputError(f"model for '{am.name}' is an encoder without a task", found=str(src),
                                  fix="use a train or probe run")

@@ -110,7 +110,6 @@ def _series_case(ws, uid: str) -> Case:
     rec = ws.series(uid)  # CatalogError names an unknown or ambiguous UID
     key = f"{rec['series_uid']}#{rec['label']}" if rec.get("label") else rec["series_uid"]
     img = ws.load(key)
-    meta = {k: v for k, v in rec.items() if isinstance(v, (str, int, float, bool)) or v is None}
-    meta.update({k: v for k, v in (rec.get("metadata") or {}).items()} if isinstance(rec.get("metadata"), dict) else {})
+    meta = {k: v for k, v in rec.items() if isinstance(v, (str, int, float, bool)) or v is None}  # + clinical
     sid = rec.get("subject_id")
     return Case(key, img, None if sid is None else str(sid), meta, "series")

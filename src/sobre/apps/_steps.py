@@ -25,10 +25,8 @@ __all__ = ["Step", "largest_component", "remove_small", "clip_intensity", "compo
 
 Step = Callable  # Image -> Image
 
-_CONNECTIVITY = np.ones((3, 3, 3), bool)  # 26-connected in 3D (8 in 2D): touching corners is one object
-
-
 def _structure(ndim: int) -> np.ndarray:
+    """26-connected in 3D (8 in 2D): voxels touching by a corner belong to one object."""
     return np.ones((3,) * ndim, bool)
 
 
