@@ -235,15 +235,24 @@ def _ort_out(sess, x: np.ndarray, cov: np.ndarray | None) -> np.ndarray:
     return sess.run(None, feed)[0]
 
 
-def _median_ms(fn, repeats: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+_ROUNDS = 5
+
+
+def _interleaved_ms(fns: dict, repeats: int, warmup: int = 3) -> dict:
+    """Median milliseconds per call of each function, measured in interleaved rounds (a shared CPU's load
+    then weighs on every runtime alike)."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict = {k: [] for k in fns}
+    per_round = max(1, -(-repeats // _ROUNDS))
+    for _ in range(_ROUNDS):
+        for k, fn in fns.items():
+            for _ in range(per_round):
+                t0 = time.perf_counter()
+                fn()
+                times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
 
 
 # ------------------------------------------------------------------------------------- inputs
@@ -377,25 +386,26 @@ def export_onnx(folder: Path, load_torch, *, ws=None, run_series: dict | None = 
     net0 = model.networks[0]
     torch_model = load_torch("run")
     prev = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    fns = {"torch_fp32": lambda: _torch_eager(net0, x1, c1, False, model.channels_last)}
+    if torch_model.precision != "fp32":
+        fns[f"torch_{torch_model.precision}"] = lambda: _torch_eager(
+            torch_model.networks[0], x1, c1, torch_model.precision == "bf16", torch_model.channels_last)
+    sessions = {k: _session(folder / members[0][k], threads) for k in (("fp32", "int8") if int8["measured"]
+                                                                     else ("fp32",))}
+    for k, sess in sessions.items():
+        fns[f"ort_{k}"] = lambda s=sess: _ort_out(s, x1, c1)
     try:
-        lat = {"batch": 1, "input_shape": list(x1.shape), "repeats": options.repeats,
-               "torch_fp32_ms": _median_ms(lambda: _torch_eager(net0, x1, c1, False, model.channels_last),
-                                           options.repeats)}
-        if torch_model.precision != "fp32":
-            lat[f"torch_{torch_model.precision}_ms"] = _median_ms(
-                lambda: _torch_eager(torch_model.networks[0], x1, c1, torch_model.precision == "bf16",
-                                     torch_model.channels_last), options.repeats)
-        for kind in ("fp32", "int8") if int8["measured"] else ("fp32",):
-            sess = _session(folder / members[0][kind], threads)
-            lat[f"ort_{kind}_ms"] = _median_ms(lambda s=sess: _ort_out(s, x1, c1), options.repeats)
-            del sess
+        torch.set_num_threads(threads)
+        lat = {"batch": 1, "input_shape": list(x1.shape), "repeats": options.repeats, "rounds": _ROUNDS,
+               **{f"{k}_ms": v for k, v in _interleaved_ms(fns, options.repeats).items()}}
     finally:
         torch.set_num_threads(prev)
+        del sessions, fns
     lat["ort_fp32_over_torch_fp32"] = lat["ort_fp32_ms"] / lat["torch_fp32_ms"]
     if "ort_int8_ms" in lat:
         lat["ort_int8_over_ort_fp32"] = lat["ort_int8_ms"] / lat["ort_fp32_ms"]
-    lat["note"] = "per member network, one image; ratios below 1 mean faster; the machine below, at that load"
+    lat["note"] = ("per member network, one image, medians of interleaved rounds; ratios below 1 mean faster; "
+                   "the machine below, at that load")
     lat["machine"] = machine_info(threads)
     record["latency"] = lat
 
