@@ -78,6 +78,9 @@ def test_load_predicts_exactly_as_the_run(site, package):
     np.testing.assert_array_equal(got.scores, want.scores)
     assert got.classes == want.classes and got.series == want.series
     assert model.provenance["checkpoints"] == load_model(run.path).provenance["checkpoints"]
+    assert model.provenance["package"] == {"name": "blobs", "version": "1.0", "ref": "blobs@1.0",
+                                           "sha256": package.package_sha256, "model_sha256": package.model_sha256,
+                                           "key_id": package.key_id, "runtime": "torch"}
 
 
 # ------------------------------------------------------------------------------ tampering

@@ -118,6 +118,12 @@ class ModelPackage:
         threads : int, optional
             ONNX Runtime threads (default: torch's).
 
+        Returns
+        -------
+        TrainedModel or OnnxModel
+            Its ``provenance["package"]`` names the package: name, version, ``sha256`` (package),
+            ``model_sha256``, signing ``key_id`` and ``runtime``.
+
         Raises
         ------
         InputError
@@ -132,7 +138,8 @@ class ModelPackage:
         if runtime == "auto":
             runtime = (self.onnx or {}).get("recommended", "torch")
         if runtime == "torch":
-            return load_model(self.path / "model", device=device, precision=precision, verify=True)
+            return self._stamp(load_model(self.path / "model", device=device, precision=precision, verify=True),
+                               "torch")
         from sobre.models._onnx import OnnxModel
 
         rec = self.onnx
@@ -147,8 +154,15 @@ class ModelPackage:
             why = (rec.get("int8") or {}).get("reason", "not exported")
             raise InputError(f"model {self.ref} holds no int8 network", expected="an int8 export chosen by "
                              "measurement", found=why, fix="load with runtime='onnx' (the measured choice)")
-        return OnnxModel(load_model(self.path / "model", precision="fp32", verify=True),
-                         [self.path / f for f in files], runtime, threads)
+        return self._stamp(OnnxModel(load_model(self.path / "model", precision="fp32", verify=True),
+                                     [self.path / f for f in files], runtime, threads), runtime)
+
+    def _stamp(self, model, runtime: str):
+        """Record in the model's provenance which package (and runtime) it came from."""
+        model.provenance["package"] = {"name": self.name, "version": self.version, "ref": self.ref,
+                                       "sha256": self.package_sha256, "model_sha256": self.model_sha256,
+                                       "key_id": self.key_id, "runtime": runtime}
+        return model
 
     def summary(self) -> dict:
         m = self.manifest
