@@ -21,7 +21,31 @@ __all__ = [
     "Problem",
     "Problems",
     "ProblemError",
+    "describe_exception",
 ]
+
+
+def describe_exception(exc: BaseException, limit: int = 300) -> str:
+    r"""``"TypeName: first line of the message"`` for a third-party exception, short and traceback-free.
+
+    Some libraries put whole tracebacks or multi-line dumps into their messages (pydicom's
+    ``tag_in_exception``); a message shown to a user keeps the exception's type and its first
+    meaningful line only.
+
+    >>> describe_exception(ValueError("bad value\nTraceback (most recent call last):\n  ..."))
+    'ValueError: bad value'
+    """
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    text = ""
+    for ln in lines:
+        if ln.startswith("Traceback (most recent call last)"):
+            break
+        text = ln
+        break
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    name = type(exc).__name__
+    return f"{name}: {text}" if text else name
 
 
 class SobreError(Exception):

@@ -53,6 +53,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 STAGES = ("info", "export", "deid", "ingest", "listener")
 
+# Ingest refusals that keep the catalog consistent (an instance UID another file already claims, a file
+# that would change a catalogued volume, an instance without a UID): a decodable file may get them.
+CATALOG_REFUSALS = {"uid-conflict", "series-conflict", "no-instance-uid", "duplicate"}
+
 FAILURES = {
     "internal_error": "exit status 3 / 'internal error' on stderr",
     "traceback": "a Python traceback or a Rust panic message (stderr, log, or an exception escaping sobre.cli.main)",
@@ -244,6 +248,8 @@ class _Worker:
             except ValueError:
                 info = None
         coord = None
+        if isinstance(info, dict) and isinstance(info.get("images"), list):  # several images + problems
+            info = info["images"]
         if isinstance(info, dict):
             coord = info.get("coordinate_system")
         elif isinstance(info, list) and info:
@@ -310,6 +316,7 @@ class _Worker:
         st["ingest"] = ing = self._ingest(path, work)
         reason = ing.get("skip_reason") or ""
         if (decodes and ing["outcome"] == "ok" and ing.get("placed") == "skipped" and not ing.get("sop_of_original")
+                and not ing.get("catalog_refusal")
                 and not reason.startswith("same content") and "already catalogued" not in reason):
             ing.setdefault("failures", []).append({"class": "inconsistent_verdict",
                                                    "detail": f"export exit 0; ingest skipped it: {reason[:300]}"})
@@ -388,6 +395,10 @@ class _Worker:
         named = bool(reasons)
         if reasons:
             extra["skip_reason"] = reasons[0][:300]
+        # refusals that protect the catalog's identity (not readability): a readable file may get them
+        codes = {p.get("code") for p in report.get("problems", []) if isinstance(p, dict)
+                 and path.name in str(p.get("path") or "")}
+        extra["catalog_refusal"] = bool(codes & CATALOG_REFUSALS)
         extra["sop_of_original"] = bool(sop and sop in base["sops"])
         if mine is None:
             if not named and not report.get("duplicates"):

@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pydicom
 import pytest
-from pacs_helpers import PHI, make_study
+from .pacs_helpers import PHI, make_study
 
 from sobre.cli import main
 from sobre.errors import InputError

@@ -10,7 +10,7 @@ import time
 
 import pydicom
 import pytest
-from pacs_helpers import PHI, make_study
+from .pacs_helpers import PHI, make_study
 
 from sobre.pacs import STATUS, Listener
 from sobre.pacs._peers import free_port

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from deid_helpers import KEY_HEX, make_phi_dataset
+from .deid_helpers import KEY_HEX, make_phi_dataset
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import re
 import numpy as np
 import pydicom
 import pytest
-from deid_helpers import make_phi_dataset, write_phi_file
+from .deid_helpers import make_phi_dataset, write_phi_file
 
 from sobre.errors import ConfigError, InputError
 from sobre.privacy import (

@@ -20,7 +20,7 @@ import pytest
 
 from sobre.errors import InputError
 
-from deid_helpers import sample_dir
+from .deid_helpers import sample_dir
 
 SOURCES = {
     "deid-data": ("deid-data", "deid-data-0.0.20/deid_data/data"),
@@ -248,7 +248,7 @@ def test_fast_encoder_writes_what_pydicom_writes(key):
     from sobre.image import read_instance
     from sobre.image._encode import _fast_encode
 
-    from deid_helpers import make_phi_dataset
+    from .deid_helpers import make_phi_dataset
 
     deid = Deidentifier(key, DeidProfile())
     paths = [p.values[0] for p in _files() if p.values[0] is not None and p.values[0].suffix != ".zip"]

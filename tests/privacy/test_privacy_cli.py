@@ -7,7 +7,7 @@ import json
 import stat
 
 import pydicom
-from deid_helpers import KEY_HEX, write_phi_file
+from .deid_helpers import KEY_HEX, write_phi_file
 
 from sobre.cli import main
 
@@ -34,7 +34,7 @@ def test_deid_creates_key_beside_output_and_is_consistent(tmp_path, capsys):
 
 def test_deid_options_and_partial_failure(tmp_path, capsys, key_file):
     write_phi_file(tmp_path / "in" / "a.dcm")
-    (tmp_path / "in" / "notes.txt").write_text("hello")
+    (tmp_path / "in" / "notes.bin").write_text("hello")  # (a .txt sidecar would be left out by discovery)
     status = main(["deid", str(tmp_path / "in"), str(tmp_path / "out"), "--key-file", str(key_file),
                    "--no-patient-characteristics", "--no-dates"])
     captured = capsys.readouterr()

@@ -392,15 +392,24 @@ class Ingester:
             progress("assembling series", i + 1, len(uids))
 
     def _assemble_one(self, conn, uid: str, report: IngestReport, sites: dict) -> None:
-        """(Re)build the Series (or object) rows of one SeriesInstanceUID from its File rows; clears its mark."""
-        from sobre.errors import GeometryError
-        from sobre.image import Frame, assemble
+        """(Re)build the Series (or object) rows of one SeriesInstanceUID from its File rows; clears its mark.
 
+        Volumes already catalogued in the ``ok`` state stay as they are when files are added to their
+        series: newcomers may extend a volume (more slices of the same stack) but never split it, turn
+        it into an error, give it another label or another layout. Newcomers that would are refused
+        (removed again, reported with code ``series-conflict``), so that a damaged or foreign file
+        never changes a good series.
+        """
         ft, sr, ot = File.__table__, Series.__table__, DicomObject.__table__
         files = conn.execute(select(ft.c.id, ft.c.path, ft.c.kind, ft.c.frames)
                              .where(ft.c.series_uid == uid).order_by(ft.c.path)).all()
-        had = conn.execute(select(func.count()).select_from(sr).where(sr.c.series_uid == uid)).scalar_one()
-        had += conn.execute(select(func.count()).select_from(ot).where(ot.c.series_uid == uid)).scalar_one()
+        old = [(row.id, row.label, row.status, row.shape) for row in conn.execute(
+            select(sr.c.id, sr.c.label, sr.c.status, sr.c.shape).where(sr.c.series_uid == uid))]
+        members: dict[int, set[int]] = {pk: set() for pk, *_ in old}
+        for fid, spk in conn.execute(select(ft.c.id, ft.c.series_pk).where(ft.c.series_uid == uid)):
+            if spk in members:
+                members[spk].add(fid)
+        had = len(old) + conn.execute(select(func.count()).select_from(ot).where(ot.c.series_uid == uid)).scalar_one()
         if had:
             conn.execute(update(ft).where(ft.c.series_uid == uid).values(series_pk=None))
             conn.execute(delete(sr).where(sr.c.series_uid == uid))
@@ -422,27 +431,26 @@ class Ingester:
                          "label": obj.get("label")}})))
         if objects:
             report.objects += len(objects)
-        volumes: list[tuple[dict, list]] = []
-        if images and images[0].kind == "dicom":
-            frames = []
-            by_path = {}
-            for f in images:
-                by_path[f.path] = f
-                for fj in f.frames or []:
-                    fr = Frame.from_dict(fj)
-                    fr.path = f.path  # a copy may live elsewhere than the source
-                    frames.append(fr)
-            try:
-                for plan in assemble(frames, on_warning=lambda m: None):
-                    pf = [by_path[p] for p in plan.paths]
-                    volumes.append((self._series_row(uid, plan.label, pf[0].kind, header(pf[0]), pf, plan=plan), pf))
-            except GeometryError as exc:
-                volumes.append((self._series_row(uid, "", images[0].kind, header(images[0]), images,
-                                                 problem=str(exc)), images))
-                report.problems.append(Problem("error", str(exc), code="series", details={"series_uid": uid},
-                                               fix=exc.fix))
-        elif images:
-            volumes.append((self._series_row(uid, "", images[0].kind, header(images[0]), images), images))
+        volumes, problem = self._plan_volumes(uid, images, header)
+        kept = {fid for pk, _, status, _ in old if status == "ok" for fid in members[pk]}
+        broken = self._broken_volumes(old, members, volumes, problem, {f.id for f in images})
+        if broken:  # newcomers would change good volumes: refuse them, rebuild the series as it was
+            newcomers = [f for f in images if f.id not in kept]
+            for f in newcomers:
+                report.problems.append(Problem(
+                    "error", f"not catalogued: adding it to series {uid} would change its catalogued volume(s) "
+                    f"({broken}); the catalogued volumes are kept", path=f.path, code="series-conflict",
+                    details={"series_uid": uid},
+                    fix="if the new file is right and the catalogued ones wrong, remove those and ingest again"))
+                report.new -= 1
+            ids = [f.id for f in newcomers]
+            for i in range(0, len(ids), 500):
+                conn.execute(delete(ft).where(ft.c.id.in_(ids[i:i + 500])))
+            images = [f for f in images if f.id in kept]
+            volumes, problem = self._plan_volumes(uid, images, header)
+        if problem is not None:
+            report.problems.append(Problem("error", str(problem), code="series", details={"series_uid": uid},
+                                           fix=problem.fix))
         placed = set()
         for row, vf in volumes:
             name = (row["meta"].get("site") or "")[:_SITE_LEN]
@@ -465,6 +473,53 @@ class Ingester:
             else:
                 report.series_new += 1
         conn.execute(delete(PendingSeries).where(PendingSeries.series_uid == uid))
+
+    def _plan_volumes(self, uid: str, images: list, header) -> tuple[list[tuple[dict, list]], object]:
+        """Series rows (with their files) for the image files of one series, and the geometry error if any."""
+        from sobre.errors import GeometryError
+        from sobre.image import Frame, assemble
+
+        volumes: list[tuple[dict, list]] = []
+        problem = None
+        if images and images[0].kind == "dicom":
+            frames = []
+            by_path = {}
+            for f in images:
+                by_path[f.path] = f
+                for fj in f.frames or []:
+                    fr = Frame.from_dict(fj)
+                    fr.path = f.path  # a copy may live elsewhere than the source
+                    frames.append(fr)
+            try:
+                for plan in assemble(frames, on_warning=lambda m: None):
+                    pf = [by_path[p] for p in plan.paths]
+                    volumes.append((self._series_row(uid, plan.label, pf[0].kind, header(pf[0]), pf, plan=plan), pf))
+            except GeometryError as exc:
+                volumes = [(self._series_row(uid, "", images[0].kind, header(images[0]), images,
+                                             problem=str(exc)), images)]
+                problem = exc
+        elif images:
+            volumes.append((self._series_row(uid, "", images[0].kind, header(images[0]), images), images))
+        return volumes, problem
+
+    @staticmethod
+    def _broken_volumes(old: list, members: dict, volumes: list, problem, present: set[int]) -> str:
+        """Which catalogued ``ok`` volumes the new assembly would change ("" when none)."""
+        if problem is not None:
+            changed = [label for _, label, status, _ in old if status == "ok"]
+            return ", ".join(f"'{x}'" if x else "the volume" for x in changed) + " would become unreadable" \
+                if changed else ""
+        new = {row["label"]: (row, {f.id for f in vf}) for row, vf in volumes}
+        out = []
+        for pk, label, status, shape in old:
+            if status != "ok":
+                continue
+            before = members[pk] & present  # files changed since are gone, not held against the newcomers
+            now = new.get(label)
+            if now is None or not before <= now[1] or now[0]["status"] != "ok" \
+                    or not _extends(shape, now[0]["shape"]):
+                out.append(f"'{label}'" if label else "the volume")
+        return ", ".join(out) + " would be split, relabelled or re-shaped" if out else ""
 
     @staticmethod
     def _series_row(uid: str, label: str, kind: str, h: dict, files: list, *, plan=None,
@@ -495,8 +550,17 @@ class Ingester:
                   "transfer_syntax": h.get("transfer_syntax"), "photometric": h.get("photometric"),
                   "burned_in_annotation": h.get("burned_in_annotation"),
                   "simulated": str(h.get("synthetic_data") or "").upper() == "YES" or None,
-                  **({"units": h["units"]} if h.get("units") else {})},
+                  **({"units": h["units"]} if h.get("units") else {}),
+                  **(dict(getattr(plan, "meta", None) or {}) if plan is not None else {})},
         )
+
+
+def _extends(old_shape, new_shape) -> bool:
+    """Whether a volume of ``new_shape`` may replace one of ``old_shape``: the same, or more slices of a stack."""
+    old, new = list(old_shape or ()), list(new_shape or ())
+    if old == new:
+        return True
+    return len(old) == len(new) == 3 and old[:2] == new[:2] and new[2] >= old[2]
 
 
 # --------------------------------------------------------------------------- header-reading processes

@@ -81,8 +81,12 @@ def scan_file(path: str) -> dict:
         warnings.simplefilter("ignore")  # pydicom/nibabel chatter; real problems come back as ``error``
         try:
             return _scan_file(path)
-        except Exception as exc:  # noqa: BLE001 - one bad file must never stop a batch
-            return {"path": str(path), "error": f"cannot read file ({type(exc).__name__}: {exc})"}
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - one bad file must never stop a batch
+            from sobre.errors import describe_exception
+
+            return {"path": str(path), "error": f"cannot read file ({describe_exception(exc)})"}
 
 
 def scan_many(paths: list[str]) -> list[dict]:
@@ -91,7 +95,7 @@ def scan_many(paths: list[str]) -> list[dict]:
 
 
 def _scan_file(path: str) -> dict:
-    from sobre.image import check_image, file_kind, frames_of, header_metadata, load, read_header
+    from sobre.image import check_image, file_kind, frames_of, header_metadata, load, read_header, verify_pixels
 
     p = Path(path)
     rec: dict = {"path": str(p), "error": None}
@@ -114,11 +118,7 @@ def _scan_file(path: str) -> dict:
                 obj = _object_record(ds, p, rec)
                 if obj is not None:
                     return obj
-            check_image(ds, p)
-            cut = _pixel_data_truncated(ds, st.st_size)
-            if cut:
-                rec["error"] = cut
-                return rec
+            check_image(ds, p)  # read_header already checked completeness and the pixel module
             frames = frames_of(ds, p)
             meta = _header_metadata(ds, header_metadata)
             meta["age_years"] = age_from_dicom(meta.get("patient_age"), meta.get("patient_birth_date"),
@@ -132,13 +132,21 @@ def _scan_file(path: str) -> dict:
                 uid = uid_from_hash(rec["sha256"])
                 for f in frames:
                     f.series_uid = uid
+            if not frames[0].sop_uid:
+                from sobre.image import tag_name
+
+                rec["error"] = (f"{tag_name('SOPInstanceUID')}: the instance has no SOP Instance UID (expected a UID, "
+                                "a required attribute of every DICOM instance). the file is damaged or not an "
+                                "instance; re-export it")
+                rec["code"] = "no-instance-uid"
+                return rec
             rec["series_uid"] = frames[0].series_uid
-            rec["sop_uid"] = frames[0].sop_uid or None
+            rec["sop_uid"] = frames[0].sop_uid
             rec["frames"] = [f.to_dict() for f in frames]
             rec["header"] = meta
             _deid_mark(ds, meta)
             if _compressed(meta.get("transfer_syntax")):
-                _decodes(p)  # compressed pixel data is only known to be good once decoded
+                verify_pixels(p)  # compressed pixel data is only known to be good once decoded
         else:
             img = load(p)
             cut = _gzip_intact(p) if p.name.lower().endswith(".gz") else (
@@ -165,7 +173,9 @@ def _scan_file(path: str) -> dict:
     except SobreError as exc:
         rec["error"] = str(exc).removeprefix(f"{p}: ")
     except (OSError, ValueError, RuntimeError) as exc:
-        rec["error"] = f"cannot read file ({type(exc).__name__}: {exc})"
+        from sobre.errors import describe_exception
+
+        rec["error"] = f"cannot read file ({describe_exception(exc)})"
     return rec
 
 
@@ -178,22 +188,6 @@ def _compressed(ts: str | None) -> bool:
         return bool(UID(ts).is_compressed)
     except Exception:  # noqa: BLE001 - a private or garbled syntax: the decoder will tell
         return True
-
-
-def _decodes(path: Path) -> None:
-    """Decode every frame of a compressed file (one at a time, bounded memory), or raise InputError."""
-    from pydicom.pixels import iter_pixels
-
-    from sobre.errors import InputError
-    from sobre.image import tag_name
-
-    try:
-        for _ in iter_pixels(path):
-            pass
-    except Exception as exc:  # noqa: BLE001 - decoders raise many types; all mean "cannot decode"
-        raise InputError(f"compressed pixel data cannot be decoded ({type(exc).__name__}: {exc})", path=path,
-                         tag=tag_name("PixelData"),
-                         fix="the file is damaged or cut short; re-export or re-send it") from None
 
 
 def _deid_mark(ds, meta: dict) -> None:
@@ -324,26 +318,6 @@ def _header_metadata(ds, header_metadata) -> dict:
             _META_CACHE.pop(next(iter(_META_CACHE)))
         _META_CACHE[key] = dict(meta)
     return meta
-
-
-def _pixel_data_truncated(ds, size: int) -> str | None:
-    """Reason when the native (uncompressed) pixel data runs past the end of the file, else None."""
-    for kw in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
-        if kw not in ds:
-            continue
-        elem = ds.get_item(kw, keep_deferred=True)  # never read the pixels themselves
-        length = getattr(elem, "length", None)
-        tell = getattr(elem, "value_tell", None)
-        if length is None or tell is None or length == 0xFFFFFFFF:  # encapsulated: checked on decoding
-            return None
-        if tell + length > size:
-            from sobre.image import tag_name
-
-            return (f"{tag_name(kw)}: pixel data is truncated (expected {length} bytes of pixel data; found "
-                    f"{max(size - tell, 0)} before the end of the file). the file was cut short "
-                    f"(interrupted transfer or export); re-export or re-send it")
-        return None
-    return None
 
 
 def _nifti_truncated(path: Path, img, size: int) -> str | None:

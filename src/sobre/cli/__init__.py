@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "sobre.cli._privacy",     # deid, pseudonyms export, pull, push, listen
     "sobre.cli._learn",
     "sobre.cli._apps",        # app list|check|run, predict
+    "sobre.cli._audit",       # audit verify|trace|entries
     "sobre.cli._models",      # model register|list|show|verify|export|import|export-onnx|key|trust|trusted
 ]
 

@@ -38,7 +38,7 @@ from sobre.image._io import load, load_all, save
 from sobre.image._spatial import Grid, crop_or_pad, reorient, resample
 from sobre.image._part10 import (
     MEDIA_STORAGE_DIRECTORY, check_complete, check_pixel_length, check_raw_lengths, looks_like_dicom,
-    raw_value, read_header, read_instance, received_facts, tag_name,
+    raw_value, read_header, read_instance, received_facts, tag_name, verify_pixels,
 )
 from sobre.image._part10 import expected_pixel_bytes, header_value, pixel_module_problem
 
@@ -48,7 +48,7 @@ __all__ = [
     "read_header", "read_instance", "frames_of", "Frame", "header_metadata", "check_image", "assemble",
     "VolumePlan", "check_complete",
     "check_raw_lengths", "check_pixel_length", "received_facts", "raw_value", "encode_dataset",
-    "file_meta_bytes", "tag_name", "looks_like_dicom", "write_atomic", "MEDIA_STORAGE_DIRECTORY",
+    "file_meta_bytes", "tag_name", "verify_pixels", "looks_like_dicom", "write_atomic", "MEDIA_STORAGE_DIRECTORY",
     "SOBRE_IMPLEMENTATION_UID", "SOBRE_IMPLEMENTATION_VERSION",
     "Grid", "resample", "reorient", "crop_or_pad",
     "expected_pixel_bytes", "pixel_module_problem", "header_value",

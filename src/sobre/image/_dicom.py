@@ -38,7 +38,7 @@ import pydicom
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
-from sobre.errors import GeometryError, InputError, SobreError
+from sobre.errors import GeometryError, InputError, SobreError, describe_exception
 from sobre.image._image import Image
 from sobre.image._part10 import header_int, header_value, raw_value, read_header, tag_name
 
@@ -345,7 +345,7 @@ def frames_of(ds: Dataset, path: str | Path) -> list[Frame]:
     except SobreError:
         raise
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types for damaged values and sequences
-        raise InputError(f"header cannot be read ({type(exc).__name__}: {exc})", path=path,
+        raise InputError(f"header cannot be read ({describe_exception(exc)})", path=path,
                          fix="the header is corrupted; re-export the file") from None
 
 
@@ -897,18 +897,37 @@ def _full_dataset(path: str) -> Dataset:
     return ds
 
 
+RLE_LOSSLESS = "1.2.840.10008.1.2.5"
+
+
+def decoder_options(path: str | os.PathLike) -> dict:
+    """Keyword arguments for pydicom's pixel functions on this file.
+
+    RLE is decoded by pydicom's own decoder only: its fallback (pylibjpeg-rle, in Rust) panics on
+    damaged segments and prints the panic on stderr before the error reaches Python.
+    """
+    from pydicom.filereader import read_file_meta_info
+
+    try:
+        ts = str(read_file_meta_info(path).get("TransferSyntaxUID", ""))
+    except Exception:  # noqa: BLE001 - no file meta: the default decoders decide
+        return {}
+    return {"decoding_plugin": "pydicom"} if ts == RLE_LOSSLESS else {}
+
+
 def _decode_file(path: str, indices: list[int | None], palette: bool = False) -> dict[int | None, np.ndarray]:
     """Decode the requested frames of one file; returns {index: array (rows, cols[, samples])}."""
     from pydicom.pixels import apply_color_lut, pixel_array
 
     try:
         try:
+            opts = decoder_options(path)
             if indices == [None]:
-                arr = pixel_array(path)
+                arr = pixel_array(path, **opts)
             elif len(indices) == 1:
-                arr = pixel_array(path, index=indices[0])
+                arr = pixel_array(path, index=indices[0], **opts)
             else:
-                arr = pixel_array(path)
+                arr = pixel_array(path, **opts)
             ds = None
         except (KeyboardInterrupt, SystemExit, GeneratorExit, MemoryError):
             raise
@@ -931,7 +950,7 @@ def _decode_file(path: str, indices: list[int | None], palette: bool = False) ->
     except BaseException as exc:  # noqa: BLE001 - decoders raise many types (Rust decoders a PanicException,
         # a BaseException); all mean "cannot decode this file"
         raise InputError(
-            f"pixel data cannot be decoded ({type(exc).__name__}: {exc})", path=path,
+            f"pixel data cannot be decoded ({describe_exception(exc)})", path=path,
             tag=tag_name("PixelData"),
             fix="the file may be truncated, or its transfer syntax needs a decoder plugin that is not installed",
         ) from None

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sobre.errors import InputError
+from sobre.errors import InputError, describe_exception
 from sobre.image._image import Image
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz", ".hdr", ".img")
@@ -63,7 +63,7 @@ def read_nifti(path: str | Path) -> Image:
     try:
         nimg = nib.load(str(path))
     except Exception as exc:  # nibabel raises ImageFileError, ValueError, EOFError...
-        raise InputError(f"NIfTI file cannot be read ({type(exc).__name__}: {exc})", path=path,
+        raise InputError(f"NIfTI file cannot be read ({describe_exception(exc)})", path=path,
                          fix="the file may be truncated; re-export it") from None
     shape = tuple(int(s) for s in nimg.shape)
     # NIfTI keeps vector-valued voxels (channels) in the 5th dimension, after time (size 1 if none)
@@ -109,7 +109,7 @@ def read_nifti(path: str | Path) -> Image:
         try:
             data = np.asanyarray(nimg.dataobj)
         except Exception as exc:  # nibabel/gzip raise EOFError, OSError, zlib.error, ValueError ...
-            raise InputError(f"NIfTI pixel data cannot be read ({type(exc).__name__}: {exc})".replace("\n", " "),
+            raise InputError(f"NIfTI pixel data cannot be read ({describe_exception(exc)})".replace("\n", " "),
                              path=path, fix="the file is probably truncated; re-export it") from None
         if vector:
             data = data.reshape(shape)
@@ -318,7 +318,7 @@ def read_optical(path: str | Path) -> Image:
                     pil = pil.convert("RGBA" if "transparency" in pil.info else "RGB")
                 arr = np.asarray(pil)
     except Exception as exc:
-        raise InputError(f"image cannot be decoded ({type(exc).__name__}: {exc})", path=path,
+        raise InputError(f"image cannot be decoded ({describe_exception(exc)})", path=path,
                          fix="the file may be truncated or not an image") from None
     if arr.ndim not in (2, 3):
         raise InputError("unsupported optical image layout", path=path, expected="2D grey or colour",

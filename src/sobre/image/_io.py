@@ -13,17 +13,8 @@ from sobre.image._dicom import read_dicom
 from sobre.image._image import Image
 
 
-def _walk(path: Path) -> list[Path]:
-    if path.is_dir():
-        files = []
-        for root, dirs, names in os.walk(path):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            files.extend(Path(root) / n for n in sorted(names) if not n.startswith("."))
-        return files
-    return [path]
-
-
-def load_all(paths: str | Path | Iterable[str | Path], *, on_warning=None, problems=None) -> list[Image]:
+def load_all(paths: str | Path | Iterable[str | Path], *, on_warning=None, problems=None,
+             verify: bool = False) -> list[Image]:
     """Read every image in ``paths`` (files or folders, walked recursively).
 
     DICOM files are recognised by content and assembled into one Image per consistent volume;
@@ -42,6 +33,14 @@ def load_all(paths: str | Path | Iterable[str | Path], *, on_warning=None, probl
         assembled is added to it as an ``error`` (series warnings as ``warning``) and the readable
         images are returned — what ``sobre info FOLDER`` shows. The ``Problems``' own
         ``raise_at`` still applies.
+    verify : bool
+        Also decode compressed DICOM pixel data now (frame by frame, bounded memory): damage inside a
+        codestream shows only when decoded. A volume whose pixels cannot be decoded is then an error
+        (raised, or added to ``problems``) instead of an image that fails on first access.
+
+    Files and folders are walked by :func:`sobre.image.discover` (the same walk as ingest and
+    de-identification: hidden files, DICOMDIR and sidecars left out, links leaving a folder not
+    followed).
 
     Returns
     -------
@@ -57,6 +56,7 @@ def load_all(paths: str | Path | Iterable[str | Path], *, on_warning=None, probl
     ['[error] study_dir/plan.dcm: (7FE0,0010) PixelData: DICOM object holds no pixel data ...']
     """
     from sobre.errors import Problem
+    from sobre.image._discover import discover
 
     if isinstance(paths, (str, Path)):
         paths = [paths]
@@ -65,19 +65,17 @@ def load_all(paths: str | Path | Iterable[str | Path], *, on_warning=None, probl
     images: list[Image] = []
     for p in paths:
         p = Path(p)
-        if not p.exists():
-            err = InputError("no such file or folder", path=p)
-            if not lenient:
-                raise err
-            problems.add(Problem.from_error(err))
-            continue
+        found = discover(p)
+        for prob in found.problems:
+            if prob.code == "missing" and not lenient:
+                raise InputError("no such file or folder", path=p)
+            if lenient:
+                problems.add(prob)
         explicit = p.is_file()
-        for f in _walk(p):
+        for f in found.files:
             try:
                 kind = _formats.sniff(f)
                 if kind == "dicom":
-                    if f.name.upper() == "DICOMDIR":
-                        continue
                     dicom.append(f)
                 elif kind == "nifti":
                     images.append(_formats.read_nifti(f))
@@ -96,8 +94,27 @@ def load_all(paths: str | Path | Iterable[str | Path], *, on_warning=None, probl
                     raise
                 problems.add(Problem.from_error(exc, path=str(f)))
     if dicom:
-        images[:0] = read_dicom(dicom, on_warning=on_warning, problems=problems)
+        found_dicom = read_dicom(dicom, on_warning=on_warning, problems=problems)
+        if verify:
+            found_dicom = [im for im in found_dicom if _pixels_decode(im, problems)]
+        images[:0] = found_dicom
     return images
+
+
+def _pixels_decode(image: Image, problems) -> bool:
+    """Whether every source file of a DICOM image decodes; else raise, or add the problem and say False."""
+    from sobre.errors import Problem
+    from sobre.image._part10 import verify_pixels
+
+    try:
+        for src in dict.fromkeys(image.sources):
+            verify_pixels(src)
+    except SobreError as exc:
+        if problems is None:
+            raise
+        problems.add(Problem.from_error(exc))
+        return False
+    return True
 
 
 def load(path: str | Path | Iterable[str | Path], *, series_uid: str | None = None, on_warning=None) -> Image:

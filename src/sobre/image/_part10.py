@@ -30,12 +30,12 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from sobre.errors import InputError, SobreError
+from sobre.errors import InputError, SobreError, describe_exception
 from sobre.image._dicom_fast import read_header_fast
 
 __all__ = [
     "tag_name", "looks_like_dicom", "read_header", "read_instance", "check_complete", "check_raw_lengths",
-    "check_pixel_length", "received_facts", "raw_value", "MEDIA_STORAGE_DIRECTORY", "DEFLATED",
+    "check_pixel_length", "received_facts", "raw_value", "MEDIA_STORAGE_DIRECTORY", "verify_pixels", "DEFLATED",
     "expected_pixel_bytes", "pixel_module_problem", "header_int", "header_value", "codestream_problem",
 ]
 
@@ -143,7 +143,7 @@ def _read_with_pydicom(path: Path, size: int) -> tuple[Dataset, int]:
         raise
     except Exception as exc:  # noqa: BLE001 - any failure to parse untrusted bytes is bad input
         raise InputError(
-            f"DICOM header cannot be parsed ({type(exc).__name__}: {exc})", path=path,
+            f"DICOM header cannot be parsed ({describe_exception(exc)})", path=path,
             fix="the file is probably truncated or corrupted; re-export it from the source",
         ) from None
     fm = getattr(ds, "file_meta", None)
@@ -244,7 +244,7 @@ def _undecodable(ds, keyword: str, exc: Exception) -> InputError:
     filename = getattr(ds, "filename", None)
     return InputError("header value cannot be decoded", path=filename if isinstance(filename, (str, Path)) else None,
                       tag=tag_name(keyword), expected="a value of the element's VR",
-                      found=f"{type(exc).__name__}: {exc}", fix=_FIX_HEADER)
+                      found=f"{describe_exception(exc)}", fix=_FIX_HEADER)
 
 
 def header_value(ds, keyword: str, path=None, default: Any = None) -> Any:
@@ -269,7 +269,6 @@ def read_instance(src, *, force_no_meta: bool = True, decode_all: bool = True):
     it cannot decode.
     """
     import pydicom
-    from pydicom.errors import InvalidDicomError
 
     path = src if isinstance(src, (str, Path)) else None
     try:
@@ -297,7 +296,7 @@ def read_instance(src, *, force_no_meta: bool = True, decode_all: bool = True):
         if isinstance(exc, FileNotFoundError):
             raise InputError("file not found", path=path) from None
         raise InputError("damaged or truncated DICOM file", path=path, expected="a complete DICOM dataset",
-                         found=f"{type(exc).__name__}: {exc}", fix="re-export or re-send the instance") from None
+                         found=f"{describe_exception(exc)}", fix="re-export or re-send the instance") from None
     if str(header_value(ds, "SOPClassUID", path, "")) == MEDIA_STORAGE_DIRECTORY or "DirectoryRecordSequence" in ds:
         raise InputError("DICOMDIR is an index of a file set, not an instance", path=path,
                          tag="(0004,1220) DirectoryRecordSequence", fix="de-identify the files it lists and "
@@ -324,7 +323,7 @@ def check_raw_lengths(ds, path=None) -> None:
         raise
     except Exception as exc:  # noqa: BLE001 - pydicom's hooks check raw values (a US of 3 bytes ...)
         raise InputError("damaged DICOM dataset: an element cannot be read", path=path,
-                         expected="elements of the length their VR allows", found=f"{type(exc).__name__}: {exc}",
+                         expected="elements of the length their VR allows", found=f"{describe_exception(exc)}",
                          fix="re-export or re-send the instance") from None
     for raw in elements:
         length = getattr(raw, "length", None)
@@ -974,6 +973,28 @@ def received_facts(buf: bytes, ts) -> tuple[str, str, str, str] | None:
     return tuple(uids)
 
 
+# Value sizes of the binary VRs: a value whose length is not a multiple cannot be read back by pydicom.
+_ITEM_SIZE = {b"US": 2, b"SS": 2, b"UL": 4, b"SL": 4, b"FL": 4, b"FD": 8, b"AT": 4, b"SV": 8, b"UV": 8,
+              b"OW": 2, b"OF": 4, b"OD": 8, b"OL": 4, b"OV": 8}
+_DICT_SIZE: dict[int, int] = {}
+
+
+def _implicit_item_size(tag: int) -> int:
+    """Value size of a standard tag's VR for an implicit-VR stream (0: any length is fine)."""
+    size = _DICT_SIZE.get(tag)
+    if size is None:
+        size = 0
+        if tag >> 16 & 1 == 0:  # private tags are UN: bytes
+            try:
+                vrs = {v.strip().encode() for v in dictionary_VR(tag).split(" or ")}
+            except (KeyError, ValueError):
+                vrs = set()
+            sizes = {_ITEM_SIZE.get(v, 0) for v in vrs}
+            size = sizes.pop() if len(sizes) == 1 else 0
+        _DICT_SIZE[tag] = size
+    return size
+
+
 def _quick_dataset(buf: bytes, pos: int, end: int, implicit: bool, in_item: bool, found, unpack) -> int:
     """Walk elements from ``pos``; returns the position after the dataset (raises :class:`_Odd`).
 
@@ -1013,6 +1034,9 @@ def _quick_dataset(buf: bytes, pos: int, end: int, implicit: bool, in_item: bool
             continue
         if pos + length > end:
             raise _Odd  # truncated
+        size = _implicit_item_size((group << 16) | element) if implicit else _ITEM_SIZE.get(vr, 0)
+        if size and length % size:
+            raise _Odd  # a binary value pydicom cannot read back (e.g. US of 3 bytes)
         if vr == b"SQ":  # items checked too (pydicom reads them later, when the value is used)
             _quick_items(buf, pos, end, pos + length, implicit, unpack)
         if found is not None:
@@ -1057,3 +1081,35 @@ def _quick_items(buf: bytes, pos: int, end: int, seq_end: int | None, implicit: 
             pos += length  # encapsulated pixel data: fragments are bytes, not datasets
         else:
             pos = _quick_dataset(buf, pos, pos + length, implicit, False, None, unpack)
+
+
+def verify_pixels(path: str | Path) -> None:
+    """Decode every frame of a file with compressed pixel data, one frame at a time (bounded memory).
+
+    Damage inside a compressed codestream shows only when it is decoded; headers and lengths are
+    checked by :func:`read_header`. Raises :class:`~sobre.errors.InputError` naming the file; does
+    nothing for uncompressed data (its length was checked when the header was read).
+    """
+    from pydicom.filereader import read_file_meta_info
+    from pydicom.pixels import iter_pixels
+    from pydicom.uid import UID
+
+    from sobre.errors import describe_exception
+    from sobre.image._dicom import decoder_options
+
+    try:
+        ts = UID(str(read_file_meta_info(path).get("TransferSyntaxUID", "")))
+        compressed = ts.is_compressed if ts.is_transfer_syntax else True
+    except Exception:  # noqa: BLE001 - no file meta: decode to know
+        compressed = True
+    if not compressed:
+        return
+    try:
+        for _ in iter_pixels(path, **decoder_options(path)):
+            pass
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - decoders raise many types (Rust panics are BaseExceptions)
+        raise InputError(f"compressed pixel data cannot be decoded ({describe_exception(exc)})", path=path,
+                         tag=tag_name("PixelData"),
+                         fix="the file is damaged, cut short, or needs a decoder that is not installed") from None

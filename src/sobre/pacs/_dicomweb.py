@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from sobre.errors import InputError, SobreError
+from sobre.errors import InputError, SobreError, describe_exception
 
 __all__ = ["DicomWebPacs", "PacsError", "PullReport", "PushReport", "parse_query"]
 
@@ -236,7 +236,7 @@ class DicomWebPacs:
                     raise
                 except Exception as exc:  # malformed multipart or dataset
                     raise PacsError("the server sent an unreadable instance", path=self.url,
-                                    found=f"{type(exc).__name__}: {exc}") from None
+                                    found=f"{describe_exception(exc)}") from None
                 sop = str(ds.get("SOPInstanceUID", "")).strip()
                 if not sop or sop not in expected:
                     raise PacsError("the server sent an instance that is not in the study", path=self.url,

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from sobre.errors import InputError, SobreError
+from sobre.errors import InputError, SobreError, describe_exception
 from sobre.image import received_facts
 
 from ._net import disable_nagle, on_connection
@@ -178,7 +178,7 @@ class Listener:
                 self._pool.shutdown(wait=False, cancel_futures=True)
                 self._pool = None
                 raise SobreError("cannot start the de-identification worker process",
-                                 found=f"{type(exc).__name__}: {exc}",
+                                 found=f"{describe_exception(exc)}",
                                  fix="run with --deid-workers 0, or check the installation") from None
             leftovers = sorted(spool.glob("*.dcm"))
             if leftovers:
@@ -309,18 +309,22 @@ class Listener:
             if len(ds) == 0:
                 raise ValueError("no data element")
         except Exception as exc:
-            return self._fail("cannot_understand", f"undecodable dataset ({type(exc).__name__}: {exc})", event)
+            return self._fail("cannot_understand", f"undecodable dataset ({describe_exception(exc)})", event)
         try:
             check_raw_lengths(ds)  # a truncated stream: elements shorter than declared
         except InputError as exc:
             return self._fail("incomplete", str(exc), event)
         try:
+            for _ in ds.iterall():  # every value decoded now: what is stored must read back
+                pass
             sop = str(ds.get("SOPInstanceUID", "") or "").strip()
             sop_class = str(ds.get("SOPClassUID", "") or "").strip()
             study = str(ds.get("StudyInstanceUID", "") or "no-study").strip()
             series = str(ds.get("SeriesInstanceUID", "") or "no-series").strip()
-        except Exception as exc:
-            return self._fail("cannot_understand", f"undecodable dataset ({type(exc).__name__}: {exc})", event)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - pydicom raises many types on damaged values
+            return self._fail("cannot_understand", f"undecodable dataset ({describe_exception(exc)})", event)
         return ds, (sop_class, sop, study, series)
 
     def _store(self, event, ds, ts, sop: str, study: str, series: str) -> int:
@@ -354,7 +358,7 @@ class Listener:
         except SobreError as exc:
             return self._fail("deid_refused", str(exc), event)
         except Exception as exc:
-            return self._fail("deid_refused", f"{type(exc).__name__}: {exc}", event)
+            return self._fail("deid_refused", f"{describe_exception(exc)}", event)
         target = self.store_dir / rel
         try:
             write_atomic(target, data)
@@ -379,7 +383,7 @@ class Listener:
         try:
             target, review, error = future.result()
         except Exception as exc:  # the worker process died
-            target, review, error = None, [], f"{type(exc).__name__}: {exc}"
+            target, review, error = None, [], f"{describe_exception(exc)}"
         if error is not None:
             refused = self.store_dir / _REFUSED
             refused.mkdir(mode=0o700, exist_ok=True)
@@ -439,7 +443,7 @@ class Listener:
         try:
             self.on_files(unique)
         except Exception as exc:  # keep serving; the dirty marker makes the next start retry
-            msg = f"ingest of {len(unique)} file(s) failed: {type(exc).__name__}: {exc}"
+            msg = f"ingest of {len(unique)} file(s) failed: {describe_exception(exc)}"
             log.error(msg)
             with self._lock:
                 self.stats.ingest_errors.append(msg)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sobre.errors import SobreError
+from sobre.errors import SobreError, describe_exception
 
 _WORKER = {}
 
@@ -48,7 +48,7 @@ def worker_deidentify(spool_file: str, store_dir: str) -> tuple[str | None, list
     except SobreError as exc:
         return None, [], str(exc)
     except Exception as exc:  # noqa: BLE001 - reported, the instance is quarantined
-        return None, [], f"{type(exc).__name__}: {exc}"
+        return None, [], f"{describe_exception(exc)}"
     rel = f"{result.subject}/{result.study_instance_uid}/{result.series_instance_uid}/{result.sop_instance_uid}.dcm"
     target = Path(store_dir) / rel
     write_atomic(target, data)

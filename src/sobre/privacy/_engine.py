@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from sobre.errors import InputError, SobreError
+from sobre.errors import InputError, SobreError, describe_exception
 from sobre.image import (
     SOBRE_IMPLEMENTATION_UID, SOBRE_IMPLEMENTATION_VERSION, encode_dataset, read_instance,
     write_atomic,
@@ -397,6 +397,13 @@ class Deidentifier:
                     continue
                 self._apply_code(ds, tag, raw, vr, action)
                 continue
+            if vr == "UI" and _standard_vr(itag) not in (None, "UI"):
+                # a standard attribute written with the wrong VR (e.g. a position as UI): it is not an
+                # identifier to remap, and a remapped "UID" would make the output unreadable
+                del ds[tag]
+                ctx.notes.append(f"({itag >> 16:04X},{itag & 0xFFFF:04X}) removed: written as UI, "
+                                 f"which its definition is not ({_standard_vr(itag)})")
+                continue
             if vr == "UI":
                 elem = self._decode(ds, tag, ctx)
                 if elem is None:
@@ -460,6 +467,24 @@ class Deidentifier:
     def deidentify_dataset(self, ds, *, source=None, copy: bool = True) -> tuple[object, DeidResult,
                                                                                 IdentifyingValues]:
         """De-identify ``ds``; returns ``(new dataset, result, identifying values of the source)``.
+
+        A value the engine cannot read (an unknown VR, a damaged sequence) refuses the instance with
+        :class:`DeidentificationError` naming the source: nothing is written for it.
+        """
+        try:
+            return self._deidentify_dataset(ds, source=source, copy=copy)
+        except SobreError:
+            raise
+        except (KeyboardInterrupt, SystemExit, MemoryError):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - pydicom raises many types on damaged values
+            raise DeidentificationError("cannot de-identify this instance: a value cannot be read", path=source,
+                                        found=describe_exception(exc),
+                                        fix="the instance is damaged; re-export or re-send it") from None
+
+    def _deidentify_dataset(self, ds, *, source=None, copy: bool = True) -> tuple[object, DeidResult,
+                                                                                  IdentifyingValues]:
+        """The work of :meth:`deidentify_dataset`.
 
         ``ds`` is left untouched unless ``copy=False`` (then it is changed in place: only for
         datasets nobody else holds, since datasets built in memory often share elements, e.g. a
@@ -562,7 +587,7 @@ class Deidentifier:
             data, header_len = encode_dataset(ds)
         except Exception as exc:
             raise DeidentificationError("cannot encode the de-identified instance", path=source,
-                                        found=f"{type(exc).__name__}: {exc}") from None
+                                        found=f"{describe_exception(exc)}") from None
         verify_output(data, header_len, ds, ident, path=source, name=name)
         return data, result
 
@@ -601,7 +626,7 @@ class Deidentifier:
             data, header_len = encode_dataset(ds)
         except Exception as exc:
             raise DeidentificationError("cannot encode the de-identified instance", path=src,
-                                        found=f"{type(exc).__name__}: {exc}") from None
+                                        found=f"{describe_exception(exc)}") from None
         name = str(target.relative_to(dst)) if layout else target.name
         verify_output(data, header_len, ds, ident, path=src, name=name)
         write_atomic(target, data)
@@ -653,3 +678,16 @@ class Deidentifier:
                                  tag="(0008,0018) SOPInstanceUID", fix="keep one copy of each instance")
             seen[sop] = str(path)
         return self._write_deidentified(ds, path, out_dir, True)
+
+
+def _standard_vr(tag: int) -> str | None:
+    """The dictionary VR of a standard (even-group) attribute, or None (private, unknown, ambiguous)."""
+    if (tag >> 16) & 1:
+        return None
+    from pydicom.datadict import dictionary_VR
+
+    try:
+        vr = dictionary_VR(tag)
+    except KeyError:
+        return None
+    return None if " or " in vr else vr

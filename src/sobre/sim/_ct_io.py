@@ -92,7 +92,7 @@ def write_ct_lesion_cohort(config: CTLesionCohortConfig, out_dir: str | Path, *,
                "format": format, "config": _config_dict(config), "lesions_by_stratum": counts,
                "cases": len(results), "lesions": len(lesion_rows)}
     w.atomic_write_text(out / "simulation.json", w.dumps(summary))
-    w.atomic_write_text(out / "README.md", f"""# SIMULATED lesions in CT - not diagnostic images
+    w.atomic_write_text(out / "README.md", """# SIMULATED lesions in CT - not diagnostic images
 
 Lesions in these CT volumes were inserted by `sobre.sim` (ellipsoids with soft edges, texture and
 realistic HU) into the background CT volumes listed in cases.tsv. The lesions are not real findings.

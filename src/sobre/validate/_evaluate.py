@@ -523,7 +523,7 @@ def _multiclass(ev: Evaluation, test: pd.DataFrame):
 
 
 def _regression(ev: Evaluation, test: pd.DataFrame):
-    pred, st = ev.predictions, ev.settings
+    st = ev.settings
     y = test["label"].to_numpy(dtype=float)
     p = test["score"].to_numpy(dtype=float)
     res = R.regression_metrics(y, p, **_boot(st))
