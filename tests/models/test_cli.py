@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 from sobre.cli import main
 
@@ -46,7 +47,15 @@ def test_register_list_show_verify_export(site, tmp_path, capsys):
 def test_bad_input_one_line_exit_2(site, package, capsys):
     ws, run = site
     w = ("-w", ws.root)
+    running = ws.layout.run("20990101-000000-train-cli")
+    shutil.copytree(run.path, running)
+    rec = json.loads((running / "run.json").read_text())
+    rec.update(run_id=running.name, status="interrupted", resume_hint=f"sobre train --resume {running.name}")
+    (running / "run.json").write_text(json.dumps(rec))
+    before = sorted(p.name for p in ws.layout.models.rglob("*"))
     cases = [
+        (("model", "register", running.name, "--name", "x", "--version", "1", *w),
+         "is not completed (expected status completed; found status interrupted). finish it first (sobre train"),
         (("model", "register", "nope", "--name", "x", "--version", "1", *w), "no run 'nope'"),
         (("model", "register", run.run_id, "--name", "blobs", "--version", "1.0", *w), "already registered"),
         (("model", "show", "ghost@1", *w), "no model ghost"),
@@ -58,3 +67,5 @@ def test_bad_input_one_line_exit_2(site, package, capsys):
         assert status == 2, (args, err)
         assert err.startswith("error: ") and msg in err and "Traceback" not in err
         assert len(err.strip().splitlines()) == 1
+    shutil.rmtree(running)
+    assert sorted(p.name for p in ws.layout.models.rglob("*")) == before  # nothing half-written

@@ -114,6 +114,16 @@ def remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def discard(build: Path, created: list) -> None:
+    """Remove a build folder and, newest first, the folders made for it that are left empty."""
+    remove_tree(build)
+    for p in reversed(created):
+        try:
+            p.rmdir()
+        except OSError:
+            pass
+
+
 # ----------------------------------------------------------------------------- manifest
 def _safe_rel(rel: str) -> bool:
     p = PurePosixPath(rel)

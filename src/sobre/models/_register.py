@@ -36,8 +36,8 @@ from sobre.models._package import (
     MANIFEST,
     check_name,
     check_package,
+    discard,
     model_digest,
-    remove_tree,
     rename_noreplace,
     walk_files,
     write_manifest,
@@ -472,12 +472,7 @@ def register(ws, run, name: str, version: str, *, report=None, info=None, onnx: 
                                fix="choose another version") from None
         progress("building package", 4, 4)
     except BaseException:
-        remove_tree(tmp)
-        for p in reversed(made):
-            try:
-                p.rmdir()
-            except OSError:
-                pass
+        discard(tmp, made)
         raise
     log.info("registered %s@%s from run %s (package sha256 %s)", name, version, run.run_id,
              sha256_bytes((final / MANIFEST).read_bytes())[:12])

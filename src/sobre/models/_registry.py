@@ -27,6 +27,7 @@ from sobre.models._package import (
     PackageCheck,
     check_name,
     check_package,
+    discard,
     exchange_folders,
     parse_ref,
     remove_tree,
@@ -426,12 +427,7 @@ class Registry:
             log.info("imported %s@%s signed by %s", name, version, chk.signed_by)
             return self._load(final)
         finally:
-            remove_tree(tmp)
-            for p in reversed(made):
-                try:
-                    p.rmdir()
-                except OSError:
-                    pass
+            discard(tmp, made)
 
     # ----------------------------------------------------------------------------- ONNX
     def export_onnx(self, ref: str, options=None, *, progress=None) -> ModelPackage:
