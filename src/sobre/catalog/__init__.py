@@ -14,8 +14,12 @@ Public API
     Frozen dataset versions, typed.
 ``QueryResult``, ``compile_filter``, ``BASE_FIELDS``
     The filter language.
+``Accounts``, ``LabelSchema``, ``Annotations``, ``AnnotationConflict``
+    People, projects and roles; annotation versions (immutable, reviewed, filterable, frozen).
 """
 
+from sobre.catalog._accounts import ROLES, Account, Accounts, LabelDef, LabelSchema, ProjectInfo, SegmentDef
+from sobre.catalog._annotations import AnnotationConflict, Annotations, AnnotationVersionInfo
 from sobre.catalog._cohorts import BASE_FIELDS, QueryResult
 from sobre.catalog._datasets import Dataset, DatasetManifest, DatasetRef, ManifestFile, ManifestSeries
 from sobre.catalog._ingest import IngestReport
@@ -29,4 +33,6 @@ __all__ = [
     "Workspace", "Intake", "IntakeRoute", "IngestReport", "WorkspaceLayout", "WorkspaceSettings",
     "Dataset", "DatasetRef", "DatasetManifest", "ManifestSeries", "ManifestFile", "QueryResult",
     "compile_filter", "BASE_FIELDS",
+    "Accounts", "Account", "ProjectInfo", "LabelSchema", "SegmentDef", "LabelDef", "ROLES",
+    "Annotations", "AnnotationVersionInfo", "AnnotationConflict",
 ]

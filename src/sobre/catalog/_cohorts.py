@@ -67,6 +67,8 @@ def _short(problem: str | None) -> str:
 
 def records(ws: Workspace, *, include_errors: bool = False) -> list[dict]:
     """One dict per catalogued volume with every queryable field (base fields + clinical variables)."""
+    annotated = ws.annotations.fields()
+    ann_names = sorted({k for values in annotated.values() for k in values})
     with ws.session() as s:
         variables = {v.id: v for v in s.execute(select(Variable)).scalars()}
         var_names = sorted(v.name for v in variables.values())
@@ -103,6 +105,9 @@ def records(ws: Workspace, *, include_errors: bool = False) -> list[dict]:
             }
             for name in var_names:  # every clinical variable, None where the subject has no value
                 rec.setdefault(name, clin.get(name))
+            mine = annotated.get((ser.series_uid, ser.label), {})
+            for name in ann_names:  # annotation status and accepted labels, None where absent
+                rec[name] = mine.get(name)
             out.append(rec)
     return out
 

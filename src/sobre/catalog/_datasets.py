@@ -43,6 +43,16 @@ class ManifestFile(_Model):
     size: int
 
 
+class ManifestAnnotation(_Model):
+    """An accepted annotation version frozen with its series (content hash in the dataset's hash)."""
+
+    project: str
+    name: str
+    kind: str
+    version: int
+    sha256: str
+
+
 class ManifestSeries(_Model):
     """One volume of a dataset version: its files (by content), geometry and catalogued metadata."""
 
@@ -56,6 +66,7 @@ class ManifestSeries(_Model):
     dtype: str | None = None
     files: list[ManifestFile]
     metadata: dict[str, Any]
+    annotations: list[ManifestAnnotation] = []
 
     @property
     def key(self) -> str:
@@ -298,6 +309,32 @@ class Dataset:
         raise CatalogError(f"no series '{series}' in {self.ref}", expected="a series of the version (entry, index "
                            "or uid[#label])", fix="list them with `sobre dataset show`")
 
+    def annotation(self, series, name: str, *, project: str | None = None, verify: bool = True):
+        """The frozen (accepted) annotation ``name`` of a series: an Image for a mask, the data otherwise."""
+        import json
+
+        entry = self.entry(series)
+        found = [a for a in entry.annotations if a.name == name and (project is None or a.project == project)]
+        if len(found) != 1:
+            have = ", ".join(f"{a.project}/{a.name}" for a in entry.annotations) or "none"
+            raise CatalogError(f"{'no' if not found else 'several'} frozen annotation '{name}' for series "
+                               f"{entry.key} in {self.ref}", expected="exactly one", found=have,
+                               fix="name the project, or freeze after the annotation was accepted")
+        a = found[0]
+        path = self.manifest.locations.get(a.sha256)
+        if path is None:
+            raise CatalogError("a frozen annotation has no recorded location", path=self.manifest_path)
+        data = Path(path).read_bytes()
+        if verify and sha256_bytes(data) != a.sha256:
+            raise InputError("an annotation file changed since the dataset version was frozen", path=path,
+                             expected=f"sha256 {a.sha256}", found=f"sha256 {sha256_bytes(data)}")
+        if a.kind == "mask":
+            import sobre
+
+            return sobre.load(path)
+        payload = json.loads(data)
+        return payload["labels"] if a.kind == "labels" else payload["items"]
+
     def verify(self, progress: Progress = no_progress) -> list[Problem]:
         """Re-hash every file against the manifest; the problems found (empty when intact)."""
         problems = []
@@ -341,6 +378,7 @@ def freeze(ws: Workspace, name: str, *, progress: Progress = no_progress) -> Dat
         raise CatalogError(f"cohort '{name}' is empty", found=c["where"],
                            fix="nothing to freeze; check the filter with `sobre cohort show`")
     variables = ws.variables()
+    accepted = ws.annotations.accepted()
     series_entries = []
     locations: dict[str, str] = {}
     n_files = 0
@@ -370,11 +408,18 @@ def freeze(ws: Workspace, name: str, *, progress: Progress = no_progress) -> Dat
             n_files += len(entries)
             meta = {k: v for k, v in m.items() if k not in ("status", "problem", "shape", "spacing",
                                                              "orientation", "n_files")}
-            series_entries.append({
+            entry = {
                 "series_uid": ser.series_uid, "label": ser.label, "format": ser.format,
                 "shape": ser.shape, "spacing": ser.spacing, "affine_lps": ser.affine,
                 "orientation": ser.orientation, "dtype": ser.dtype, "files": entries, "metadata": meta,
-            })
+            }
+            anns = accepted.get((ser.series_uid, ser.label), [])
+            if anns:  # only when there are some: versions frozen before annotations keep their hashes
+                entry["annotations"] = [{"project": a.project, "name": a.name, "kind": a.kind, "version": a.number,
+                                         "sha256": a.sha256} for a in anns]
+                for a in anns:
+                    locations[a.sha256] = str(ws.root / a.path)
+            series_entries.append(entry)
     series_entries.sort(key=lambda e: (e["series_uid"], e["label"]))
     content = {"format": MANIFEST_FORMAT, "series": series_entries, "variables": variables}
     content_hash = sha256_bytes(canonical_json(content))

@@ -168,3 +168,93 @@ class DicomObject(Base):
     study_pk: Mapped[int | None] = mapped_column(ForeignKey("study.id"), index=True)
     references: Mapped[list | None] = mapped_column(JSON)  # referenced SeriesInstanceUIDs
     meta: Mapped[dict | None] = mapped_column(JSON)
+
+
+# --------------------------------------------------------------------------- people and projects
+class User(Base):
+    """An account of the workstation and the inference service's reviewers (password hashed with Argon2)."""
+
+    __tablename__ = "user_account"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    display_name: Mapped[str | None] = mapped_column(String(200))
+    password_hash: Mapped[str] = mapped_column(String(255))
+    admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    must_change_password: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class Project(Base):
+    """A set of cohorts and a label schema: the unit of annotation work and of membership."""
+
+    __tablename__ = "project"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    description: Mapped[str | None] = mapped_column(Text)
+    cohorts: Mapped[list] = mapped_column(JSON)  # cohort names
+    label_schema: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class Membership(Base):
+    """A user's role in a project: data_manager, annotator, reviewer or viewer."""
+
+    __tablename__ = "membership"
+    __table_args__ = (UniqueConstraint("user_pk", "project_pk"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_pk: Mapped[int] = mapped_column(ForeignKey("user_account.id"), index=True)
+    project_pk: Mapped[int] = mapped_column(ForeignKey("project.id"), index=True)
+    role: Mapped[str] = mapped_column(String(16))
+
+
+class Annotation(Base):
+    """One annotated object of a volume in a project (a mask, points, boxes or image labels), with versions."""
+
+    __tablename__ = "annotation"
+    __table_args__ = (UniqueConstraint("project_pk", "series_uid", "series_label", "name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_pk: Mapped[int] = mapped_column(ForeignKey("project.id"), index=True)
+    series_uid: Mapped[str] = mapped_column(String(128), index=True)
+    series_label: Mapped[str] = mapped_column(String(200), default="")
+    name: Mapped[str] = mapped_column(String(100))
+    kind: Mapped[str] = mapped_column(String(16))  # mask | points | boxes | labels
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class AnnotationVersion(Base):
+    """An immutable version of an annotation: who, when, from which parent, with which tool, what content."""
+
+    __tablename__ = "annotation_version"
+    __table_args__ = (UniqueConstraint("annotation_pk", "number"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    annotation_pk: Mapped[int] = mapped_column(ForeignKey("annotation.id"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    parent_pk: Mapped[int | None] = mapped_column(ForeignKey("annotation_version.id"))
+    branch: Mapped[str] = mapped_column(String(64), default="main")
+    author: Mapped[str] = mapped_column(String(64))
+    tool: Mapped[str | None] = mapped_column(String(100))
+    status: Mapped[str] = mapped_column(String(16))  # draft | submitted | accepted | rejected
+    payload_path: Mapped[str] = mapped_column(Text)  # relative to the workspace, content-addressed
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    summary: Mapped[dict | None] = mapped_column(JSON)  # segments and voxel counts, label values, ...
+    comment: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class Review(Base):
+    """A reviewer's decision on a submitted version."""
+
+    __tablename__ = "review"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    version_pk: Mapped[int] = mapped_column(ForeignKey("annotation_version.id"), index=True)
+    reviewer: Mapped[str] = mapped_column(String(64))
+    decision: Mapped[str] = mapped_column(String(16))  # accept | reject
+    comment: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime)

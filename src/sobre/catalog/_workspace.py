@@ -162,6 +162,21 @@ class Workspace:
         self.layout.audit.mkdir(mode=0o700, parents=True, exist_ok=True)
         return AuditLog(self.layout.audit_log, signer=self.site_key())
 
+    # ------------------------------------------------------------------ people, projects, annotations
+    @cached_property
+    def accounts(self):
+        """Accounts, projects (cohorts + label schema) and roles: :class:`~sobre.catalog.Accounts`."""
+        from ._accounts import Accounts
+
+        return Accounts(self)
+
+    @cached_property
+    def annotations(self):
+        """Annotation versions (immutable, per annotator, reviewed): :class:`~sobre.catalog.Annotations`."""
+        from ._annotations import Annotations
+
+        return Annotations(self)
+
     # ------------------------------------------------------------------ intake
     @cached_property
     def intake(self):
@@ -213,7 +228,9 @@ class Workspace:
             return {v.name: {"kind": v.kind, "unit": v.unit} for v in s.execute(select(Variable)).scalars()}
 
     def fields(self) -> list[str]:
-        return sorted(set(_cohorts.BASE_FIELDS) | set(self.variables()))
+        """Every name a filter may use: base fields, clinical variables, annotation fields."""
+        ann = {k for values in self.annotations.fields().values() for k in values}
+        return sorted(set(_cohorts.BASE_FIELDS) | set(self.variables()) | ann)
 
     # ------------------------------------------------------------------ records and series
     def records(self, *, include_errors: bool = False) -> list[dict]:
