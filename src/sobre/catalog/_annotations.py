@@ -124,8 +124,8 @@ class Annotations:
                 Series.series_uid == rec["series_uid"], Series.label == rec["label"])).scalar_one())
         data, ext, summary = self._encode(kind, name, content, proj.schema, rec)
         sha = sha256_bytes(data)
-        rel = Path("annotations") / sha[:2] / f"{sha}{ext}"
-        target = self._ws.root / rel
+        target = self._ws.layout.annotation_payload(sha, ext)
+        rel = target.relative_to(self._ws.root)
         if not target.exists():  # content-addressed: the same content is one file
             write_atomic(target, data, mode=0o444, fsync=True)
         with self._ws.session() as s, s.begin():

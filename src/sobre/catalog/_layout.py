@@ -16,6 +16,7 @@ No other module builds a path inside a workspace by hand; they ask the :class:`W
       incoming/dicomweb/          what `sobre pull` fetched
       secrets/                    project key and pseudonym map (0700; see [privacy] key_file), site signing key
       models/NAME/VERSION/        registered model packages (signed manifests)
+      annotations/ab/abcd….ext    annotation versions' contents (content-addressed, read-only)
       audit/audit.jsonl           the append-only, hash-chained audit log (and its signed head)
       service/                    the inference service's queue, outputs and dead letters
 """
@@ -108,6 +109,19 @@ class WorkspaceLayout:
     def site_key(self) -> Path:
         """The site's Ed25519 signing key (model packages, audit checkpoints)."""
         return self.secrets / "site.ed25519.pem"
+
+    @property
+    def trusted_keys(self) -> Path:
+        """Public keys of other sites whose model packages this workspace accepts."""
+        return self.secrets / "trusted_keys"
+
+    @property
+    def annotations(self) -> Path:
+        """Annotation contents, content-addressed and read-only (``annotations/ab/abcd….nii.gz``)."""
+        return self.root / "annotations"
+
+    def annotation_payload(self, sha256: str, suffix: str) -> Path:
+        return self.annotations / sha256[:2] / f"{sha256}{suffix}"
 
     @property
     def models(self) -> Path:

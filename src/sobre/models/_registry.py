@@ -191,7 +191,7 @@ class Registry:
     # ------------------------------------------------------------------------------ keys
     @property
     def trusted_keys_folder(self) -> Path:
-        return self.layout.secrets / "trusted_keys"
+        return self.layout.trusted_keys
 
     def site_key(self, *, create: bool = True) -> SiteKey | None:
         """This site's signing key (created on first use unless ``create`` is false)."""
