@@ -184,9 +184,9 @@ class Intake:
             result = deid.deidentify_tree(raw, store, on_files=on_files, progress=step)
         report.deidentified += len(result.results)
         report.pixel_review.extend((r.output, r.pixel_review) for r in result.pixel_review)
-        for path, reason in result.skipped:
-            report.problems.append(Problem("error", f"not de-identified, not catalogued: {reason}", path=path,
-                                           code="deid-refused"))
+        for prob in result.problems:
+            report.problems.append(Problem(prob.level, f"not de-identified, not catalogued: {prob.message}",
+                                           path=prob.path, tag=prob.tag, fix=prob.fix, code=prob.code or "deid-refused"))
 
     def _join_clinical(self, report: IngestReport, paths: list, clinical, table, deid: bool) -> None:
         tables: list[tuple[Path, object]] = []

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from sobre.errors import InputError, SobreError, describe_exception
+from sobre.errors import InputError, Problem, SobreError, describe_exception
 from sobre.image import (
     SOBRE_IMPLEMENTATION_UID, SOBRE_IMPLEMENTATION_VERSION, encode_dataset, read_instance,
     write_atomic,
@@ -75,12 +75,17 @@ class DeidResult:
 
 @dataclass
 class DeidReport:
-    """Outcome of a batch: results, skipped inputs ``(path, reason)``, the profile and key id."""
+    """Outcome of a batch: results, the inputs left out (as :class:`~sobre.errors.Problem` s), profile, key id."""
 
     profile: dict
     key_id: str
     results: list[DeidResult] = field(default_factory=list)
-    skipped: list[tuple[str, str]] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        """``(path, reason)`` of every input that was not de-identified."""
+        return [(p.path, p.message) for p in self.problems if p.level == "error"]
 
     @property
     def outputs(self) -> list[str]:
@@ -98,6 +103,7 @@ class DeidReport:
             "written": len(self.outputs),
             "skipped": [{"path": p, "reason": r} for p, r in self.skipped] if include_sources else
             [{"reason": r} for _, r in self.skipped],
+            "problems": [dict(p.to_dict(), path=p.path if include_sources else None) for p in self.problems],
             "needs_pixel_review": len(self.pixel_review),
             "results": [r.to_dict(include_source=include_sources) for r in self.results],
         }
@@ -649,14 +655,15 @@ class Deidentifier:
             raise InputError("input not found", path=found.missing[0], fix="check the path; nothing was written")
         files = found.files
         report = DeidReport(profile=self.profile.to_dict(), key_id=self.key.key_id)
-        report.skipped.extend((p.path, p.message) for p in found.problems)
+        report.problems.extend(found.problems)
         seen: dict[str, str] = {}
         pending: list[str] = []
         for i, path in enumerate(files):
             try:
                 result = self._one_into(path, out_dir, seen)
             except SobreError as exc:
-                report.skipped.append((str(path), str(exc)))
+                report.problems.append(Problem.from_error(exc, path=str(path),
+                                                          code="duplicate" if "duplicate instance" in exc.what else ""))
             else:
                 report.results.append(result)
                 pending.append(result.output)
