@@ -1,8 +1,9 @@
-"""Non-DICOM formats: NIfTI (nibabel), NRRD/MetaImage (SimpleITK), PNG/JPEG/TIFF (Pillow, tifffile)."""
+"""Non-DICOM formats: NIfTI (read with nibabel, written here), NRRD/MetaImage (SimpleITK), PNG/JPEG/TIFF (Pillow, tifffile)."""
 
 from __future__ import annotations
 
 import gzip
+import os
 from pathlib import Path
 
 import numpy as np
@@ -157,6 +158,196 @@ def _storable(arr: np.ndarray) -> np.ndarray:
     return arr
 
 
+# NIfTI-1 codes of the numpy types a .nii can hold (nibabel's table; RGB24/RGBA32 are uint8 records)
+_NIFTI_TYPES = {
+    "uint8": 2, "int16": 4, "int32": 8, "float32": 16, "complex64": 32, "float64": 64, "int8": 256,
+    "uint16": 512, "uint32": 768, "int64": 1024, "uint64": 1280, "complex128": 1792,
+}
+_NIFTI_HEADER = np.dtype([
+    ("sizeof_hdr", "<i4"), ("data_type", "S10"), ("db_name", "S18"), ("extents", "<i4"),
+    ("session_error", "<i2"), ("regular", "S1"), ("dim_info", "u1"), ("dim", "<i2", (8,)),
+    ("intent_p1", "<f4"), ("intent_p2", "<f4"), ("intent_p3", "<f4"), ("intent_code", "<i2"),
+    ("datatype", "<i2"), ("bitpix", "<i2"), ("slice_start", "<i2"), ("pixdim", "<f4", (8,)),
+    ("vox_offset", "<f4"), ("scl_slope", "<f4"), ("scl_inter", "<f4"), ("slice_end", "<i2"),
+    ("slice_code", "u1"), ("xyzt_units", "u1"), ("cal_max", "<f4"), ("cal_min", "<f4"),
+    ("slice_duration", "<f4"), ("toffset", "<f4"), ("glmax", "<i4"), ("glmin", "<i4"), ("descrip", "S80"),
+    ("aux_file", "S24"), ("qform_code", "<i2"), ("sform_code", "<i2"), ("quatern_b", "<f4"),
+    ("quatern_c", "<f4"), ("quatern_d", "<f4"), ("qoffset_x", "<f4"), ("qoffset_y", "<f4"),
+    ("qoffset_z", "<f4"), ("srow_x", "<f4", (4,)), ("srow_y", "<f4", (4,)), ("srow_z", "<f4", (4,)),
+    ("intent_name", "S16"), ("magic", "S4"),
+])
+assert _NIFTI_HEADER.itemsize == 348
+NIFTI_VOX_OFFSET = 352  # 348-byte header + 4-byte extension flag (no extensions)
+
+# .nii.gz: ISA-L (python package ``isal``) when installed, else the standard library's zlib; both at level 1
+# (ISA-L's 0-3 scale, zlib's 1-9). On the benchmark CT (bench/bench_export.py) zlib level 6 -- dcm2niix's
+# and gzip's default -- writes a 0.7 % smaller file than level 3 and 5 % smaller than level 1, at 3x
+# and 5x the time; ISA-L level 1 is 4-5x faster than zlib level 1 for a file 6 % larger.
+GZIP_BACKEND = "auto"  # "auto", "isal" or "zlib"
+GZIP_LEVEL: int | None = None  # None: 1 for either backend
+GZIP_BLOCK = 1 << 20  # bytes compressed per task; each task starts from the 32 KiB before it (as pigz does)
+
+
+def _quaternion(rotation: np.ndarray) -> np.ndarray:
+    """(w, x, y, z) of a proper rotation matrix, w >= 0 -- nibabel's ``mat2quat`` (Bar-Itzhack's method)."""
+    qxx, qyx, qzx, qxy, qyy, qzy, qxz, qyz, qzz = rotation.flat
+    k = np.array([
+        [qxx - qyy - qzz, 0, 0, 0],
+        [qyx + qxy, qyy - qxx - qzz, 0, 0],
+        [qzx + qxz, qzy + qyz, qzz - qxx - qyy, 0],
+        [qyz - qzy, qzx - qxz, qxy - qyx, qxx + qyy + qzz],
+    ]) / 3.0
+    vals, vecs = np.linalg.eigh(k)
+    q = vecs[[3, 0, 1, 2], np.argmax(vals)]
+    return -q if q[0] < 0 else q
+
+
+def nifti1_header(shape: tuple[int, ...], dtype: np.dtype, affine_ras: np.ndarray, *, intent_code: int = 0,
+                  descrip: bytes = b"") -> bytes:
+    """The 352 bytes before the voxels of a single-file NIfTI-1 (``n+1``) image, little endian.
+
+    Field for field what nibabel writes for ``Nifti1Image(data, affine_ras)`` with ``set_sform`` /
+    ``set_qform(affine_ras, code=1)`` and units mm/s (``tests/image/test_export_speed_paths.py`` compares
+    the bytes): sform = the affine in float32; qform = nibabel's polar decomposition of the affine's
+    rotation (shears stripped, qfac = -1 for a left-handed affine) with pixdim[1:4] = column norms;
+    scl_slope 1, scl_inter 0 (voxels are the values: no scaling is ever written); vox_offset 352.
+    """
+    dtype = np.dtype(dtype)
+    if dtype.names is not None:
+        names = tuple(dtype.names)
+        if names not in (("R", "G", "B"), ("R", "G", "B", "A")) or any(dtype[n] != np.uint8 for n in names):
+            raise TypeError(f"no NIfTI type for {dtype}")
+        code = 128 if len(names) == 3 else 2304
+    else:
+        code = _NIFTI_TYPES.get(dtype.newbyteorder("=").name)
+        if code is None:
+            raise TypeError(f"no NIfTI type for {dtype}")
+    if not 1 <= len(shape) <= 7:
+        raise ValueError(f"NIfTI-1 holds 1 to 7 dimensions, not {len(shape)}")
+    h = np.zeros((), _NIFTI_HEADER)
+    h["sizeof_hdr"] = 348
+    h["dim"] = [len(shape), *shape] + [1] * (7 - len(shape))
+    h["datatype"] = code
+    h["bitpix"] = dtype.itemsize * 8
+    h["intent_code"] = intent_code
+    h["vox_offset"] = NIFTI_VOX_OFFSET
+    h["scl_slope"], h["scl_inter"] = 1.0, 0.0
+    h["xyzt_units"] = 2 | 8  # mm, s
+    h["descrip"] = descrip[:79]
+    h["magic"] = b"n+1"
+    affine = np.asarray(affine_ras, dtype=np.float64)
+    h["sform_code"] = h["qform_code"] = 1  # scanner
+    h["srow_x"], h["srow_y"], h["srow_z"] = affine[0], affine[1], affine[2]
+    rzs = affine[:3, :3]
+    zooms = np.sqrt(np.sum(rzs * rzs, axis=0))
+    r = rzs / zooms
+    qfac = 1.0
+    if np.linalg.det(r) <= 0:
+        qfac = -1.0
+        r[:, -1] *= -1
+    p, _, qs = np.linalg.svd(r)
+    quat = _quaternion(np.dot(p, qs))
+    pixdim = np.ones(8)
+    pixdim[0], pixdim[1:4] = qfac, zooms
+    h["pixdim"] = pixdim
+    h["quatern_b"], h["quatern_c"], h["quatern_d"] = quat[1:]
+    h["qoffset_x"], h["qoffset_y"], h["qoffset_z"] = affine[:3, 3]
+    return h.tobytes() + b"\x00\x00\x00\x00"  # extension flag: none
+
+
+def _f_order_pieces(arr: np.ndarray, size: int):
+    """The bytes of ``arr`` in Fortran order as uint8 views of at most ~``size`` bytes.
+
+    Without a copy when ``arr`` is Fortran-contiguous (what the DICOM reader gives); otherwise one
+    slab of whole last-axis slices at a time is copied, never the whole array.
+    """
+    if arr.flags.f_contiguous:
+        flat = arr.T.reshape(-1).view(np.uint8)
+        for i in range(0, flat.size, size):
+            yield flat[i:i + size]
+        return
+    per = arr.nbytes // arr.shape[-1] if arr.shape[-1] else 0
+    if arr.ndim == 1 or per <= size:
+        step = max(1, size // max(per, 1))
+        for k in range(0, arr.shape[-1], step):
+            yield np.asfortranarray(arr[..., k:k + step]).T.reshape(-1).view(np.uint8)
+    else:
+        for k in range(arr.shape[-1]):
+            yield from _f_order_pieces(arr[..., k], size)
+
+
+def _gzip_module():
+    """(zlib-compatible module, level, name): the compressor .nii.gz files are written with."""
+    if GZIP_BACKEND in ("auto", "isal"):
+        try:
+            from isal import isal_zlib
+
+            return isal_zlib, 1 if GZIP_LEVEL is None else GZIP_LEVEL, "isal"
+        except ImportError:
+            if GZIP_BACKEND == "isal":
+                raise
+    import zlib
+
+    return zlib, 1 if GZIP_LEVEL is None else GZIP_LEVEL, "zlib"
+
+
+def gzip_backend() -> str:
+    """What ``.nii.gz`` files are compressed with here, e.g. ``'isal level 1'``, ``'zlib level 1'``."""
+    _, level, name = _gzip_module()
+    return f"{name} level {level}"
+
+
+def _write_gzip(fh, pieces, threads: int | None = None) -> None:
+    """One gzip member (RFC 1952) of the concatenated pieces, compressed by several threads.
+
+    Each piece is deflated on its own, primed with the 32 KiB that precede it (``zdict``) and ended
+    with a sync flush, so the raw deflate streams join into one (pigz's method); an empty final block
+    closes it. zlib and ISA-L release the GIL while they compress, so the threads run in parallel.
+    The CRC-32 is computed here, piece by piece, while the threads compress.
+    """
+    import struct
+    import zlib
+    from collections import deque
+
+    mod, level, _ = _gzip_module()
+    fh.write(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff")  # deflate, no name, mtime 0, OS unknown
+    crc, total = 0, 0
+
+    def deflate(piece, zdict):
+        c = mod.compressobj(level, zlib.DEFLATED, -15, zdict=zdict) if zdict else \
+            mod.compressobj(level, zlib.DEFLATED, -15)
+        return c.compress(piece) + c.flush(zlib.Z_SYNC_FLUSH)
+
+    threads = threads or min(4, os.cpu_count() or 1)
+    pool = None
+    if threads > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(max_workers=threads)
+    try:
+        pending: deque = deque()
+        prev = b""
+        for piece in pieces:
+            if not len(piece):
+                continue
+            zdict = bytes(prev[-32768:]) if len(prev) else None
+            pending.append(pool.submit(deflate, piece, zdict) if pool else deflate(piece, zdict))
+            crc = mod.crc32(piece, crc)
+            total += len(piece)
+            prev = piece
+            while len(pending) > 2 * threads:
+                done = pending.popleft()
+                fh.write(done.result() if pool else done)
+        while pending:
+            done = pending.popleft()
+            fh.write(done.result() if pool else done)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+    fh.write(mod.compressobj(level, zlib.DEFLATED, -15).flush(zlib.Z_FINISH))  # the final (empty) block
+    fh.write(struct.pack("<II", crc & 0xFFFFFFFF, total & 0xFFFFFFFF))
+
+
 def write_nifti(image: Image, path: str | Path) -> None:
     """Write NIfTI-1 with the RAS affine in both sform and qform (code 1, scanner).
 
@@ -164,37 +355,56 @@ def write_nifti(image: Image, path: str | Path) -> None:
     keep their channels in the 5th dimension (the NIfTI vector convention, dimension 4 of size 1),
     which :func:`read_nifti` reads back as a ``channel`` axis. A ``frame`` axis is written as the
     4th (time) dimension. bool pixels are stored as uint8, float16 as float32.
-    """
-    import nibabel as nib
 
+    Voxels are written as they are (scl_slope 1, scl_inter 0: an int16 HU image stays int16, no float
+    conversion), little endian, in one pass straight from the array's memory when it is
+    Fortran-ordered (as loaded DICOM is); the header is :func:`nifti1_header` (nibabel's, byte for
+    byte). ``.nii.gz`` is compressed by several threads (:func:`_write_gzip`, :func:`gzip_backend`).
+    """
     arr = _storable(image.array)
     nd = image.spatial_ndim
     extra = image.extra_axes
     spatial3 = arr.shape[:nd] + (1,) * (3 - nd)
     n_time = arr.shape[nd] if extra and extra[0] in ("time", "frame") else None
-    vector = False
+    intent = 0
     if "channel" in extra:
         c = arr.shape[-1]
         if arr.dtype == np.uint8 and c in (3, 4):
             names = ("R", "G", "B", "A")[:c]
-            rgb = np.empty(spatial3 + (n_time,) if n_time else arr.shape[:-1], dtype=[(n, "u1") for n in names])
+            rgb = np.empty(spatial3 + (n_time,) if n_time else arr.shape[:-1],
+                           dtype=[(n, "u1") for n in names], order="F")
             for i, n in enumerate(names):
                 rgb[n] = arr[..., i].reshape(rgb.shape)
             arr = rgb
         else:
             arr = arr.reshape(spatial3 + (n_time or 1, c))
-            vector = True
+            intent = 1007  # vector
     elif n_time:
         arr = arr.reshape(spatial3 + (n_time,))
-    nimg = nib.Nifti1Image(arr, image.affine_ras, dtype=arr.dtype)
-    if vector:
-        nimg.header.set_intent("vector")
-    nimg.header.set_xyzt_units("mm", "sec")
-    nimg.set_sform(image.affine_ras, code=1)
-    nimg.set_qform(image.affine_ras, code=1)
-    if image.modality:
-        nimg.header["descrip"] = f"sobre {image.modality}"[:79].encode()
-    nib.save(nimg, str(path))
+    if arr.dtype.names is None and arr.dtype.byteorder == ">":
+        arr = arr.astype(arr.dtype.newbyteorder("<"))
+    try:
+        header = nifti1_header(arr.shape, arr.dtype, image.affine_ras, intent_code=intent,
+                               descrip=f"sobre {image.modality}".encode() if image.modality else b"")
+    except TypeError:
+        raise InputError("NIfTI cannot hold these pixels", path=path,
+                         expected="integer, float, complex, bool or RGB(A) uint8 pixels",
+                         found=str(arr.dtype), fix="convert the pixels explicitly, or save as .nrrd") from None
+    path = Path(path)
+    try:
+        with open(path, "wb") as fh:
+            if path.name.lower().endswith(".gz"):
+                def pieces():
+                    yield header
+                    yield from _f_order_pieces(arr, GZIP_BLOCK)
+                _write_gzip(fh, pieces())
+            else:
+                fh.write(header)
+                for piece in _f_order_pieces(arr, 1 << 26):
+                    fh.write(piece)
+    except OSError as exc:
+        raise InputError(f"cannot write the NIfTI file ({exc.strerror or exc})", path=path,
+                         fix="check the free space and permissions of the output folder") from None
 
 
 # --------------------------------------------------------------------------- NRRD / MetaImage
