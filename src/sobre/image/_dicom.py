@@ -40,7 +40,7 @@ from pydicom.dataset import Dataset
 
 from sobre.errors import GeometryError, InputError, SobreError, describe_exception
 from sobre.image._image import Image
-from sobre.image._part10 import header_int, header_value, raw_value, read_header, tag_name
+from sobre.image._part10 import decoder_options, header_int, header_value, raw_value, read_header, tag_name
 
 # Geometry tolerances (mm, unitless cosines, or fractions of a voxel); docs/ARCHITECTURE.md explains them.
 ORIENTATION_TOL = 1e-4  # cosines that differ by less are the same orientation (grouping frames)
@@ -895,24 +895,6 @@ def _full_dataset(path: str) -> Dataset:
     if samples > 1 and "PlanarConfiguration" not in ds:
         ds.PlanarConfiguration = 0
     return ds
-
-
-RLE_LOSSLESS = "1.2.840.10008.1.2.5"
-
-
-def decoder_options(path: str | os.PathLike) -> dict:
-    """Keyword arguments for pydicom's pixel functions on this file.
-
-    RLE is decoded by pydicom's own decoder only: its fallback (pylibjpeg-rle, in Rust) panics on
-    damaged segments and prints the panic on stderr before the error reaches Python.
-    """
-    from pydicom.filereader import read_file_meta_info
-
-    try:
-        ts = str(read_file_meta_info(path).get("TransferSyntaxUID", ""))
-    except Exception:  # noqa: BLE001 - no file meta: the default decoders decide
-        return {}
-    return {"decoding_plugin": "pydicom"} if ts == RLE_LOSSLESS else {}
 
 
 def _decode_file(path: str, indices: list[int | None], palette: bool = False) -> dict[int | None, np.ndarray]:

@@ -1095,7 +1095,6 @@ def verify_pixels(path: str | Path) -> None:
     from pydicom.uid import UID
 
     from sobre.errors import describe_exception
-    from sobre.image._dicom import decoder_options
 
     try:
         ts = UID(str(read_file_meta_info(path).get("TransferSyntaxUID", "")))
@@ -1113,3 +1112,21 @@ def verify_pixels(path: str | Path) -> None:
         raise InputError(f"compressed pixel data cannot be decoded ({describe_exception(exc)})", path=path,
                          tag=tag_name("PixelData"),
                          fix="the file is damaged, cut short, or needs a decoder that is not installed") from None
+
+
+RLE_LOSSLESS = "1.2.840.10008.1.2.5"
+
+
+def decoder_options(path: str | os.PathLike) -> dict:
+    """Keyword arguments for pydicom's pixel functions on this file.
+
+    RLE is decoded by pydicom's own decoder only: its fallback (pylibjpeg-rle, in Rust) panics on
+    damaged segments and prints the panic on stderr before the error reaches Python.
+    """
+    from pydicom.filereader import read_file_meta_info
+
+    try:
+        ts = str(read_file_meta_info(path).get("TransferSyntaxUID", ""))
+    except Exception:  # noqa: BLE001 - no file meta: the default decoders decide
+        return {}
+    return {"decoding_plugin": "pydicom"} if ts == RLE_LOSSLESS else {}
