@@ -18,6 +18,7 @@ __all__ = [
     "CatalogError",
     "ExpressionError",
     "ConfigError",
+    "AccessError",
     "Problem",
     "Problems",
     "ProblemError",
@@ -131,6 +132,13 @@ class ExpressionError(SobreError):
 
 class ConfigError(SobreError):
     """A configuration file has unknown keys or values of the wrong type."""
+
+
+class AccessError(SobreError):
+    """The person (or service) is not allowed to do this: no role in the project, or a role without the right.
+
+    Raised by :func:`sobre.catalog.require`; the workstation server answers it with HTTP 403.
+    """
 
 
 LEVELS = ("info", "warning", "error")

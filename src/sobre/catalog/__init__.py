@@ -16,6 +16,8 @@ Public API
     The filter language.
 ``Accounts``, ``LabelSchema``, ``Annotations``, ``AnnotationConflict``
     People, projects and roles; annotation versions (immutable, reviewed, filterable, frozen).
+``PERMISSIONS``, ``can``, ``require``, ``actions_of``, ``ACTIONS``, ``ADMIN_ACTIONS``
+    Which role may do which action in a project (the one rule table).
 """
 
 from sobre.catalog._accounts import ROLES, Account, Accounts, LabelDef, LabelSchema, ProjectInfo, SegmentDef
@@ -25,6 +27,7 @@ from sobre.catalog._datasets import Dataset, DatasetManifest, DatasetRef, Manife
 from sobre.catalog._ingest import IngestReport
 from sobre.catalog._intake import Intake, IntakeRoute
 from sobre.catalog._layout import WorkspaceLayout
+from sobre.catalog._permissions import ACTIONS, ADMIN_ACTIONS, PERMISSIONS, actions_of, can, require
 from sobre.catalog._query import compile_filter
 from sobre.catalog._settings import WorkspaceSettings
 from sobre.catalog._workspace import Workspace
@@ -35,4 +38,5 @@ __all__ = [
     "compile_filter", "BASE_FIELDS",
     "Accounts", "Account", "ProjectInfo", "LabelSchema", "SegmentDef", "LabelDef", "ROLES",
     "Annotations", "AnnotationVersionInfo", "AnnotationConflict",
+    "ACTIONS", "ADMIN_ACTIONS", "PERMISSIONS", "can", "require", "actions_of",
 ]
