@@ -11,11 +11,12 @@ does not pay for numpy, pydicom and the readers until an image is actually loade
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-__all__ = ["Image", "SobreError", "load", "load_all", "save", "write_dicom_series", "__version__"]
+__all__ = ["Image", "SobreError", "__version__", "load", "load_all", "save", "write_dicom_series"]
 
 # public name -> module that defines it (imported on first access)
 _LAZY = {
@@ -29,7 +30,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
-    from sobre.catalog import Workspace
+    from sobre.catalog import Workspace  # noqa: F401
     from sobre.errors import SobreError
     from sobre.image import Image, load, load_all, save, write_dicom_series
 
@@ -37,6 +38,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
 def __getattr__(name: str):
     module = _LAZY.get(name)
     if module is None:
+        if not name.startswith("_") and importlib.util.find_spec(f"sobre.{name}") is not None:
+            return importlib.import_module(f"sobre.{name}")  # ``import sobre; sobre.image.resample(...)``
         raise AttributeError(f"module 'sobre' has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value  # later accesses are plain attribute lookups

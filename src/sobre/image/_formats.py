@@ -186,6 +186,7 @@ NIFTI_VOX_OFFSET = 352  # 348-byte header + 4-byte extension flag (no extensions
 GZIP_BACKEND = "auto"  # "auto", "isal" or "zlib"
 GZIP_LEVEL: int | None = None  # None: 1 for either backend
 GZIP_BLOCK = 1 << 20  # bytes compressed per task; each task starts from the 32 KiB before it (as pigz does)
+GZIP_THREADS: int | None = None  # None: min(4, cores)
 
 
 def _quaternion(rotation: np.ndarray) -> np.ndarray:
@@ -318,7 +319,7 @@ def _write_gzip(fh, pieces, threads: int | None = None) -> None:
             mod.compressobj(level, zlib.DEFLATED, -15)
         return c.compress(piece) + c.flush(zlib.Z_SYNC_FLUSH)
 
-    threads = threads or min(4, os.cpu_count() or 1)
+    threads = threads or GZIP_THREADS or min(4, os.cpu_count() or 1)
     pool = None
     if threads > 1:
         from concurrent.futures import ThreadPoolExecutor
@@ -400,8 +401,7 @@ def write_nifti(image: Image, path: str | Path) -> None:
                 _write_gzip(fh, pieces())
             else:
                 fh.write(header)
-                for piece in _f_order_pieces(arr, 1 << 26):
-                    fh.write(piece)
+                fh.writelines(_f_order_pieces(arr, 1 << 26))
     except OSError as exc:
         raise InputError(f"cannot write the NIfTI file ({exc.strerror or exc})", path=path,
                          fix="check the free space and permissions of the output folder") from None
