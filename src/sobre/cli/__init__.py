@@ -28,6 +28,9 @@ COMMAND_MODULES = [
     "sobre.cli._apps",        # app list|check|run, predict
     "sobre.cli._audit",       # audit verify|trace|entries
     "sobre.cli._models",      # model register|list|show|verify|export|import|export-onnx|key|trust|trusted
+    "sobre.cli._service",     # service [init|status|process|retry|trace|export-audit], review list|show|accept|correct|reject
+    "sobre.cli._serve",       # serve (the workstation)
+    "sobre.cli._users",       # users add|list|disable|enable|reset-password, users project create|list|grant|revoke
 ]
 
 

@@ -247,11 +247,12 @@ def slice_(project: str, index: int, request: Request, series: str = SeriesKey,
     ctx = context(request)
     rec = _view(ctx, caller, project, series, "slice", axis=axis, index=index)
     vol = volume_of(ctx, rec, t)
+    win = _window_param(window, vol)
     plane = _plane(vol, axis, index)
     headers = {**NO_STORE, **_geometry_headers(vol), "X-Sobre-Width": str(plane.shape[1]),
                "X-Sobre-Height": str(plane.shape[0])}
     if format == "png":
-        return Response(_png(plane, _window_param(window, vol)), media_type="image/png", headers=headers)
+        return Response(_png(plane, win), media_type="image/png", headers=headers)
     return Response(np.ascontiguousarray(plane).tobytes(), media_type="application/octet-stream", headers=headers)
 
 
