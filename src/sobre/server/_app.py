@@ -23,6 +23,9 @@ CSP = ("default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; worker-src 'se
        "style-src 'self' 'unsafe-inline'; img-src 'self' blob: data:; font-src 'self' data:; connect-src 'self'; "
        "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 
+ASSET_SUFFIXES = {".js", ".mjs", ".css", ".map", ".png", ".jpg", ".svg", ".ico", ".wasm", ".json", ".woff", ".woff2",
+                  ".ttf", ".html", ".txt", ".webmanifest", ".gz"}
+
 NOT_BUILT = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Sobre workstation</title></head>
 <body style="font-family: sans-serif; max-width: 42em; margin: 3em auto">
@@ -92,7 +95,7 @@ def _static(root: Path, path: str) -> Response:
         if cand.is_file():
             cache = "public, max-age=31536000, immutable" if "/assets/" in f"/{path}" else "no-cache"
             return FileResponse(cand, headers={"Cache-Control": cache})
-        if "." in Path(path).name:  # a missing asset, not a client-side route
+        if path.startswith("assets/") or Path(path).suffix.lower() in ASSET_SUFFIXES:  # a missing file
             return JSONResponse(error_body(404, "no such file", found=path[:200]), status_code=404)
     return FileResponse(index, headers={"Cache-Control": "no-cache"})
 

@@ -83,6 +83,16 @@ def save_version(ctx, caller: Caller, project: str, rec: dict, name: str, kind: 
     from sqlalchemy.exc import IntegrityError, OperationalError
 
     key = series_key(rec)
+    if parent is not None:  # checked first, so that a refused save leaves no file behind
+        try:
+            p = ctx.ws.annotations.version(int(parent))
+        except CatalogError:
+            p = None
+        if p is None or p.project != project or (p.series_uid, p.series_label, p.name) != \
+                (rec["series_uid"], rec["label"], name):
+            raise ApiError(409, f"version {parent} is not a version of this annotation",
+                           expected=f"a version of '{name}' of this series in '{project}'", found=str(parent),
+                           fix="reload the annotation and start from one of its versions")
     with ctx.save_lock((project, key, name)):
         for attempt in range(8):
             try:
