@@ -29,8 +29,6 @@ import dataclasses
 import functools
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +44,7 @@ from sobre.sim import _fields as fl
 from sobre.sim._atlas import (
     CSF, N_LABELS, REGION_GROUPS, VENTRICLES, WHITE_MATTER, BrainTemplate, load_brain_template,
 )
+from sobre.sim._cache import load_npz, sim_cache_dir, store_npz
 from sobre.sim._config import (
     AgeModel, BrainCohortConfig, DiseaseModel, SiteConfig, config_digest, resolve_sites,
 )
@@ -94,6 +93,14 @@ class BrainTruth:
         Patients only: per voxel, the disease's target log-volume change of its region (0 elsewhere).
     baseline_volumes : dict or None
         With ``paired_truth``: volumes of the same anatomy without age, individual and disease effects.
+    subtype : str or None
+        Patients of a disease with subtypes: the subtype's name.
+    clinical : dict or None
+        With ``config.clinical``: the complete clinical values (``nfl``, ``sodium``, ``bmi``), whether
+        each was withheld (``missing``) and with what probability (``missing_probability``).
+    template_map : Image or None
+        With ``config.template_maps``: log-Jacobian of the subject's non-linear map in Colin27 template
+        space (field grid, 4 mm): log(subject volume / template volume), head size excluded.
     """
 
     labels: Image
@@ -103,6 +110,9 @@ class BrainTruth:
     latent: dict
     disease_map: Image | None = None
     baseline_volumes: dict | None = None
+    subtype: str | None = None
+    clinical: dict | None = None
+    template_map: Image | None = None
 
 
 # --------------------------------------------------------------------------- grids
@@ -173,9 +183,9 @@ class _Core:
     volumes: np.ndarray        # (120,) template volumes, mm^3
 
 
-@functools.lru_cache(maxsize=2)
-def _core(template_dir: str | None, step: int) -> _Core:
-    template = load_brain_template(template_dir)
+@functools.lru_cache(maxsize=3)
+def _core(template_dir: str | None, step: int, substrate: str = "colin27") -> _Core:
+    template = load_brain_template(template_dir, substrate)
     grid = fl.FieldGrid.over(template.shape, template.affine, step=step)
     frac = fl.hat_fractions(template.labels, grid, N_LABELS)
     sub = frac[:, 1:]
@@ -534,32 +544,15 @@ def _calibrate_disease(core: _Core, age: AgeModel, disease: DiseaseModel, age_pa
 
 
 def _load_npz(path: Path | None) -> dict | None:
-    if path is None or not path.exists():
-        return None
-    try:
-        with np.load(path) as z:
-            return {k: z[k] for k in z.files}
-    except (OSError, ValueError):
-        return None  # a damaged cache file is recomputed
+    return load_npz(path)
 
 
 def _store_npz(path: Path | None, arrays: dict) -> None:
-    if path is None:
-        return
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".calib-", suffix=".npz")
-        os.close(fd)
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    except OSError:
-        pass  # caching is an optimisation only
+    store_npz(path, arrays)
 
 
 def _default_cache_dir() -> Path:
-    from sobre.samples import default_cache
-
-    return default_cache().parent / "sim"
+    return sim_cache_dir()
 
 
 # --------------------------------------------------------------------------- the simulator
@@ -584,11 +577,26 @@ class BrainSimulator:
                  progress: Progress = no_progress) -> None:
         config.validate()
         self.config = config
-        self.core = _core(config.template_dir, int(config.field_step))
+        self.core = _core(config.template_dir, int(config.field_step), config.substrate)
         self.template = self.core.template
         self.sites = resolve_sites(config)
         self.pattern = disease_pattern(self.template, config.disease)
+        dis = config.disease
+        self.subtypes = [st.name for st in dis.subtypes] if dis is not None else []
+        self.subtype_patterns = {}
+        self._subtype_p = None
+        if self.subtypes:
+            combined = dis.subtype_effects()
+            self.subtype_patterns = {n: disease_pattern(self.template, dis.model_copy(update={"effects": e}))
+                                     for n, e in combined.items()}
+            w = np.array([st.weight for st in dis.subtypes], float)
+            self._subtype_p = w / w.sum()
+        self._subtype_cal: dict[str, Calibration] = {}
+        if config.clinical is not None and config.clinical.bmi_region not in REGION_GROUPS:
+            raise ConfigError("unknown region group for clinical.bmi_region", expected=", ".join(REGION_GROUPS),
+                              found=config.clinical.bmi_region)
         self._calibration: Calibration | None = None
+        self._map_mask: np.ndarray | None = None
         self._cache_dir = cache_dir
         self._progress = progress
         self.digest = config_digest(config.to_dict())
@@ -611,7 +619,17 @@ class BrainSimulator:
             self._calibration = calibrate(self.core, cfg.age, cfg.disease, cache_dir=self._cache_dir,
                                           ventricle_sd=cfg.anatomy.group_sd.get("ventricles", 0.0),
                                           progress=self._progress)
+            for name, eff in (cfg.disease.subtype_effects().items() if self.subtypes else ()):
+                self._subtype_cal[name] = calibrate(
+                    self.core, cfg.age, cfg.disease.model_copy(update={"effects": eff, "subtypes": []}),
+                    cache_dir=self._cache_dir, ventricle_sd=cfg.anatomy.group_sd.get("ventricles", 0.0),
+                    progress=self._progress)
         return self._calibration
+
+    def subtype_calibration(self, subtype: str | None) -> Calibration:
+        """The calibration of a subtype's combined pattern (the cohort's for None)."""
+        cal = self.calibration
+        return cal if subtype is None else self._subtype_cal[subtype]
 
     def __len__(self) -> int:
         return self.config.subjects
@@ -659,6 +677,13 @@ class BrainSimulator:
         weight = round(bmi_raw * height * height, 1)
         bmi = round(weight / (height * height), 2)
         strength = (cfg.disease.strength * multiplier) if patient else 0.0
+        subtype = None
+        if patient and self.subtypes:  # its own stream: the draws above do not change
+            subtype = self.subtypes[int(_rng(cfg.seed, SUBJECT, index, 3).choice(len(self.subtypes),
+                                                                                 p=self._subtype_p))]
+        clinical = None
+        if cfg.clinical is not None:
+            clinical = self._clinical(index, age, "F" if female else "M", patient, multiplier, bmi)
         return {
             "subject_id": subject_id(index, cfg.id_prefix), "age": age, "sex": "F" if female else "M",
             "height_m": height, "weight_kg": weight, "bmi": bmi, "site": site.name,
@@ -667,8 +692,25 @@ class BrainSimulator:
             "disease_strength": round(strength, 6),
             "manufacturer": site.manufacturer, "model": site.model, "field_strength": site.field_strength,
             "simulated": "yes",
-            "_site_index": k, "_multiplier": multiplier,
+            "_site_index": k, "_multiplier": multiplier, "_subtype": subtype, "_clinical": clinical,
         }
+
+    def _clinical(self, index: int, age: float, sex: str, patient: bool, multiplier: float, bmi: float) -> dict:
+        """Complete clinical values and missingness of one subject (its own random stream)."""
+        cm = self.config.clinical
+        rng = _rng(self.config.seed, SUBJECT, index, 4)
+        log_nfl = (math.log(cm.nfl_baseline) + cm.nfl_age_slope * (age - 40.0)
+                   + (cm.nfl_patient_effect * multiplier if patient else 0.0) + cm.nfl_sd * rng.standard_normal())
+        values = {"nfl": round(math.exp(log_nfl), 2),
+                  "sodium": round(float(cm.sodium_mean + cm.sodium_sd * rng.standard_normal()), 1),
+                  "bmi": bmi}
+        u = rng.random(3)
+        prob, missing = {}, {}
+        for j, var in enumerate(("nfl", "sodium", "bmi")):
+            m = cm.missing.get(var)
+            prob[var] = 0.0 if m is None else m.probability(age, sex, patient)
+            missing[var] = bool(u[j] < prob[var])
+        return {"values": values, "missing": missing, "missing_probability": prob}
 
     def subject(self, index: int, *, image: bool = True) -> SimulatedBrain:
         """Simulate subject ``index`` (0-based): image, metadata and ground truth.
@@ -681,6 +723,13 @@ class BrainSimulator:
         demo = self.demographics(index)
         site = self.sites[demo.pop("_site_index")]
         multiplier = demo.pop("_multiplier")
+        subtype = demo.pop("_subtype")
+        clinical = demo.pop("_clinical")
+        if clinical is not None:  # observed values: missing ones are None (n/a), a missing BMI hides the weight
+            obs = {k: (None if clinical["missing"][k] else v) for k, v in clinical["values"].items()}
+            demo["nfl"], demo["sodium"] = obs["nfl"], obs["sodium"]
+            if obs["bmi"] is None:
+                demo["bmi"], demo["weight_kg"] = None, None
         anat_rng = _rng(cfg.seed, SUBJECT, index, 1)
         an = cfg.anatomy
 
@@ -688,19 +737,26 @@ class BrainSimulator:
         decades = (demo["age"] - cfg.age.reference_age) / 10.0
         head_log = float(anat_rng.normal(0.0, an.head_size_sd))
         z_group = {g: float(anat_rng.normal(0.0, an.group_sd.get(g, 0.0))) for g in REGION_GROUPS}
+        z_clinical = {g: 0.0 for g in REGION_GROUPS}
+        if clinical is not None:  # BMI changes one region group's volume (through the individual offsets)
+            cm = cfg.clinical
+            z_clinical[cm.bmi_region] = math.log1p(cm.bmi_effect / 100.0) * (clinical["values"]["bmi"] - 25.0) / 5.0
+            for g in REGION_GROUPS:
+                z_group[g] += z_clinical[g]
         t_age = age_targets(core, cfg.age, decades)
         t_ind = np.zeros(N_LABELS)
         for g, labels in REGION_GROUPS.items():
             t_ind[list(labels)] = z_group[g]
         strength = demo["disease_strength"]
-        t_dis = self.pattern * strength
+        pattern = self.subtype_patterns[subtype] if subtype is not None else self.pattern
+        t_dis = pattern * strength
         t_total = t_age.copy()
         t_total[1:CSF] += t_ind[1:CSF] + t_dis[1:CSF]
         t_total = _compensate(core, t_total)
         t_age_dis = t_age.copy()
         t_age_dis[1:CSF] += t_dis[1:CSF]
         t_age_dis = _compensate(core, t_age_dis)
-        cal = self.calibration
+        cal = self.subtype_calibration(subtype)
         base_in = cal.age(decades) + cal.disease(decades, strength)
         # individual offsets: per group, plus the CSF share that keeps the intracranial volume
         z_vec = np.array([z_group[g] for g in GROUP_ORDER] + [t_total[CSF] - t_age_dis[CSF]])
@@ -708,7 +764,8 @@ class BrainSimulator:
 
         # --- deformation on the field grid ---------------------------------------------
         u_anat = random_displacement(core, anat_rng, an)
-        u_eff = fl.exp_velocity(_velocity(core, t_in), core.grid.step)
+        velocity = _velocity(core, t_in)
+        u_eff = fl.exp_velocity(velocity, core.grid.step)
         rot = anat_rng.normal(0.0, an.pose_rotation_deg, 3)
         trans = anat_rng.normal(0.0, an.pose_translation_mm, 3)
         phase = anat_rng.uniform(-0.5, 0.5, 3) * cfg.resolution
@@ -754,17 +811,65 @@ class BrainSimulator:
         for name, arr in (("age", t_age), ("individual", t_ind), ("disease", t_dis), ("total", t_total)):
             group_t[name] = {g: round(float(arr[labels_[0]]), 6) for g, labels_ in REGION_GROUPS.items()}
             group_t[name]["csf"] = round(float(arr[CSF]), 6)
+        if clinical is not None:  # the BMI part of the individual offsets
+            group_t["clinical"] = {g: round(v, 6) for g, v in z_clinical.items()}
         latent = {
             "head_log_volume": head_log, "scale": scale, "rotation_deg": rot.tolist(),
             "pre_affine": pre.tolist(),
             "translation_mm": (trans + phase).tolist(), "disease_multiplier": multiplier if strength else None,
-            "individual": z_group,
+            "individual": z_group, "subtype": subtype, "substrate": cfg.substrate,
         }
+        template_map = None
+        if cfg.template_maps:
+            template_map = Image(self._template_logjac(u_anat, velocity), core.grid.affine,
+                                 metadata={"subject_id": demo["subject_id"], "simulated": "yes",
+                                           "content": "log-Jacobian in Colin27 template space (field grid)"})
         truth = BrainTruth(labels=label_img, volumes=volumes, deformation=deformation, targets=group_t,
-                           latent=latent, disease_map=disease_map, baseline_volumes=baseline)
+                           latent=latent, disease_map=disease_map, baseline_volumes=baseline, subtype=subtype,
+                           clinical=clinical, template_map=template_map)
         return SimulatedBrain(t1_image, meta, truth)
 
     # ------------------------------------------------------------------ internals
+    def _template_logjac(self, u_anat: np.ndarray, velocity: np.ndarray) -> np.ndarray:
+        """log det of the template -> subject map at the field-grid nodes, in Colin27 template space (float32).
+
+        The subject's (normalised) frame maps to the template by ``y = phi(p + A(p))`` with
+        ``phi = exp(v)``; its inverse ``psi(y) = (id + A)^-1 (exp(-v)(y))`` is evaluated at the nodes
+        (fixed-point iterations for ``(id + A)^-1``), and ``log det dpsi/dy`` by central differences:
+        log(subject volume / template volume), what tensor-based morphometry measures after a perfect
+        non-linear registration (the global head size, in ``pre_affine``, is excluded). For the
+        ``itk-head`` substrate the map is carried to Colin27 through the registration that placed the
+        atlas (plus its own log-Jacobian), so both substrates share one template space.
+        """
+        fg = self.core.grid
+        step = fg.step
+        nodes = fg.node_coords()  # template voxel coordinates (3, *shape)
+        y = nodes
+        to_colin = self.template.notes.get("to_colin") if self.template.substrate != "colin27" else None
+        if to_colin is not None:  # Colin27 node c -> ITK-template point t with G(t) = c (G: ITK -> Colin)
+            y = _invert_map(to_colin, int(self.template.notes.get("to_colin_step", 2)), nodes)
+        inv_eff = fl.exp_velocity(-velocity, step)  # template voxels, on the field grid
+        z = y + fl.trilinear(inv_eff, fg.to_nodes(y))
+        p = z.copy()
+        for _ in range(12):  # (id + A)^-1 by fixed point: A is smooth (RMS ~2 mm) so this contracts fast
+            p = z - fl.trilinear(u_anat, fg.to_nodes(p))
+        return _log_det(p, float(step)) * self._template_space_mask()
+
+    def _template_space_mask(self) -> np.ndarray:
+        """Field-grid nodes whose 4 mm cell is at least half inside Colin27's intracranial labels (float32 0/1)."""
+        if self._map_mask is None:
+            colin = load_brain_template(self.config.template_dir) if self.template.substrate != "colin27" \
+                else self.template
+            fg = self.core.grid
+            frac = ndi.uniform_filter((colin.labels > 0).astype(np.float32), size=fg.step, mode="constant")
+            idx = np.rint(fg.node_coords()).astype(np.int64)
+            inside = np.all([(idx[a] >= 0) & (idx[a] < frac.shape[a]) for a in range(3)], axis=0)
+            vals = np.zeros(fg.shape, np.float32)
+            ii = [np.clip(idx[a], 0, frac.shape[a] - 1) for a in range(3)]
+            vals[inside] = frac[ii[0], ii[1], ii[2]][inside]
+            self._map_mask = (vals >= 0.5).astype(np.float32)
+        return self._map_mask
+
     def _template_mm(self) -> float:
         return float(np.mean(np.linalg.norm(self.template.affine[:3, :3], axis=0)))
 
@@ -848,6 +953,24 @@ def _rotation(angles: np.ndarray) -> np.ndarray:
     ry = np.array([[math.cos(ay), 0, math.sin(ay)], [0, 1, 0], [-math.sin(ay), 0, math.cos(ay)]])
     rz = np.array([[math.cos(az), -math.sin(az), 0], [math.sin(az), math.cos(az), 0], [0, 0, 1]])
     return rz @ ry @ rx
+
+
+def _log_det(pos: np.ndarray, h: float) -> np.ndarray:
+    """log |det d pos / d node| (central differences, one-sided at the borders) for positions (3, X, Y, Z)."""
+    jac = np.empty((3, 3) + pos.shape[1:], np.float64)
+    for a in range(3):
+        jac[:, a] = np.gradient(pos.astype(np.float64), h, axis=a + 1)
+    det = np.linalg.det(np.moveaxis(jac, (0, 1), (-2, -1)))
+    return np.log(np.clip(det, 1e-3, None)).astype(np.float32)
+
+
+def _invert_map(forward: np.ndarray, step: int, targets: np.ndarray) -> np.ndarray:
+    """Points ``t`` with ``forward(t) = targets`` (template voxels); ``forward`` sampled every ``step`` voxels."""
+    disp = (forward - np.indices(forward.shape[1:], dtype=np.float32) * np.float32(step)).astype(np.float32)
+    t = targets.astype(np.float32).copy()
+    for _ in range(30):
+        t = targets - fl.trilinear(disp, t / np.float32(step))
+    return t
 
 
 def subject_id(index: int, prefix: str = "") -> str:

@@ -16,6 +16,9 @@ Layout (``format="dicom"``; ``nifti`` puts ``nifti/sub-XXXX.nii.gz`` instead of 
     OUT/truth/sub-0001/sub-0001_desc-effects_xfm.nii.gz   displacement, age/individual/disease effects
     OUT/truth/sub-0001/sub-0001_desc-disease_map.nii.gz   patients: disease log-volume change per voxel
     OUT/truth/sub-0001/sub-0001_truth.json                targets, latent variables, volumes, pre-affine
+    OUT/truth/sub-0001/sub-0001_space-colin27_logjac.nii.gz   template_maps: log-Jacobian in template space
+    OUT/truth/participants_truth.tsv   diagnosis, subtype, complete clinical values, what was withheld
+    OUT/truth/subtype-NAME_pattern.nii.gz   disease with subtypes: each subtype's pattern at strength 1
 
 ``format="bids"``: ``OUT/sub-0001/anat/sub-0001_T1w.nii.gz`` + ``.json`` sidecar,
 ``dataset_description.json``, and the truth under ``OUT/derivatives/sobre-sim/`` (same names).
@@ -51,6 +54,14 @@ PARTICIPANT_DESCRIPTION = {
     "disease_strength": {"Description": "individual disease strength (0 for controls)"},
     "simulated": {"Description": "every row of this table is simulated", "Levels": {"yes": "simulated"}},
 }
+CLINICAL_DESCRIPTION = {
+    "nfl": {"Description": "SIMULATED serum neurofilament light chain (higher with age and in patients); n/a: "
+                           "not measured", "Units": "pg/mL"},
+    "sodium": {"Description": "SIMULATED serum sodium (no link to anything); n/a: not measured", "Units": "mmol/L"},
+}
+TRUTH_COLUMNS = ["participant_id", "diagnosis", "subtype", "disease_strength", "substrate", "nfl", "sodium", "bmi",
+                 "nfl_missing", "sodium_missing", "bmi_missing", "nfl_missing_probability",
+                 "sodium_missing_probability", "bmi_missing_probability", "simulated"]
 
 
 def write_brain_cohort(config: BrainCohortConfig, out_dir: str | Path, *, format: str = "dicom", jobs: int = 1,
@@ -126,10 +137,13 @@ def _write_subject(subj: SimulatedBrain, fmt: str, image_dir: Path, truth_dir: P
         if truth.disease_map is not None:
             w.save_image(truth.disease_map, d / f"{sid}_desc-disease_map.nii.gz")
             n += 1
+        if truth.template_map is not None:
+            w.save_image(truth.template_map, d / f"{sid}_space-colin27_logjac.nii.gz")
+            n += 1
         record = {
             "Simulated": True, "Notice": w.NOTICE, "subject_id": sid, "metadata": meta,
             "targets": truth.targets, "latent": truth.latent, "volumes_mm3": truth.volumes,
-            "baseline_volumes_mm3": truth.baseline_volumes,
+            "baseline_volumes_mm3": truth.baseline_volumes, "subtype": truth.subtype, "clinical": truth.clinical,
             "deformation": ("voxel at LPS x was sampled from the template at y = q + E(q), q = p + A(p), "
                             "p = latent.pre_affine @ x; A = desc-anatomy_xfm, E = desc-effects_xfm "
                             "(LPS mm, trilinear); see sobre.sim.warp_labels"),
@@ -141,15 +155,31 @@ def _write_subject(subj: SimulatedBrain, fmt: str, image_dir: Path, truth_dir: P
         "weight": meta["weight_kg"], "bmi": meta["bmi"], "site": meta["site"], "diagnosis": meta["diagnosis"],
         "disease": meta["disease"], "disease_strength": meta["disease_strength"], "simulated": "yes",
     }
+    if truth.clinical is not None:
+        row["nfl"], row["sodium"] = meta.get("nfl"), meta.get("sodium")
+    hidden = {"participant_id": sid, "diagnosis": meta["diagnosis"], "subtype": truth.subtype or "",
+              "disease_strength": meta["disease_strength"], "substrate": truth.latent.get("substrate", "colin27"),
+              "simulated": "yes"}
+    if truth.clinical is not None:
+        for k in ("nfl", "sodium", "bmi"):
+            hidden[k] = truth.clinical["values"][k]
+            hidden[f"{k}_missing"] = truth.clinical["missing"][k]
+            hidden[f"{k}_missing_probability"] = round(truth.clinical["missing_probability"][k], 6)
     vol = {"participant_id": sid, **truth.volumes}
     base = None if truth.baseline_volumes is None else {"participant_id": sid, **truth.baseline_volumes}
-    return {"participant": row, "volumes": vol, "baseline": base, "files": n}
+    return {"participant": row, "volumes": vol, "baseline": base, "hidden": hidden, "files": n}
 
 
 def _write_tables(sim: BrainSimulator, out: Path, truth_dir: Path, fmt: str, rows: list[dict]) -> None:
     cfg = sim.config
-    w.atomic_write_text(out / "participants.tsv", w.tsv([r["participant"] for r in rows], PARTICIPANT_COLUMNS))
-    w.atomic_write_text(out / "participants.json", w.dumps(PARTICIPANT_DESCRIPTION))
+    columns = PARTICIPANT_COLUMNS[:-1] + (["nfl", "sodium"] if cfg.clinical else []) + ["simulated"]
+    w.atomic_write_text(out / "participants.tsv", w.tsv([r["participant"] for r in rows], columns))
+    desc = dict(PARTICIPANT_DESCRIPTION, **(CLINICAL_DESCRIPTION if cfg.clinical else {}))
+    if cfg.clinical:
+        desc["bmi"] = dict(desc["bmi"], Description=desc["bmi"]["Description"] + "; n/a: not measured (weight too)")
+    w.atomic_write_text(out / "participants.json", w.dumps(desc))
+    truth_cols = [c for c in TRUTH_COLUMNS if cfg.clinical or not any(c.startswith(v) for v in ("nfl", "sodium", "bmi"))]
+    w.atomic_write_text(truth_dir / "participants_truth.tsv", w.tsv([r["hidden"] for r in rows], truth_cols))
     names = list(sim.template.names[1:]) + ["ICV", "Brain"]
     w.atomic_write_text(truth_dir / "volumes.tsv", w.tsv([r["volumes"] for r in rows], ["participant_id"] + names))
     if any(r["baseline"] for r in rows):
@@ -170,13 +200,16 @@ def _write_tables(sim: BrainSimulator, out: Path, truth_dir: Path, fmt: str, row
     reg_rows = []
     for lab in range(1, N_LABELS):
         g = group_of.get(lab, "csf" if lab == CSF else "")
-        reg_rows.append({
+        strength = cfg.disease.strength if cfg.disease else 0.0
+        row = {
             "label": lab, "name": sim.template.names[lab], "group": g,
             "template_volume_mm3": float(sim.template.volumes_mm3[lab]),
             "age_rate_percent_per_decade": cfg.age.rates.get(g, 0.0) if lab != CSF else None,
-            "disease_percent": (float(np.expm1(pattern[lab] * (cfg.disease.strength if cfg.disease else 0)) * 100)
-                                if cfg.disease else 0.0),
-        })
+            "disease_percent": float(np.expm1(pattern[lab] * strength) * 100) if cfg.disease else 0.0,
+        }
+        for name, pat in sim.subtype_patterns.items():  # shared + subtype, at the cohort's strength
+            row[f"disease_percent_{name}"] = float(np.expm1(pat[lab] * strength) * 100)
+        reg_rows.append(row)
     w.atomic_write_text(truth_dir / "regions.tsv", w.tsv(reg_rows, list(reg_rows[0])))
     tpl = sim.template
     w.save_image(Image(tpl.labels, tpl.affine, modality="SEG", metadata={"simulated": "yes"}),
@@ -184,16 +217,21 @@ def _write_tables(sim: BrainSimulator, out: Path, truth_dir: Path, fmt: str, row
     if cfg.disease is not None:
         pat = disease_pattern(tpl, cfg.disease).astype(np.float32)[tpl.labels]
         w.save_image(Image(pat, tpl.affine, metadata={"simulated": "yes"}), truth_dir / "disease_pattern.nii.gz")
+        for name, p in sim.subtype_patterns.items():
+            w.save_image(Image(p.astype(np.float32)[tpl.labels], tpl.affine, metadata={"simulated": "yes"}),
+                         truth_dir / f"subtype-{name}_pattern.nii.gz")
     from sobre import __version__
 
     summary = {
         "Simulated": True, "Notice": w.NOTICE, "generator": f"sobre.sim {__version__}", "digest": sim.digest,
         "format": fmt, "config": cfg.to_dict(),
         "sites": [s.to_dict() for s in sim.sites],
-        "template": {"source": "Colin27 (ch2) + AAL, Debian mricron-data", "digest": tpl.digest},
+        "template": {"source": _substrate_text(cfg.substrate), "digest": tpl.digest, "substrate": cfg.substrate,
+                     "registration_quality": tpl.notes.get("quality")},
         "calibration": {"residual_log": round(float(sim.calibration.residual), 5),
                         "age_probes_decades": sim.calibration.age_decades.tolist()},
-        "counts": {"subjects": len(rows), "patients": sum(r["participant"]["diagnosis"] != "control" for r in rows)},
+        "counts": {"subjects": len(rows), "patients": sum(r["participant"]["diagnosis"] != "control" for r in rows),
+                   "subtypes": {n: sum(r["hidden"]["subtype"] == n for r in rows) for n in sim.subtypes}},
     }
     w.atomic_write_text(out / "simulation.json", w.dumps(summary))
     desc = {"Name": f"SIMULATED brain MRI cohort (sobre.sim, {w.NOTICE})", "BIDSVersion": "1.9.0",
@@ -218,18 +256,26 @@ def _readme(sim: BrainSimulator, fmt: str) -> str:
     return f"""# SIMULATED brain MRI cohort - not patient data
 
 Every image, header and table in this folder was made by `sobre.sim` from one real anatomy
-(Colin27 and the AAL atlas). No person was scanned; nothing here is patient data. DICOM headers say
+({_substrate_text(cfg.substrate)}). No person was scanned; nothing here is patient data. DICOM headers say
 so too (PatientName SIMULATED^..., PatientIdentityRemoved YES, SyntheticData YES,
 ClinicalTrialProtocolName "{w.NOTICE}").
 
 - subjects: {cfg.subjects}, seed: {cfg.seed}, sites: {len(sim.sites)}, site effects: {cfg.site_effects}
 - resolution: {cfg.resolution} mm, disease: {dis}
 - images: {where}
-- participants.tsv: age, sex, height, weight, BMI, site, diagnosis (and participants.json)
+- participants.tsv: age, sex, height, weight, BMI, site, diagnosis{", NfL, sodium (n/a: withheld)" if cfg.clinical else ""} (and participants.json)
 - sites.tsv: scanners and image effects per site
-- {truth}: ground truth (regional volumes, label maps, deformations, disease maps; regions.tsv)
+- {truth}: ground truth (regional volumes, label maps, deformations, disease maps; regions.tsv;
+  participants_truth.tsv: subtypes, complete clinical values, what was withheld)
 - simulation.json: the full configuration; the same configuration and seed give the same bytes
 
 See docs/simulation.md in Sobre for the model, the published rates it is calibrated against,
 and its limits.
 """
+
+
+def _substrate_text(substrate: str) -> str:
+    if substrate == "itk-head":
+        return ("the ITK examples' T1 head (KmeansTest_T1UCharRaw, Debian insighttoolkit5-examples) carrying the "
+                "AAL atlas by registration to Colin27")
+    return "Colin27 (ch2) + AAL, Debian mricron-data"

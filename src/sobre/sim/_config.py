@@ -77,6 +77,23 @@ DISEASE_PRESETS: dict[str, dict[str, Any]] = {
 }
 DISEASE_ALIASES = {"schizophrenia-like": "accelerated-ageing", "non-ageing": "visual"}
 
+# Disease subtypes: each patient carries one subtype, whose regional pattern is added to the shared
+# ``effects``. The preset's three patterns do not overlap (so that the truth is unambiguous) and mimic
+# the atrophy subtypes reported for Alzheimer's disease (Murray et al. 2011; Ferreira et al. 2020:
+# limbic-predominant, hippocampal-sparing/cortical, and a subcortical pattern); the percentages are
+# of the order of moderate Alzheimer's disease (hippocampus about -20 %, Fox & Schott 2004).
+SUBTYPE_PRESETS: dict[str, dict[str, Any]] = {
+    "three-subtypes": {
+        "effects": {},
+        "subtypes": [
+            {"name": "limbic", "effects": {"hippocampus": -20.0, "amygdala": -20.0, "parahippocampal": -15.0}},
+            {"name": "cortical", "effects": {"parietal": -10.0, "visual": -10.0, "occipital": -8.0}},
+            {"name": "subcortical", "effects": {"thalamus": -15.0, "caudate": -15.0, "putamen_pallidum": -12.0}},
+        ],
+        "description": "three non-overlapping atrophy subtypes (limbic, posterior cortical, subcortical)",
+    },
+}
+
 SCANNERS = [
     # manufacturer, model, field strength (T), typical 3D T1 (TR ms, TE ms, TI ms, flip deg), sequence name
     ("SIEMENS", "Prisma", 3.0, (2300.0, 2.98, 900.0, 9.0), "MPRAGE"),
@@ -153,6 +170,23 @@ class AgeModel(SimSection):
         return math.log1p(self.rates.get(group, 0.0) / 100.0)
 
 
+class SubtypeModel(SimSection):
+    """One disease subtype: its own regional pattern (added to the disease's shared ``effects``)."""
+
+    name: str = Field(min_length=1, description="subtype name, recorded in the truth")
+    effects: dict[str, float] = Field(default_factory=dict, description="percent volume change at strength 1, "
+                                      "per region group, AAL region or prefix*")
+    weight: float = Field(1.0, gt=0, description="relative share of patients with this subtype")
+
+    @field_validator("effects")
+    @classmethod
+    def _effects(cls, v: dict) -> dict:
+        for region, pct in v.items():
+            if pct <= -100:
+                raise ValueError(f"subtype effect on {region!r} must be above -100 % (found {pct:g})")
+        return v
+
+
 class DiseaseModel(SimSection):
     """Atrophy (or enlargement) of a set of regions in patients.
 
@@ -171,6 +205,8 @@ class DiseaseModel(SimSection):
     strength: float = Field(1.0, description="multiplies every effect (log scale); 0: patients without atrophy")
     strength_sd: float = Field(0.25, ge=0, le=2, description="relative SD of the per-patient multiplier")
     label: str = Field("patient", min_length=1, description="diagnosis of patients in participants.tsv")
+    subtypes: list[SubtypeModel] = Field(default_factory=list, description="each patient gets one subtype "
+                                         "(drawn by weight): its pattern is added to `effects`")
 
     @model_validator(mode="before")
     @classmethod
@@ -180,7 +216,29 @@ class DiseaseModel(SimSection):
         if isinstance(data, dict) and "preset" in data:
             rest = {k: v for k, v in data.items() if k != "preset"}
             return {**_preset_fields(data["preset"]), **rest}
+        if isinstance(data, dict) and data.get("subtypes") and "effects" not in data:
+            return {**data, "effects": {}}  # subtypes alone: no shared pattern unless one is given
         return data
+
+    @field_validator("subtypes")
+    @classmethod
+    def _subtypes(cls, v: list) -> list:
+        names = [s.name for s in v]
+        if len(set(names)) != len(names):
+            raise _bad(f"unique subtype names (found {', '.join(names)})")
+        if len(v) == 1:
+            raise _bad("at least two subtypes (one subtype is the shared `effects`)")
+        return v
+
+    def subtype_effects(self) -> dict[str, dict[str, float]]:
+        """Effects of each subtype combined with the shared ones (percent changes; same keys multiply)."""
+        out = {}
+        for st in self.subtypes:
+            eff = dict(self.effects)
+            for k, pct in st.effects.items():
+                eff[k] = ((1 + eff[k] / 100.0) * (1 + pct / 100.0) - 1) * 100.0 if k in eff else pct
+            out[st.name] = eff
+        return out
 
     @field_validator("effects")
     @classmethod
@@ -198,20 +256,102 @@ class DiseaseModel(SimSection):
 
     @classmethod
     def preset(cls, name: str, strength: float = 1.0, **kw) -> DiseaseModel:
-        """A preset (``accelerated-ageing``, ``visual`` or an alias) at ``strength``."""
+        """A preset (``accelerated-ageing``, ``visual``, ``three-subtypes`` or an alias) at ``strength``."""
         key = DISEASE_ALIASES.get(name, name)
-        if key not in DISEASE_PRESETS:
-            raise ConfigError(f"unknown disease preset {name!r}",
-                              expected=", ".join(list(DISEASE_PRESETS) + list(DISEASE_ALIASES)), found=name)
+        if key not in DISEASE_PRESETS and key not in SUBTYPE_PRESETS:
+            raise ConfigError(f"unknown disease preset {name!r}", expected=", ".join(_preset_names()), found=name)
         return validate_config({**_preset_fields(key), "strength": strength, **kw}, cls)
+
+
+def _preset_names() -> list[str]:
+    return list(DISEASE_PRESETS) + list(SUBTYPE_PRESETS) + list(DISEASE_ALIASES)
 
 
 def _preset_fields(name: Any) -> dict:
     key = DISEASE_ALIASES.get(name, name) if isinstance(name, str) else name
+    if key in SUBTYPE_PRESETS:
+        p = SUBTYPE_PRESETS[key]
+        return {"name": key, "effects": dict(p["effects"]),
+                "subtypes": [{"name": s["name"], "effects": dict(s["effects"])} for s in p["subtypes"]]}
     if key not in DISEASE_PRESETS:
-        raise ValueError(f"unknown disease preset {name!r} (expected one of "
-                         f"{', '.join(list(DISEASE_PRESETS) + list(DISEASE_ALIASES))})")
+        raise ValueError(f"unknown disease preset {name!r} (expected one of {', '.join(_preset_names())})")
     return {"name": key, "effects": dict(DISEASE_PRESETS[key]["effects"])}
+
+
+# --------------------------------------------------------------------------- clinical variables
+CLINICAL_VARIABLES = ("nfl", "sodium", "bmi")
+
+
+class MissingModel(SimSection):
+    """How values of one clinical variable go missing (the complete values stay in the truth).
+
+    ``MCAR``: each value is missing with probability ``rate``, independently of everything.
+    ``MAR``: the probability depends on an *observed* variable (``depends_on``), never on the value
+    itself: ``rate * (1 + strength * x)`` clipped to [0, 1], with ``x = (age - 50) / 30`` for age,
+    ``+1`` / ``-1`` for women / men (sex) and for patients / controls (diagnosis). ``rate`` is the
+    share at ``x = 0`` (the cohort's share for a design symmetric around it).
+    """
+
+    mechanism: Literal["none", "MCAR", "MAR"] = "none"
+    rate: float = Field(0.0, ge=0, le=0.95, description="share of missing values (at x = 0 for MAR)")
+    depends_on: Literal["age", "sex", "diagnosis"] = Field("age", description="MAR: observed variable driving it")
+    strength: float = Field(1.0, ge=-1, le=1, description="MAR: relative change of the missing rate per unit x")
+
+    def probability(self, age: float, sex: str, patient: bool) -> float:
+        """The probability that this subject's value is missing."""
+        if self.mechanism == "none" or self.rate == 0:
+            return 0.0
+        if self.mechanism == "MCAR":
+            return float(self.rate)
+        x = {"age": (age - 50.0) / 30.0, "sex": 1.0 if sex == "F" else -1.0,
+             "diagnosis": 1.0 if patient else -1.0}[self.depends_on]
+        return float(min(max(self.rate * (1.0 + self.strength * x), 0.0), 1.0))
+
+
+def _default_missing() -> dict:
+    return {"nfl": MissingModel(mechanism="MAR", rate=0.2, depends_on="age", strength=1.0),
+            "sodium": MissingModel(mechanism="MCAR", rate=0.1)}
+
+
+class ClinicalModel(SimSection):
+    """Clinical variables with known links to the images (written to participants.tsv and the truth).
+
+    * ``nfl`` (serum neurofilament light, pg/mL): linked to the **diagnosis**. Log-normal, rising
+      with age (``nfl_age_slope`` per year) and higher in patients by ``nfl_patient_effect`` (log
+      units) times the patient's disease multiplier (more atrophy, more NfL).
+    * ``bmi`` (kg/m^2, the existing column): linked to a **regional volume**: the region group
+      ``bmi_region`` changes by ``bmi_effect`` percent per 5 kg/m^2 above 25 (in the images).
+    * ``sodium`` (serum sodium, mmol/L): **no link** to anything, N(140, 2.5).
+
+    ``missing`` maps a variable (nfl, sodium, bmi) to its missingness; a missing BMI also removes
+    the weight (participants.tsv and DICOM PatientWeight), from which it could be recomputed.
+    """
+
+    nfl_baseline: float = Field(8.0, gt=0, description="median NfL of a control aged 40, pg/mL")
+    nfl_age_slope: float = Field(0.022, ge=-1, le=1, description="log NfL change per year of age")
+    nfl_patient_effect: float = Field(0.5, ge=-5, le=5, description="log NfL difference, patients vs controls")
+    nfl_sd: float = Field(0.35, ge=0, le=3, description="SD of log NfL around its mean")
+    bmi_region: str = Field("hippocampus", description="region group whose volume BMI changes")
+    bmi_effect: float = Field(-2.0, gt=-50, lt=50, description="percent volume change per 5 kg/m^2 of BMI above 25")
+    sodium_mean: float = Field(140.0, gt=0, description="mmol/L")
+    sodium_sd: float = Field(2.5, ge=0, description="mmol/L")
+    missing: dict[str, MissingModel] = Field(default_factory=_default_missing,
+                                             description="per variable (nfl, sodium, bmi): MCAR or MAR missingness")
+
+    @field_validator("bmi_region")
+    @classmethod
+    def _region(cls, v: str) -> str:
+        _known_groups({v: 0}, "clinical.bmi_region")
+        return v
+
+    @field_validator("missing")
+    @classmethod
+    def _missing(cls, v: dict) -> dict:
+        unknown = sorted(set(v) - set(CLINICAL_VARIABLES))
+        if unknown:
+            raise ValueError(f"unknown clinical variable(s) in missing: {', '.join(unknown)} (expected "
+                             f"{', '.join(CLINICAL_VARIABLES)})")
+        return v
 
 
 class AnatomyModel(SimSection):
@@ -308,6 +448,13 @@ class BrainCohortConfig(SimSection):
         "labels", description="labels: voxel counts of the label map; partial: partial volumes")
     id_prefix: str = Field("", description="participant ids sub-<prefix>0001...: distinct cohorts in one "
                            "workspace")
+    clinical: ClinicalModel | None = Field(None, description="clinical variables with known links (NfL, BMI, "
+                                           "sodium) and missingness; None: the demographics alone")
+    substrate: Literal["colin27", "itk-head"] = Field(
+        "colin27", description="the real anatomy every subject is a deformation of: Colin27, or the ITK "
+        "examples' T1 head carrying the same atlas (an anatomy shift)")
+    template_maps: bool = Field(False, description="truth: log-Jacobian maps in template space (4 mm) per "
+                                "subject, what tensor-based morphometry measures after a perfect registration")
 
     @field_validator("subjects", "seed", "resolution")
     @classmethod
