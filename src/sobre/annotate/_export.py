@@ -43,7 +43,7 @@ def _code(name: str) -> tuple[str, str, str]:
 
 
 def _person(author: str) -> str:
-    return (author or "unknown").replace("^", "_")[:64]
+    return (author or "unknown").replace("^", "_")[:62] + "^"  # Family^ (a name without ^ is the retired form)
 
 
 def export_seg(ws, version, path, *, segmentation_type: str = "BINARY"):
@@ -196,7 +196,7 @@ def _points_sr(ws, info, image, sources, path, desc):
     for kw in ("PatientIdentityRemoved", "DeidentificationMethod", "SyntheticData"):
         if kw in datasets[0]:
             setattr(sr, kw, datasets[0].get(kw))
-    data = encode_dataset(sr)
+    data = encode_dataset(sr)[0]
     write_atomic(Path(path), data)
     return DicomOutput(kind="SR", path=Path(path), sop_class_uid=str(sr.SOPClassUID),
                        sop_instance_uid=str(sr.SOPInstanceUID), series_uid=str(sr.SeriesInstanceUID),

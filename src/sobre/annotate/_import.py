@@ -100,10 +100,13 @@ def read_seg(ws, project: str, series: str, path, *, rois=None):
     c = covered.reshape(g.shape)
     for f in frames:
         px = planes[id(f)]  # (rows, cols, segments)
+        lab, cnt = g[f.index], c[f.index]  # f.index is an advanced index: copies, written back below
         for s, value in enumerate(values):
             on = px[..., s] > 0
-            g[f.index][on] = value
-            c[f.index][on] += 1
+            lab[on] = value
+            cnt[on] += 1
+        g[f.index] = lab
+        c[f.index] = cnt
     if (covered > 1).any():
         raise InputError("segments of the SEG overlap", path=path, expected="one segment per voxel (a label map)",
                          found=f"{int((covered > 1).sum())} voxels in two or more segments",
