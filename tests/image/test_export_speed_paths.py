@@ -220,3 +220,35 @@ def test_public_names_resolve_lazily():
     assert {"load", "save", "Image", "SobreError"} <= set(dir(sobre))
     with pytest.raises(AttributeError):
         sobre.no_such_name  # noqa: B018
+
+
+def test_command_index_names_the_module_that_registers_each_command():
+    import argparse
+    import importlib
+
+    from sobre import cli
+
+    for command, module in cli.COMMAND_INDEX.items():
+        assert module in cli.COMMAND_MODULES, (command, module)
+        sub = argparse.ArgumentParser().add_subparsers()
+        importlib.import_module(module).register(sub)
+        assert command in sub.choices, f"{module} does not register {command!r}: fix COMMAND_INDEX"
+
+
+def test_one_command_builds_only_its_parsers_and_help_lists_them_all(capsys):
+    from sobre import cli
+
+    assert set(cli.build_parser("export")._subparsers._group_actions[0].choices) == {"init", "ingest", "info",
+                                                                                      "export"}
+    everything = set(cli.build_parser()._subparsers._group_actions[0].choices)
+    assert set(cli.COMMAND_INDEX) <= everything
+    assert set(cli.build_parser("no-such-command")._subparsers._group_actions[0].choices) == everything
+    assert cli._command(["--debug", "export", "x"]) == "export"
+    assert cli._command(["-h", "export"]) is None and cli._command([]) is None
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("sobre ")
+    assert cli.main(["-h"]) == 0
+    out = capsys.readouterr().out
+    assert "export" in out and "cohort" in out and "model" in out
+    assert cli.main(["no-such-command"]) == 2
+    assert "invalid choice" in capsys.readouterr().err
