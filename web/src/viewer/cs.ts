@@ -1,0 +1,46 @@
+/** Cornerstone3D set-up, once per page: rendering, tools, and Sobre's own 3D fill tool. */
+import { init as csInit, getRenderingEngine } from '@cornerstonejs/core';
+import {
+  init as toolsInit, addTool, BaseTool, WindowLevelTool, PanTool, ZoomTool, StackScrollTool, CrosshairsTool,
+  LengthTool, EllipticalROITool, ProbeTool, RectangleROITool, BrushTool, PaintFillTool, TrackballRotateTool,
+} from '@cornerstonejs/tools';
+
+let ready: Promise<void> | null = null;
+
+/**
+ * Without EXT_texture_norm16 Cornerstone3D would upload 16-bit volumes as 32-bit float textures (twice
+ * the volume again); the build patch (web/vite.patches.ts) lets us ask for half floats instead.
+ */
+export function initCornerstone(): Promise<void> {
+  ready ??= (async () => {
+    (globalThis as any).__sobreHalfFloatTextures = true;
+    await csInit();
+    toolsInit();
+    for (const T of [WindowLevelTool, PanTool, ZoomTool, StackScrollTool, CrosshairsTool, LengthTool, EllipticalROITool,
+      ProbeTool, RectangleROITool, BrushTool, PaintFillTool, TrackballRotateTool, Fill3DTool]) addTool(T as any);
+  })();
+  return ready;
+}
+
+export interface FillRequest { world: [number, number, number]; viewportId: string }
+
+/**
+ * Click to fill, in 3D, the connected region of voxels whose value lies in the threshold range
+ * (6-connected, from the clicked voxel). The page does the work (`configuration.onFill`).
+ */
+export class Fill3DTool extends (BaseTool as any) {
+  static toolName = 'Fill3D';
+  constructor(toolProps = {}, defaultToolProps = { supportedInteractionTypes: ['Mouse'], configuration: { onFill: null } }) {
+    super(toolProps, defaultToolProps);
+  }
+  preMouseDownCallback = (evt: any): boolean => {
+    const { currentPoints, viewportId } = evt.detail;
+    const fn = (this as any).configuration?.onFill;
+    if (typeof fn === 'function') fn({ world: currentPoints.world, viewportId });
+    return true;
+  };
+}
+
+export function destroyEngine(id: string): void {
+  try { getRenderingEngine(id)?.destroy(); } catch (e) { console.warn(e); }
+}
