@@ -11,13 +11,19 @@ import pytest
 
 import sobre
 from sobre.annotate import (
-    export_csv, export_nifti, export_seg, export_sr, import_file, push_version, read_nifti, read_rtstruct,
+    export_csv,
+    export_nifti,
+    export_seg,
+    export_sr,
+    import_file,
+    push_version,
+    read_nifti,
+    read_rtstruct,
 )
 from sobre.errors import GeometryError, InputError
 from tests.image import test_dicom_objects as objects
 from tests.pacs.conftest import orthanc, orthanc_empty  # noqa: F401 - fixtures
 from tests.server.conftest import server_template, ws  # noqa: F401 - fixtures
-
 
 #: dciodvfy messages accepted here besides tests/image's, and why.
 ACCEPTED = [
@@ -37,12 +43,12 @@ def iod_check(path) -> list[str]:
 
 
 @pytest.fixture
-def mr(ws):  # noqa: F811
-    rec = sorted(ws.query('modality == "MR"'), key=lambda r: r["subject_id"])[0]
+def mr(ws):  # noqa: F811 - the imported fixture
+    rec = min(ws.query('modality == "MR"'), key=lambda r: r["subject_id"])
     return rec["series_uid"]
 
 
-def _mask(ws, key):
+def _mask(ws, key):  # noqa: F811 - a workspace argument
     shape = ws.series(key)["shape"]
     m = np.zeros(shape, np.uint8)
     m[2:6, 3:9, 1:4] = 1

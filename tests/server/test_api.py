@@ -19,7 +19,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 @pytest.fixture
 def mr(ws):
-    rec = sorted(ws.query('modality == "MR"'), key=lambda r: r["subject_id"])[0]
+    rec = min(ws.query('modality == "MR"'), key=lambda r: r["subject_id"])
     return rec["series_uid"]
 
 
@@ -245,8 +245,8 @@ def test_undecodable_series_is_refused_and_others_still_served(login, ws):
     import os
 
     os.chmod(victim, 0o644)
-    data = open(victim, "rb").read()
-    open(victim, "wb").write(data[: len(data) - 200])  # pixel data cut short
+    with open(victim, "r+b") as fh:
+        fh.truncate(os.path.getsize(victim) - 200)  # pixel data cut short
     c = login("viewer")
     body = _error(c.get(f"/api/projects/demo/series/{broken}/volume"), 422)
     assert body["found"]

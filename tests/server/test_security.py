@@ -86,7 +86,7 @@ def api_routes(app) -> list[tuple[str, str]]:
 @pytest.fixture
 def sample(ws):
     """Values for path parameters, and a version (a draft by 'annotator') to act on."""
-    rec = sorted(ws.query('modality == "MR"'), key=lambda r: r["subject_id"])[0]
+    rec = min(ws.query('modality == "MR"'), key=lambda r: r["subject_id"])
     v = ws.annotations.save("demo", rec["series_uid"], "labels", "labels", {"pneumonia": 1}, author="annotator")
     return {"project": "demo", "series": rec["series_uid"], "subject_id": rec["subject_id"], "version": str(v.id),
             "username": "viewer", "index": "0", "name": "labels", "rest": "nothing/here"}
@@ -195,7 +195,7 @@ def _counts(ws) -> dict:
     db = ws.root / "catalog.sqlite"
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        return {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]  # noqa: S608 - fixed names
+        return {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
                 for t in ("series", "file", "user_account", "project", "membership", "annotation",
                           "annotation_version", "review", "cohort", "subject")}
     finally:
@@ -220,6 +220,9 @@ def test_traversal_and_injection_are_refused(app, sample, login, ws, tmp_path):
             for bad in ATTACKS:
                 for text in {quote(bad, safe=""), quote(bad, safe="/%")}:
                     r = call(client, method, path, dict(sample, **{p: text}))
+                    assert b"root:x:0:0" not in r.content and b"[fonts]" not in r.content
+                    if not r.url.path.startswith("/api/"):
+                        continue  # the client resolved the dot segments: the request left the API (front end)
                     assert r.status_code in (400, 403, 404, 405, 409, 413, 422), (method, path, p, bad, r.status_code)
                     assert b"root:x:0:0" not in r.content and b"[fonts]" not in r.content
     # query parameters that reach a query or a file

@@ -18,9 +18,35 @@ reference, or cannot be parsed is refused with :class:`~sobre.errors.InputError`
 """
 
 from ._export import (
-    FORMATS, export_csv, export_nifti, export_seg, export_sr, export_version, push_version,
+    FORMATS,
+    export_csv,
+    export_nifti,
+    export_seg,
+    export_sr,
+    export_version,
+    push_version,
 )
-from ._import import IMPORT_FORMATS, import_file, read_import, read_nifti, read_rtstruct, read_seg
+from ._import import (
+    IMPORT_FORMATS,
+    import_file,
+    read_import,
+    read_nifti,
+    read_rtstruct,
+    read_seg,
+)
 
-__all__ = ["export_seg", "export_sr", "export_nifti", "export_csv", "export_version", "push_version", "FORMATS",
-           "read_seg", "read_rtstruct", "read_nifti", "read_import", "import_file", "IMPORT_FORMATS"]
+__all__ = [
+    "FORMATS",
+    "IMPORT_FORMATS",
+    "export_csv",
+    "export_nifti",
+    "export_seg",
+    "export_sr",
+    "export_version",
+    "import_file",
+    "push_version",
+    "read_import",
+    "read_nifti",
+    "read_rtstruct",
+    "read_seg",
+]

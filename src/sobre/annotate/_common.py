@@ -6,7 +6,7 @@ import numpy as np
 
 from sobre.errors import InputError
 
-__all__ = ["version_info", "series_image", "dicom_sources", "schema_of", "series_key_of"]
+__all__ = ["dicom_sources", "schema_of", "series_image", "series_key_of", "version_info"]
 
 
 def version_info(ws, version):

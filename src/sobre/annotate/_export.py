@@ -13,9 +13,16 @@ import numpy as np
 from sobre.base import sha256_bytes, sha256_file, write_atomic
 from sobre.errors import InputError
 
-from ._common import as_grid, dicom_sources, schema_of, series_image, series_key_of, version_info
+from ._common import (
+    as_grid,
+    dicom_sources,
+    schema_of,
+    series_image,
+    series_key_of,
+    version_info,
+)
 
-__all__ = ["export_seg", "export_sr", "export_nifti", "export_csv", "export_version", "push_version", "FORMATS"]
+__all__ = ["FORMATS", "export_csv", "export_nifti", "export_seg", "export_sr", "export_version", "push_version"]
 
 #: Export formats and the kinds of annotation each takes.
 FORMATS = {"seg": ("mask",), "sr": ("labels", "points", "mask"), "nifti": ("mask",),

@@ -19,7 +19,7 @@ from sobre.errors import GeometryError, InputError, describe_exception
 
 from ._common import as_grid, dicom_sources, schema_of, series_image, spatial_shape
 
-__all__ = ["read_seg", "read_rtstruct", "read_nifti", "read_import", "import_file", "IMPORT_FORMATS"]
+__all__ = ["IMPORT_FORMATS", "import_file", "read_import", "read_nifti", "read_rtstruct", "read_seg"]
 
 IMPORT_FORMATS = ("seg", "rtstruct", "nifti")
 SEG_CLASSES = {"1.2.840.10008.5.1.4.1.1.66.4": "Segmentation", "1.2.840.10008.5.1.4.1.1.66.7": "Label Map Segmentation"}

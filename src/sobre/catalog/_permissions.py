@@ -20,7 +20,7 @@ from sobre.errors import AccessError, InputError
 if TYPE_CHECKING:
     from ._accounts import Account
 
-__all__ = ["ACTIONS", "ADMIN_ACTIONS", "PERMISSIONS", "can", "require", "actions_of"]
+__all__ = ["ACTIONS", "ADMIN_ACTIONS", "PERMISSIONS", "actions_of", "can", "require"]
 
 #: Every project action, with what it covers.
 ACTIONS = {

@@ -22,4 +22,4 @@ from ._app import PUBLIC_ROUTES, create_app
 from ._serve import check_bind, openapi_schema, serve
 from ._settings import STATIC_DIR, ServerSettings
 
-__all__ = ["create_app", "ServerSettings", "serve", "check_bind", "openapi_schema", "PUBLIC_ROUTES", "STATIC_DIR"]
+__all__ = ["PUBLIC_ROUTES", "STATIC_DIR", "ServerSettings", "check_bind", "create_app", "openapi_schema", "serve"]

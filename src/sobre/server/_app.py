@@ -12,7 +12,7 @@ from ._context import Context, authenticated
 from ._errors import ApiError, error_body, install_handlers
 from ._settings import ServerSettings
 
-__all__ = ["create_app", "PUBLIC_ROUTES"]
+__all__ = ["PUBLIC_ROUTES", "create_app"]
 
 log = logging.getLogger("sobre.server")
 

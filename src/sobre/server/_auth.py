@@ -20,7 +20,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-__all__ = ["Session", "SessionStore", "LoginLimiter", "COOKIE", "CSRF_HEADER"]
+__all__ = ["COOKIE", "CSRF_HEADER", "LoginLimiter", "Session", "SessionStore"]
 
 COOKIE = "sobre_session"
 CSRF_HEADER = "X-CSRF-Token"

@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Depends, Request
 
 from sobre.catalog import require
 from sobre.errors import CatalogError, SobreError
@@ -16,7 +17,7 @@ from ._errors import ApiError
 from ._settings import ServerSettings
 from ._view import CatalogView, VolumeCache
 
-__all__ = ["Context", "Caller", "authenticated", "context", "SAFE_METHODS"]
+__all__ = ["SAFE_METHODS", "Caller", "Context", "authenticated", "context"]
 
 log = logging.getLogger("sobre.server")
 
@@ -107,3 +108,7 @@ def authenticated(request: Request) -> Caller:
     caller = Caller(account, sess, client_of(request))
     request.state.caller = caller
     return caller
+
+
+#: The annotation of a route's ``caller`` parameter.
+CallerDep = Annotated[Caller, Depends(authenticated)]

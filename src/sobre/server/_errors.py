@@ -16,10 +16,16 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sobre.errors import (
-    AccessError, CatalogError, ConfigError, ExpressionError, GeometryError, InputError, SobreError,
+    AccessError,
+    CatalogError,
+    ConfigError,
+    ExpressionError,
+    GeometryError,
+    InputError,
+    SobreError,
 )
 
-__all__ = ["ApiError", "install_handlers", "error_body"]
+__all__ = ["ApiError", "error_body", "install_handlers"]
 
 log = logging.getLogger("sobre.server")
 

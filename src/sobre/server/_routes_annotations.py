@@ -6,7 +6,6 @@ Every change is a new immutable version, written to the audit log with its hash.
 
 from __future__ import annotations
 
-import gzip
 import json
 import secrets
 import time
@@ -19,9 +18,9 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field, ValidationError
 
 from sobre.catalog import AnnotationConflict
-from sobre.errors import CatalogError, InputError, SobreError
+from sobre.errors import CatalogError
 
-from ._context import Caller, authenticated, context
+from ._context import Caller, CallerDep, authenticated, context
 from ._errors import ApiError
 from ._routes_browse import find_series, project_info
 from ._routes_voxels import NO_STORE, SeriesKey
@@ -152,7 +151,7 @@ def _mask_from_bytes(data: bytes, shape: list[int]) -> np.ndarray:
 
 
 @router.get("/projects/{project}/annotations", summary="annotation versions of the project (filters optional)")
-def list_versions(project: str, request: Request, caller: Caller = Depends(authenticated),
+def list_versions(*, project: str, request: Request, caller: CallerDep,
                   series: str | None = Query(None, max_length=300), name: str | None = Query(None, max_length=100),
                   status: Literal["draft", "submitted", "accepted", "rejected"] | None = None,
                   author: str | None = Query(None, max_length=64)) -> list[dict]:
@@ -165,15 +164,15 @@ def list_versions(project: str, request: Request, caller: Caller = Depends(authe
 
 
 @router.get("/projects/{project}/review-queue", summary="submitted versions waiting for review")
-def review_queue(project: str, request: Request, caller: Caller = Depends(authenticated)) -> list[dict]:
+def review_queue(*, project: str, request: Request, caller: CallerDep) -> list[dict]:
     ctx = context(request)
     project_info(ctx, caller, project, "annotation.review")
     return [version_dict(v) for v in ctx.ws.annotations.review_queue(project)]
 
 
 @router.get("/projects/{project}/series/{series}/annotations", summary="versions of one series, and branch heads")
-def series_versions(project: str, request: Request, series: str = SeriesKey,
-                    caller: Caller = Depends(authenticated)) -> dict:
+def series_versions(*, project: str, request: Request, series: str = SeriesKey,
+                    caller: CallerDep) -> dict:
     ctx = context(request)
     project_info(ctx, caller, project, "annotation.view")
     rec = find_series(ctx, project, series)
@@ -188,7 +187,7 @@ def series_versions(project: str, request: Request, series: str = SeriesKey,
 
 
 @router.get("/projects/{project}/annotations/{version}", summary="one version (its reviews included)")
-def get_version(project: str, version: int, request: Request, caller: Caller = Depends(authenticated)) -> dict:
+def get_version(*, project: str, version: int, request: Request, caller: CallerDep) -> dict:
     ctx = context(request)
     project_info(ctx, caller, project, "annotation.view")
     return version_dict(version_in(ctx, project, version))
@@ -197,7 +196,7 @@ def get_version(project: str, version: int, request: Request, caller: Caller = D
 @router.get("/projects/{project}/annotations/{version}/content",
             summary="a version's content: JSON (labels, points, boxes) or the mask's bytes (uint8, i fastest)",
             responses={200: {"content": {"application/json": {}, "application/octet-stream": {}}}})
-def content(project: str, version: int, request: Request, caller: Caller = Depends(authenticated)):
+def content(*, project: str, version: int, request: Request, caller: CallerDep):
     ctx = context(request)
     project_info(ctx, caller, project, "annotation.view")
     info = version_in(ctx, project, version)
@@ -218,8 +217,8 @@ def content(project: str, version: int, request: Request, caller: Caller = Depen
              openapi_extra={"requestBody": {"content": {
                  "application/json": {"schema": SaveBody.model_json_schema()},
                  "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
-async def save(project: str, name: str, request: Request, series: str = SeriesKey,
-               caller: Caller = Depends(authenticated),
+async def save(*, project: str, name: str, request: Request, series: str = SeriesKey,
+               caller: CallerDep,
                parent: int | None = Query(None, ge=1), new_branch: bool = False,
                tool: str | None = Query(None, max_length=100), status: Literal["draft", "submitted"] = "draft",
                comment: str | None = Query(None, max_length=2000)) -> dict:
@@ -261,7 +260,7 @@ def _check_name(name: str) -> None:
 
 
 @router.post("/projects/{project}/annotations/{version}/submit", summary="submit one's own draft for review")
-def submit(project: str, version: int, request: Request, caller: Caller = Depends(authenticated)) -> dict:
+def submit(*, project: str, version: int, request: Request, caller: CallerDep) -> dict:
     ctx = context(request)
     project_info(ctx, caller, project, "annotation.submit")
     info = version_in(ctx, project, version)
@@ -275,8 +274,8 @@ def submit(project: str, version: int, request: Request, caller: Caller = Depend
 
 
 @router.post("/projects/{project}/annotations/{version}/review", summary="accept or reject a submitted version")
-def review(project: str, version: int, body: ReviewBody, request: Request,
-           caller: Caller = Depends(authenticated)) -> dict:
+def review(*, project: str, version: int, body: ReviewBody, request: Request,
+           caller: CallerDep) -> dict:
     ctx = context(request)
     project_info(ctx, caller, project, "annotation.review")
     info = version_in(ctx, project, version)
@@ -294,8 +293,8 @@ def review(project: str, version: int, body: ReviewBody, request: Request,
 @router.get("/projects/{project}/annotations/{version}/export",
             summary="a version as a file: DICOM SEG (masks), TID 1500 SR, NIfTI (masks) or CSV (labels)",
             response_class=Response)
-def export(project: str, version: int, request: Request, format: Literal["seg", "sr", "nifti", "csv"] = "seg",
-           caller: Caller = Depends(authenticated)) -> Response:
+def export(*, project: str, version: int, request: Request, format: Literal["seg", "sr", "nifti", "csv"] = "seg",
+           caller: CallerDep) -> Response:
     import tempfile
     from pathlib import Path
 
@@ -320,10 +319,10 @@ def export(project: str, version: int, request: Request, format: Literal["seg", 
              summary="a new version from a file: DICOM SEG, RTSTRUCT or NIfTI mask (checked against the series grid)",
              openapi_extra={"requestBody": {"content": {"application/octet-stream": {
                  "schema": {"type": "string", "format": "binary"}}}}})
-async def import_(project: str, name: str, request: Request, series: str = SeriesKey,
+async def import_(*, project: str, name: str, request: Request, series: str = SeriesKey,
                   format: Literal["seg", "rtstruct", "nifti"] = "seg", parent: int | None = Query(None, ge=1),
                   new_branch: bool = False, rois: str | None = Query(None, max_length=2000),
-                  caller: Caller = Depends(authenticated)) -> dict:
+                  caller: CallerDep) -> dict:
     ctx = context(request)
     _check_name(name)
     await run_in_threadpool(project_info, ctx, caller, project, "annotation.save")
@@ -354,7 +353,7 @@ def _import(ctx, caller, project, rec, name, fmt, data, parent, new_branch, rois
 
 
 @router.post("/projects/{project}/annotations/{version}/push", summary="send a version (SEG or SR) to the PACS")
-def push(project: str, version: int, body: PushBody, request: Request, caller: Caller = Depends(authenticated)) -> dict:
+def push(*, project: str, version: int, body: PushBody, request: Request, caller: CallerDep) -> dict:
     from sobre.annotate import push_version
 
     ctx = context(request)

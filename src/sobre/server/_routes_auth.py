@@ -11,7 +11,7 @@ from sobre.catalog import PERMISSIONS, ROLES, actions_of
 from sobre.errors import SobreError
 
 from ._auth import COOKIE
-from ._context import Caller, authenticated, client_of, context
+from ._context import CallerDep, authenticated, client_of, context
 from ._errors import ApiError
 
 public = APIRouter(prefix="/api", tags=["public"])
@@ -68,7 +68,7 @@ def health() -> dict:
 
 
 @public.post("/auth/login", summary="log in: sets the session cookie, returns the CSRF token")
-def login(body: LoginBody, request: Request, response: Response) -> dict:
+def login(*, body: LoginBody, request: Request, response: Response) -> dict:
     ctx = context(request)
     client = client_of(request)
     if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
@@ -100,12 +100,12 @@ def login(body: LoginBody, request: Request, response: Response) -> dict:
 
 
 @router.get("/auth/session", summary="the current session: user, roles, CSRF token")
-def session(request: Request, caller: Caller = Depends(authenticated)) -> dict:
+def session(*, request: Request, caller: CallerDep) -> dict:
     return session_body(context(request), caller.account, caller.session)
 
 
 @router.post("/auth/logout", status_code=204, summary="end the session")
-def logout(request: Request, response: Response, caller: Caller = Depends(authenticated)) -> Response:
+def logout(*, request: Request, response: Response, caller: CallerDep) -> Response:
     ctx = context(request)
     ctx.sessions.end(request.cookies.get(COOKIE))
     ctx.audit(caller.username, "auth.logout", client=caller.client, session=caller.session.id)
@@ -115,7 +115,7 @@ def logout(request: Request, response: Response, caller: Caller = Depends(authen
 
 
 @router.post("/auth/password", status_code=204, summary="change one's own password (ends other sessions)")
-def change_password(body: PasswordBody, request: Request, caller: Caller = Depends(authenticated)) -> Response:
+def change_password(*, body: PasswordBody, request: Request, caller: CallerDep) -> Response:
     ctx = context(request)
     if ctx.ws.accounts.authenticate(caller.username, body.current) is None:
         raise ApiError(403, "the current password is wrong", fix="type your current password")
@@ -132,13 +132,13 @@ def change_password(body: PasswordBody, request: Request, caller: Caller = Depen
 
 # ---------------------------------------------------------------------------------------------- admin
 @router.get("/users", summary="every account (admin)")
-def users(request: Request, caller: Caller = Depends(authenticated)) -> list[dict]:
+def users(*, request: Request, caller: CallerDep) -> list[dict]:
     caller.require("users.manage")
     return [a.to_dict() for a in context(request).ws.accounts.users()]
 
 
 @router.post("/users", status_code=201, summary="create an account (admin)")
-def add_user(body: NewUser, request: Request, caller: Caller = Depends(authenticated)) -> dict:
+def add_user(*, body: NewUser, request: Request, caller: CallerDep) -> dict:
     caller.require("users.manage")
     ctx = context(request)
     acc = ctx.ws.accounts.add_user(body.username, body.password, display_name=body.display_name, admin=body.admin,
@@ -148,7 +148,7 @@ def add_user(body: NewUser, request: Request, caller: Caller = Depends(authentic
 
 
 @router.patch("/users/{username}", summary="disable/enable an account or reset its password (admin)")
-def change_user(username: str, body: UserChange, request: Request, caller: Caller = Depends(authenticated)) -> dict:
+def change_user(*, username: str, body: UserChange, request: Request, caller: CallerDep) -> dict:
     caller.require("users.manage")
     ctx = context(request)
     ctx.ws.accounts.user(username)  # 404 when unknown
@@ -165,7 +165,7 @@ def change_user(username: str, body: UserChange, request: Request, caller: Calle
 
 
 @router.post("/projects", status_code=201, summary="create a project from cohorts and a label schema (admin)")
-def create_project(body: NewProject, request: Request, caller: Caller = Depends(authenticated)) -> dict:
+def create_project(*, body: NewProject, request: Request, caller: CallerDep) -> dict:
     caller.require("projects.create")
     ctx = context(request)
     info = ctx.ws.accounts.create_project(body.name, cohorts=body.cohorts, schema=body.schema_,
@@ -176,7 +176,7 @@ def create_project(body: NewProject, request: Request, caller: Caller = Depends(
 
 
 @router.get("/projects/{project}/members", summary="who has which role in the project (project.manage)")
-def members(project: str, request: Request, caller: Caller = Depends(authenticated)) -> list[dict]:
+def members(*, project: str, request: Request, caller: CallerDep) -> list[dict]:
     caller.require("project.manage", project)
     ctx = context(request)
     ctx.ws.accounts.project(project)
@@ -185,7 +185,7 @@ def members(project: str, request: Request, caller: Caller = Depends(authenticat
 
 
 @router.put("/projects/{project}/members/{username}", summary="grant a role in the project (project.manage)")
-def grant(project: str, username: str, body: Grant, request: Request, caller: Caller = Depends(authenticated)) -> dict:
+def grant(*, project: str, username: str, body: Grant, request: Request, caller: CallerDep) -> dict:
     caller.require("project.manage", project)
     ctx = context(request)
     ctx.ws.accounts.grant(username, project, body.role)
@@ -194,7 +194,7 @@ def grant(project: str, username: str, body: Grant, request: Request, caller: Ca
 
 
 @router.delete("/projects/{project}/members/{username}", status_code=204, summary="revoke a role (project.manage)")
-def revoke(project: str, username: str, request: Request, caller: Caller = Depends(authenticated)) -> Response:
+def revoke(*, project: str, username: str, request: Request, caller: CallerDep) -> Response:
     caller.require("project.manage", project)
     ctx = context(request)
     ctx.ws.accounts.user(username)

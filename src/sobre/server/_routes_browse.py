@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from sobre.catalog import BASE_FIELDS, actions_of, compile_filter
 
-from ._context import Caller, authenticated, context
+from ._context import Caller, CallerDep, authenticated, context
 from ._errors import ApiError
 from ._view import series_key
 
@@ -62,7 +62,7 @@ def summary(rec: dict, variables) -> dict:
 
 
 @router.get("/projects", summary="the projects the caller has a role in (all for admins)")
-def projects(request: Request, caller: Caller = Depends(authenticated)) -> list[dict]:
+def projects(*, request: Request, caller: CallerDep) -> list[dict]:
     ctx = context(request)
     snap = ctx.view.snapshot()
     out = []
@@ -74,14 +74,14 @@ def projects(request: Request, caller: Caller = Depends(authenticated)) -> list[
 
 
 @router.get("/projects/{project}", summary="one project: cohorts, label schema, dataset versions, the caller's role")
-def project(project: str, request: Request, caller: Caller = Depends(authenticated)) -> dict:
+def project(*, project: str, request: Request, caller: CallerDep) -> dict:
     ctx = context(request)
     info, role = project_info(ctx, caller, project)
     return project_dict(ctx, info, role)
 
 
 @router.get("/projects/{project}/fields", summary="names a filter (where=) may use, with what they mean")
-def fields(project: str, request: Request, caller: Caller = Depends(authenticated)) -> list[dict]:
+def fields(*, project: str, request: Request, caller: CallerDep) -> list[dict]:
     ctx = context(request)
     project_info(ctx, caller, project)
     snap = ctx.view.snapshot()
@@ -99,7 +99,7 @@ def fields(project: str, request: Request, caller: Caller = Depends(authenticate
 
 
 @router.get("/projects/{project}/cohorts", summary="the project's cohorts, with their frozen versions")
-def cohorts(project: str, request: Request, caller: Caller = Depends(authenticated)) -> list[dict]:
+def cohorts(*, project: str, request: Request, caller: CallerDep) -> list[dict]:
     ctx = context(request)
     info, _ = project_info(ctx, caller, project)
     snap = ctx.view.snapshot()
@@ -116,7 +116,7 @@ def cohorts(project: str, request: Request, caller: Caller = Depends(authenticat
 
 
 @router.get("/projects/{project}/datasets", summary="frozen dataset versions of the project's cohorts")
-def datasets(project: str, request: Request, caller: Caller = Depends(authenticated)) -> list[dict]:
+def datasets(*, project: str, request: Request, caller: CallerDep) -> list[dict]:
     ctx = context(request)
     info, _ = project_info(ctx, caller, project)
     snap = ctx.view.snapshot()
@@ -173,7 +173,7 @@ def select(ctx, caller, project: str, cohort: str | None, dataset: str | None, w
 
 
 @router.get("/projects/{project}/series", summary="series of the project (or of a cohort / dataset version), filtered")
-def series_list(project: str, request: Request, caller: Caller = Depends(authenticated),
+def series_list(*, project: str, request: Request, caller: CallerDep,
                 cohort: str | None = Query(None, max_length=100), dataset: str | None = Query(None, max_length=200),
                 where: str | None = Query(None, max_length=4000), offset: int = Query(0, ge=0),
                 limit: int = Query(100, ge=1, le=MAX_LIMIT)) -> dict:
@@ -203,7 +203,7 @@ def _subjects(recs: list[dict], variables) -> dict[str, dict]:
 
 
 @router.get("/projects/{project}/subjects", summary="subjects of the project with their clinical variables")
-def subjects(project: str, request: Request, caller: Caller = Depends(authenticated),
+def subjects(*, project: str, request: Request, caller: CallerDep,
              cohort: str | None = Query(None, max_length=100), dataset: str | None = Query(None, max_length=200),
              where: str | None = Query(None, max_length=4000), offset: int = Query(0, ge=0),
              limit: int = Query(100, ge=1, le=MAX_LIMIT)) -> dict:
@@ -216,7 +216,7 @@ def subjects(project: str, request: Request, caller: Caller = Depends(authentica
 
 
 @router.get("/projects/{project}/subjects/{subject_id}", summary="one subject: clinical variables, studies, series")
-def subject(project: str, subject_id: str, request: Request, caller: Caller = Depends(authenticated),
+def subject(*, project: str, subject_id: str, request: Request, caller: CallerDep,
             dataset: str | None = Query(None, max_length=200)) -> dict:
     ctx = context(request)
     recs, _ = select(ctx, caller, project, None, dataset, None)

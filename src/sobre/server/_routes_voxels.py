@@ -16,7 +16,7 @@ from fastapi.responses import StreamingResponse
 
 from sobre.errors import SobreError, describe_exception
 
-from ._context import Caller, authenticated, context
+from ._context import Caller, CallerDep, authenticated, context
 from ._errors import ApiError
 from ._routes_browse import find_series, project_info, summary
 from ._view import Volume, build_volume, out_dtype, series_key
@@ -121,8 +121,8 @@ SeriesKey = Path(..., max_length=300, description="series key: SeriesInstanceUID
 
 
 @router.get("/projects/{project}/series/{series}", summary="one series: catalog record, volume geometry, annotations")
-def series_detail(project: str, request: Request, series: str = SeriesKey,
-                  caller: Caller = Depends(authenticated)) -> dict:
+def series_detail(*, project: str, request: Request, series: str = SeriesKey,
+                  caller: CallerDep) -> dict:
     ctx = context(request)
     rec = _view(ctx, caller, project, series, "series")
     out = summary(rec, ctx.view.snapshot().variables)
@@ -169,8 +169,8 @@ def _geometry_headers(vol: Volume) -> dict:
 
 @router.get("/projects/{project}/series/{series}/volume", summary="every voxel: little-endian, i fastest (Range-able)",
             response_class=Response, responses={200: {"content": {"application/octet-stream": {}}}})
-def volume(project: str, request: Request, series: str = SeriesKey, t: int = Query(0, ge=0),
-           caller: Caller = Depends(authenticated)):
+def volume(*, project: str, request: Request, series: str = SeriesKey, t: int = Query(0, ge=0),
+           caller: CallerDep):
     ctx = context(request)
     rec = _view(ctx, caller, project, series, "volume", t=t or None)
     vol = volume_of(ctx, rec, t)
@@ -240,10 +240,10 @@ def _window_param(text: str | None, vol: Volume) -> tuple[float, float]:
 
 @router.get("/projects/{project}/series/{series}/slices/{index}", summary="one slice (raw or PNG) for a fast first image",
             response_class=Response, responses={200: {"content": {"application/octet-stream": {}, "image/png": {}}}})
-def slice_(project: str, index: int, request: Request, series: str = SeriesKey,
+def slice_(*, project: str, index: int, request: Request, series: str = SeriesKey,
            axis: str = Query("k", pattern="^[ijk]$"), format: str = Query("raw", pattern="^(raw|png)$"),
            window: str | None = Query(None, max_length=60), t: int = Query(0, ge=0),
-           caller: Caller = Depends(authenticated)) -> Response:
+           caller: CallerDep) -> Response:
     ctx = context(request)
     rec = _view(ctx, caller, project, series, "slice", axis=axis, index=index)
     vol = volume_of(ctx, rec, t)
@@ -258,7 +258,7 @@ def slice_(project: str, index: int, request: Request, series: str = SeriesKey,
 
 @router.get("/projects/{project}/series/{series}/thumbnail.png", summary="PNG of the middle slice (cached)",
             response_class=Response, responses={200: {"content": {"image/png": {}}}})
-def thumbnail(project: str, request: Request, series: str = SeriesKey, caller: Caller = Depends(authenticated)):
+def thumbnail(*, project: str, request: Request, series: str = SeriesKey, caller: CallerDep):
     from sobre.base import write_atomic
 
     ctx = context(request)

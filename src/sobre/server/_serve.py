@@ -9,7 +9,7 @@ from sobre.errors import ConfigError
 
 from ._settings import ServerSettings
 
-__all__ = ["serve", "check_bind", "openapi_schema"]
+__all__ = ["check_bind", "openapi_schema", "serve"]
 
 log = logging.getLogger("sobre.server")
 

@@ -8,7 +8,7 @@ from pydantic import Field
 
 from sobre.base import Config
 
-__all__ = ["ServerSettings", "STATIC_DIR"]
+__all__ = ["STATIC_DIR", "ServerSettings"]
 
 #: Where the web front end's build goes (``web/``: ``npm run build``); git-ignored.
 STATIC_DIR = Path(__file__).parent / "static"

@@ -16,7 +16,7 @@ import numpy as np
 
 from sobre.catalog import BASE_FIELDS
 
-__all__ = ["CatalogView", "Snapshot", "Volume", "VolumeCache", "series_key", "OUT_DTYPES"]
+__all__ = ["OUT_DTYPES", "CatalogView", "Snapshot", "Volume", "VolumeCache", "series_key"]
 
 
 def series_key(rec: dict) -> str:
