@@ -1,4 +1,4 @@
-"""The small shared base under every other package: files, hashes, canonical JSON, configuration, progress,
+"""The small shared base under every other package: files, hashes, canonical JSON, configuration, progress, compute,
 the site's signing key and the one audit log of Sobre.
 
 Nothing here knows about images or workspaces; every other package may use it.
@@ -10,6 +10,8 @@ b'{"a":null,"z":0}'
 
 from sobre.base._audit import (AuditEntry, AuditLog, AuditVerification, BadEntry, audit_entries, find_audit,
                                verify_audit)
+from sobre.base._compute import (FAILED, RETRIED, Compute, ComputeSettings, DaskCompute, LocalCompute, code_identity,
+                                 current_compute, open_compute, opened, shutdown_local_pool, use_compute)
 from sobre.base._config import Config, config_from, load_config, read_toml, resolved, validate_config
 from sobre.base._files import canonical_json, sha256_bytes, sha256_file, write_atomic
 from sobre.base._progress import Progress, ProgressRecorder, no_progress
@@ -21,4 +23,6 @@ __all__ = [
     "Progress", "ProgressRecorder", "no_progress",
     "AuditLog", "AuditEntry", "AuditVerification", "BadEntry", "verify_audit", "audit_entries", "find_audit",
     "SiteKey", "verify_signature", "public_key_id", "load_public_key",
+    "Compute", "ComputeSettings", "LocalCompute", "DaskCompute", "open_compute", "opened", "current_compute",
+    "use_compute", "shutdown_local_pool", "code_identity", "RETRIED", "FAILED",
 ]

@@ -19,7 +19,6 @@ Everything that goes wrong is reported as :class:`~sobre.errors.Problem` s in th
 
 from __future__ import annotations
 
-import atexit
 import os
 import shutil
 import tempfile
@@ -28,7 +27,7 @@ from pathlib import Path
 
 from sqlalchemy import bindparam, delete, func, insert, select, update
 
-from sobre.base import Progress, no_progress
+from sobre.base import FAILED, RETRIED, Compute, LocalCompute, Progress, no_progress, shutdown_local_pool
 from sobre.errors import Problem
 
 from . import _scan
@@ -146,11 +145,14 @@ class Ingester:
     # ------------------------------------------------------------------ files
     def ingest_files(self, files: list[str], report: IngestReport, *, site: str | None = None,
                      copy: bool = False, progress: Progress = no_progress, workers: int | None = None,
-                     require_deidentified: bool = False) -> None:
+                     require_deidentified: bool = False, compute: Compute | None = None) -> None:
         """Catalogue ``files`` (absolute paths) into ``report``; then assemble the pending series.
 
         ``require_deidentified``: DICOM files must carry Sobre's de-identification mark (the
         workspace de-identifies on the way in; files without it are refused, nothing stored).
+        ``compute``: where headers are read and files hashed (default: ``workers`` local
+        processes); on a cluster the workers must see the files at the same paths, which is
+        checked on a sample of them before anything is written.
         """
         with self.engine.connect() as conn:
             known = {sp: (size, mt) for sp, size, mt in conn.execute(
@@ -170,10 +172,13 @@ class Ingester:
                     continue
             todo.append(f)
         del known
+        if compute is not None and compute.distributed and todo:
+            step = max(1, len(todo) // 15)
+            compute.check_shared(read=todo[::step] + todo[-1:])
         cache = _IngestCache()
         done = 0
         progress("reading headers", 0, len(todo))
-        for records in _scan_stream(todo, workers, BATCH):
+        for records in _scan_stream(todo, workers, BATCH, compute, progress):
             self._write_batch(records, report, site=site, copy=copy, cache=cache,
                               require_deidentified=require_deidentified)
             done += len(records)
@@ -565,43 +570,7 @@ def _extends(old_shape, new_shape) -> bool:
 
 # --------------------------------------------------------------------------- header-reading processes
 _CHUNK = 32  # files per task sent to a worker
-_POOL: tuple[int, object] | None = None
-
-
-def _worker_init(parent: int) -> None:  # pragma: no cover - runs in the worker processes
-    """Leave when the ingesting process is gone (killed, crashed): never linger as an orphan."""
-    import threading
-    import time
-
-    def watch() -> None:
-        while True:
-            time.sleep(0.5)
-            if os.getppid() != parent:
-                os._exit(0)
-
-    threading.Thread(target=watch, daemon=True).start()
-
-
-def _pool(workers: int, *, fresh: bool = False):
-    global _POOL
-    from concurrent.futures import ProcessPoolExecutor
-
-    if fresh or _POOL is None or _POOL[0] != workers:
-        shutdown_pool()
-        _POOL = (workers, ProcessPoolExecutor(max_workers=workers, initializer=_worker_init,
-                                              initargs=(os.getpid(),)))
-    return _POOL[1]
-
-
-def shutdown_pool(wait: bool = False) -> None:
-    """Stop the header-reading processes (they are started again on demand)."""
-    global _POOL
-    if _POOL is not None:
-        _POOL[1].shutdown(wait=wait, cancel_futures=True)
-        _POOL = None
-
-
-atexit.register(shutdown_pool)
+shutdown_pool = shutdown_local_pool  # stop the header-reading processes (started again on demand)
 
 
 def _crashed(path: str) -> dict:
@@ -609,57 +578,38 @@ def _crashed(path: str) -> dict:
                                                     "(corrupted or hostile content); it was left out"}
 
 
-def _scan_isolated(paths: list[str], workers: int) -> list[dict]:
-    """Scan files one task each, after a worker died: the file that kills a worker is the one reported."""
-    from concurrent.futures.process import BrokenProcessPool
+def _scan_stream(paths: list[str], workers: int | None, batch: int, compute: Compute | None = None,
+                 progress: Progress = no_progress):
+    """Yield the scan records of ``paths`` in order, ``batch`` at a time, reading ahead on workers.
 
-    out = []
-    for p in paths:
-        try:
-            out.extend(_pool(workers).submit(_scan.scan_many, [p]).result())
-        except BrokenProcessPool:
-            _pool(workers, fresh=True)
-            out.append(_crashed(p))
-    return out
-
-
-def _scan_stream(paths: list[str], workers: int | None, batch: int):
-    """Yield the scan records of ``paths`` in order, ``batch`` at a time, reading ahead in worker processes.
-
-    While the caller writes one batch to the catalog, the workers read the next files. A worker
-    that dies on a file (segfault, out of memory) costs that file only: the in-flight files are
-    re-read one by one in fresh workers and the culprit is reported as skipped.
+    The workers are local processes (``workers`` of them) or, with a distributed ``compute``, the
+    workers of a cluster; either way they only read and return records, and the caller alone writes.
+    While the caller writes one batch to the catalog, the workers read the next files. A worker that
+    dies on a file (segfault, out of memory) costs that file only: the files it held are read again
+    in smaller tasks until the culprit is alone, and it is reported as skipped. ``progress`` hears of
+    tasks retried and failed (``"reading headers (retried)"``); files read are the caller's to count.
     """
-    workers = workers if workers is not None else min(2, os.cpu_count() or 1)
-    if workers <= 1 or len(paths) < 2 * _CHUNK:
-        for i in range(0, len(paths), batch):
-            yield _scan.scan_many(paths[i:i + batch])
-        return
-    from collections import deque
-    from concurrent.futures.process import BrokenProcessPool
+    if compute is None or not compute.distributed:
+        compute = LocalCompute(workers if workers is not None else min(2, os.cpu_count() or 1))
+        if compute.workers <= 1 or len(paths) < 2 * _CHUNK:
+            for i in range(0, len(paths), batch):
+                yield _scan.scan_many(paths[i:i + batch])
+            return
 
-    chunks = iter([paths[i:i + _CHUNK] for i in range(0, len(paths), _CHUNK)])
-    window: deque = deque()
+    def tasks(stage: str, done: int, total: int | None) -> None:
+        if stage.endswith((RETRIED, FAILED)):
+            progress(stage, done, total)
 
-    def fill(pool) -> None:
-        while len(window) < workers * 4:
-            c = next(chunks, None)
-            if c is None:
-                return
-            window.append((c, pool.submit(_scan.scan_many, c)))
+    def isolate(chunk: list[str]) -> list[dict]:
+        if len(chunk) == 1:
+            return [_crashed(chunk[0])]
+        return [r for recs in compute.map(_scan.scan_many, [[p] for p in chunk], stage="reading headers",
+                                          progress=tasks, on_crash=isolate) for r in recs]
 
-    fill(_pool(workers))
+    chunks = [paths[i:i + _CHUNK] for i in range(0, len(paths), _CHUNK)]
     buf: list[dict] = []
-    while window:
-        chunk, fut = window.popleft()
-        try:
-            buf.extend(fut.result())
-        except BrokenProcessPool:
-            lost = chunk + [p for c, _ in window for p in c]
-            window.clear()
-            _pool(workers, fresh=True)
-            buf.extend(_scan_isolated(lost, workers))
-        fill(_pool(workers))
+    for recs in compute.map(_scan.scan_many, chunks, stage="reading headers", progress=tasks, on_crash=isolate):
+        buf.extend(recs)
         while len(buf) >= batch:
             yield buf[:batch]
             buf = buf[batch:]

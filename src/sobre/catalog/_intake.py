@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sobre.base import Progress, no_progress
+from sobre.base import Compute, ComputeSettings, Progress, no_progress, opened
 from sobre.errors import ConfigError, InputError, Problem, SobreError
 from sobre.image import discover
 from sobre.privacy import Deidentifier, ProjectKey, PseudonymStore, load_key, load_or_create_key, map_path_for_key
@@ -116,11 +116,17 @@ class Intake:
     def ingest(self, paths: str | os.PathLike | Iterable[str | os.PathLike], *, site: str | None = None,
                clinical: str | os.PathLike | None = None, copy: bool = False,
                progress: Progress = no_progress, workers: int | None = None,
-               deidentify: bool | None = None) -> IngestReport:
+               deidentify: bool | None = None, compute: Compute | str | None = None) -> IngestReport:
         """Catalogue every image (and non-image DICOM object) below ``paths``, applying the privacy policy.
 
         Idempotent and crash-safe (see :mod:`sobre.catalog._ingest`). Bad files are reported in
         ``report.problems`` and never stop the others.
+
+        ``compute`` (a :class:`~sobre.base.Compute` or a scheduler address; default: the workspace's
+        ``[compute]`` setting) says where headers are read, files hashed and instances
+        de-identified. Workers only compute; this process alone writes the catalog, in transactions
+        (docs/cluster.md). Reaching the cluster, checking its Sobre and that its workers see the
+        files happen before anything is written.
 
         Raises
         ------
@@ -128,7 +134,8 @@ class Intake:
             Before anything is written, when the clinical table cannot be read or holds an
             unparseable value (named by line and column).
         ConfigError
-            ``deidentify=False`` in a workspace that requires de-identification.
+            ``deidentify=False`` in a workspace that requires de-identification; a cluster that
+            cannot be reached or runs another Sobre.
         """
         deid = self._deidentifying(deidentify)
         if deid and copy:
@@ -138,20 +145,45 @@ class Intake:
         table = read_clinical(clinical) if clinical is not None else None  # bad tables: before any write
         report = IngestReport()
         paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-        files: list[str] = []
-        for p in paths:  # the workspace is not walked when a folder around it is ingested
-            inside = self.layout.inside(p)
-            found = discover(p, exclude=[] if inside else [self.layout.root])
-            report.problems.extend(found.problems)
-            files.extend(str(f) for f in found.files)
-        if deid:
-            self._ingest_deidentified(files, report, site=site, copy=copy, progress=progress, workers=workers)
-        else:
-            self._ingester.ingest_files(files, report, site=site, copy=copy, progress=progress, workers=workers)
+        with self.compute(compute) as cluster:
+            files: list[str] = []
+            for p in paths:  # the workspace is not walked when a folder around it is ingested
+                inside = self.layout.inside(p)
+                found = discover(p, exclude=[] if inside else [self.layout.root])
+                report.problems.extend(found.problems)
+                files.extend(str(f) for f in found.files)
+            if workers is None and cluster is None:
+                workers = self._ws.settings.compute.workers
+            if deid:
+                self._ingest_deidentified(files, report, site=site, copy=copy, progress=progress, workers=workers,
+                                          compute=cluster)
+            else:
+                self._ingester.ingest_files(files, report, site=site, copy=copy, progress=progress, workers=workers,
+                                            compute=cluster)
         self._join_clinical(report, paths, clinical, table, deid)
         return report
 
-    def _ingest_deidentified(self, files: list[str], report: IngestReport, *, site, copy, progress, workers) -> None:
+    @contextmanager
+    def compute(self, compute: Compute | str | None = None):
+        """The cluster to use (a :class:`~sobre.base.DaskCompute`), or None to work locally as ever.
+
+        ``compute``: a Compute, a scheduler address or ``"local"``; None reads ``[compute]`` of
+        ``sobre.toml``. A cluster opened here is closed on leaving.
+        """
+        if isinstance(compute, Compute):
+            yield compute if compute.distributed else None
+            return
+        settings = self._ws.settings.compute
+        if compute is not None:
+            settings = settings.model_copy(update={"scheduler": ComputeSettings(scheduler=compute).scheduler})
+        if settings.scheduler == "local":
+            yield None
+            return
+        with opened(settings) as cluster:
+            yield cluster
+
+    def _ingest_deidentified(self, files: list[str], report: IngestReport, *, site, copy, progress, workers,
+                             compute=None) -> None:
         from sobre.image import looks_like_dicom
 
         store = self.layout.deidentified
@@ -164,9 +196,11 @@ class Intake:
                 "error", "not catalogued: this workspace requires de-identification and only DICOM can be "
                 "de-identified on the way in", path=f, code="not-deidentifiable",
                 fix="de-identify it with a tool that knows its format and ingest it into another workspace"))
+        if compute is not None and raw:  # workers read the originals and write into the store
+            compute.check_shared(read=raw[::max(1, len(raw) // 15)] + raw[-1:], write=[store])
         if ready:
             self._ingester.ingest_files(ready, report, site=site, progress=progress, workers=workers,
-                                        require_deidentified=True)
+                                        require_deidentified=True, compute=compute)
         if not raw:
             return
         with self.deidentifier() as deid:
@@ -174,14 +208,15 @@ class Intake:
 
             def on_files(outputs: list[str]) -> None:
                 part = IngestReport()
-                self._ingester.ingest_files(outputs, part, site=site, workers=workers, require_deidentified=True)
+                self._ingester.ingest_files(outputs, part, site=site, workers=workers, require_deidentified=True,
+                                            compute=compute)
                 report.add(part)
 
             def step(i: int, n: int) -> None:
                 done[0] = i
                 progress("de-identifying", i, n)
 
-            result = deid.deidentify_tree(raw, store, on_files=on_files, progress=step)
+            result = deid.deidentify_tree(raw, store, on_files=on_files, progress=step, compute=compute)
         report.deidentified += len(result.results)
         report.pixel_review.extend((r.output, r.pixel_review) for r in result.pixel_review)
         for prob in result.problems:

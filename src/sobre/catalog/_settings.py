@@ -13,6 +13,9 @@ Example::
     [privacy]
     deidentify = true                           # every intake de-identifies (see docs/privacy.md)
     retain_modified_dates = true
+
+    [compute]
+    scheduler = "tcp://10.0.0.5:8786"           # a Dask scheduler; "local" (default): this machine (docs/cluster.md)
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from sobre.base import Config, read_toml, validate_config, write_atomic
+from sobre.base import ComputeSettings, Config, read_toml, validate_config, write_atomic
 from sobre.errors import CatalogError, ConfigError
 from sobre.privacy import PrivacySettings
 
@@ -50,6 +53,7 @@ class WorkspaceSettings(Config):
 
     workspace: WorkspaceSection
     privacy: PrivacySettings = PrivacySettings()
+    compute: ComputeSettings = ComputeSettings()
 
     @classmethod
     def read(cls, layout: WorkspaceLayout) -> WorkspaceSettings:

@@ -16,6 +16,7 @@ For each instance it
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from dataclasses import dataclass, field
@@ -640,12 +641,19 @@ class Deidentifier:
         return result
 
     def deidentify_tree(self, inputs, out_dir: str | Path, *, progress: Callable[[int, int], None] | None = None,
-                        on_files: Callable[[list[str]], object] | None = None, batch: int = 200) -> DeidReport:
+                        on_files: Callable[[list[str]], object] | None = None, batch: int = 200,
+                        compute=None) -> DeidReport:
         """De-identify every file under ``inputs`` into ``out_dir`` (layout of :meth:`output_relpath`).
 
         Files that are not DICOM, damaged, DICOMDIRs or duplicates (same SOP Instance UID twice) are
         skipped with a reason; a verification failure also skips the file (nothing written) and is
         reported. ``on_files`` receives the written paths in batches (e.g. ``Workspace.ingest``).
+
+        ``compute``: a distributed :class:`~sobre.base.Compute` de-identifies on the cluster's
+        workers, which then read the originals and receive the project key (docs/cluster.md, privacy).
+        Each task writes into a hidden staging folder of ``out_dir``; this process alone decides, in
+        the order of the files, which outputs are kept (the first of duplicate instances), moves them
+        into place and records the pseudonyms: the same outputs as here, whatever worker ran what.
         """
         from sobre.image import discover
 
@@ -658,23 +666,71 @@ class Deidentifier:
         report.problems.extend(found.problems)
         seen: dict[str, str] = {}
         pending: list[str] = []
-        for i, path in enumerate(files):
-            try:
-                result = self._one_into(path, out_dir, seen)
-            except SobreError as exc:
-                report.problems.append(Problem.from_error(exc, path=str(path),
-                                                          code="duplicate" if "duplicate instance" in exc.what else ""))
-            else:
-                report.results.append(result)
-                pending.append(result.output)
-                if on_files is not None and len(pending) >= batch:
-                    on_files(pending)
-                    pending = []
-            if progress:
-                progress(i + 1, len(files))
+
+        def kept(result: DeidResult) -> None:
+            nonlocal pending
+            report.results.append(result)
+            pending.append(result.output)
+            if on_files is not None and len(pending) >= batch:
+                on_files(pending)
+                pending = []
+
+        if compute is not None and getattr(compute, "distributed", False):
+            self._tree_on(compute, files, out_dir, seen, report, kept, progress)
+        else:
+            for i, path in enumerate(files):
+                try:
+                    result = self._one_into(path, out_dir, seen)
+                except SobreError as exc:
+                    report.problems.append(Problem.from_error(exc, path=str(path),
+                                                              code="duplicate" if "duplicate instance" in exc.what
+                                                              else ""))
+                else:
+                    kept(result)
+                if progress:
+                    progress(i + 1, len(files))
         if on_files is not None and pending:
             on_files(pending)
         return report
+
+    def _tree_on(self, compute, files: list, out_dir: Path, seen: dict, report: DeidReport, kept, progress) -> None:
+        """:meth:`deidentify_tree` on a cluster's workers (staged outputs, published here in file order)."""
+        import secrets
+        import shutil
+
+        stage = out_dir / f".sobre-partial-{secrets.token_hex(8)}"
+        job = _TreeJob(self.key._secret, self.profile, str(stage))
+        chunks = [[str(p) for p in files[i:i + _TREE_CHUNK]] for i in range(0, len(files), _TREE_CHUNK)]
+        done = 0
+        try:
+            for chunk, outcomes in zip(chunks, compute.map(_deidentify_chunk, chunks, shared=job,
+                                                            stage="de-identifying")):
+                for path, (sop, result, problem, subjects) in zip(chunk, outcomes):
+                    done += 1
+                    if sop is not None and sop in seen:  # refused before de-identifying, as here: nothing recorded
+                        report.problems.append(Problem.from_error(InputError(
+                            "duplicate instance: same SOP Instance UID as an earlier file", path=path,
+                            tag="(0008,0018) SOPInstanceUID", fix="keep one copy of each instance"),
+                            path=path, code="duplicate"))
+                        continue
+                    if sop is not None:
+                        seen[sop] = path
+                    if self.pseudonyms is not None:  # as here, also for an instance refused after its subject was
+                        for pseudonym, identity, kw in subjects:
+                            self.pseudonyms.record(pseudonym, identity, **kw)
+                    if problem is not None:
+                        report.problems.append(problem)
+                        continue
+                    rel = self.output_relpath(result)
+                    target = out_dir / rel
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(stage / rel, target)
+                    result.output = str(target)
+                    kept(result)
+                if progress:
+                    progress(done, len(files))
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
 
     def _one_into(self, path: Path, out_dir: Path, seen: dict[str, str]) -> DeidResult:
         ds = read_instance(path, decode_all=False)
@@ -685,6 +741,53 @@ class Deidentifier:
                                  tag="(0008,0018) SOPInstanceUID", fix="keep one copy of each instance")
             seen[sop] = str(path)
         return self._write_deidentified(ds, path, out_dir, True)
+
+
+_TREE_CHUNK = 16  # instances per task of a distributed deidentify_tree
+_TREE_DEID: dict = {}
+
+
+@dataclass(frozen=True)
+class _TreeJob:
+    """What every worker of a distributed :meth:`Deidentifier.deidentify_tree` needs (sent once per worker)."""
+
+    secret: bytes
+    profile: DeidProfile
+    stage: str
+
+    def __repr__(self) -> str:  # never show the secret
+        return f"_TreeJob(stage={self.stage!r})"
+
+
+class _Subjects:
+    """Stands in for the pseudonym map on a worker: the driver, the one writer, records what it collects."""
+
+    def __init__(self) -> None:
+        self.rows: list = []
+
+    def record(self, pseudonym: str, identity: str, **kw) -> None:
+        self.rows.append((pseudonym, identity, kw))
+
+
+def _deidentify_chunk(job: _TreeJob, paths: list[str]) -> list[tuple]:  # pragma: no cover - runs on workers
+    """De-identify ``paths`` into ``job.stage``: ``(mapped SOP UID, result, problem, subjects)`` per path."""
+    deid = _TREE_DEID.get(job.stage)
+    if deid is None:
+        _TREE_DEID.clear()
+        deid = _TREE_DEID[job.stage] = Deidentifier(ProjectKey(job.secret), job.profile)
+    out = []
+    for path in paths:
+        deid.pseudonyms = subjects = _Subjects()
+        sop = None
+        try:
+            ds = read_instance(path, decode_all=False)
+            sop = deid.key.uid(str(ds.SOPInstanceUID).strip())
+            result = deid._write_deidentified(ds, Path(path), Path(job.stage), True)
+        except SobreError as exc:
+            out.append((sop, None, Problem.from_error(exc, path=str(path)), subjects.rows))
+        else:
+            out.append((sop, result, None, subjects.rows))
+    return out
 
 
 def _standard_vr(tag: int) -> str | None:
