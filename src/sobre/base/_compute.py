@@ -44,6 +44,7 @@ import os
 import platform
 import re
 import secrets
+import socket
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -462,13 +463,22 @@ class DaskCompute(Compute):
         self.retries = int(retries)
         self._starts: dict[str, int] = {}
         self._lock = threading.Lock()
+
+        def unreachable(exc):
+            return ConfigError(f"cannot reach the Dask scheduler at {address}", expected="a running scheduler",
+                               found=describe_exception(exc) if isinstance(exc, BaseException) else exc,
+                               fix="start it (`dask scheduler`, docs/cluster.md) and check the address and port, "
+                                   "or use --scheduler local")
+
+        host, _, port = address.split("://", 1)[1].rpartition(":")
+        try:  # a refused connection is said at once (Dask would retry until its timeout)
+            socket.create_connection((host or port, int(port) if host else 8786), timeout=timeout).close()
+        except OSError as exc:
+            raise unreachable(f"{type(exc).__name__}: {exc.strerror or exc}") from None
         try:
             self.client = distributed.Client(address, timeout=f"{timeout}s", set_as_default=False)
         except (OSError, TimeoutError) as exc:
-            raise ConfigError(f"cannot reach the Dask scheduler at {address}", expected="a running scheduler",
-                              found=describe_exception(exc),
-                              fix="start it (`dask scheduler`, docs/cluster.md) and check the address and port, "
-                                  "or use --scheduler local") from None
+            raise unreachable(exc) from None
         try:
             try:
                 self.client.wait_for_workers(1, timeout=timeout)

@@ -15,6 +15,26 @@ def add_json_arg(p) -> None:
     p.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
 
 
+def add_scheduler_arg(p) -> None:
+    p.add_argument("--scheduler", metavar="ADDR", default=None,
+                   help='where the work runs: "local" (this machine) or a Dask scheduler, tcp://host:8786 '
+                        "(default: [compute] scheduler of the workspace, else local; see docs/cluster.md)")
+
+
+def open_compute_of(ns, ws=None):
+    """The Compute of ``--scheduler`` (else the workspace's ``[compute]``, else local), said on stderr when a cluster."""
+    from sobre.base import ComputeSettings, open_compute
+
+    settings = ws.settings.compute if ws is not None else ComputeSettings()
+    if getattr(ns, "scheduler", None):
+        settings = settings.model_copy(update={"scheduler": ComputeSettings(scheduler=ns.scheduler).scheduler})
+    compute = open_compute(settings)
+    if compute.distributed and not getattr(ns, "json", False):
+        board = f"; dashboard {compute.dashboard}" if compute.dashboard else ""
+        print(f"cluster: {compute.scheduler}, {compute.n_workers} worker(s){board}", file=sys.stderr)
+    return compute
+
+
 def open_workspace(ns):
     from sobre.catalog import Workspace
 
@@ -35,8 +55,18 @@ class _Bars:
 
     def __init__(self) -> None:
         self.bars: dict = {}
+        self.counts: dict = {}  # stage -> {"retried": n, "failed": n}
 
     def __call__(self, stage: str, done: int, total: int | None) -> None:
+        from sobre.base import FAILED, RETRIED
+
+        if stage.endswith((RETRIED, FAILED)):  # tasks of a distributed job: shown on the stage's bar
+            base = stage.removesuffix(RETRIED).removesuffix(FAILED)
+            self.counts.setdefault(base, {})[stage[len(base) + 2:-1]] = done
+            bar = self.bars.get(base)
+            if bar is not None:
+                bar.set_postfix(self.counts[base], refresh=True)
+            return
         bar = self.bars.get(stage)
         if bar is None:
             if not total or total <= 1:

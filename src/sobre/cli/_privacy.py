@@ -12,7 +12,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from sobre.cli._common import add_json_arg, emit_json
+from sobre.cli._common import add_json_arg, add_scheduler_arg, emit_json, open_compute_of
 
 
 def register(sub) -> None:
@@ -23,6 +23,7 @@ def register(sub) -> None:
     p.add_argument("output", help="output folder (created)")
     _key_args(p)
     _profile_args(p)
+    add_scheduler_arg(p)
     add_json_arg(p)
     p.set_defaults(func=_deid)
 
@@ -208,21 +209,26 @@ def _deid(ns) -> int:
     if out.absolute() == src.absolute() or src.absolute() in out.absolute().parents:
         raise InputError("output folder must not be inside the input", path=out,
                          fix="choose an output folder outside the input")
+    from contextlib import ExitStack
+
+    stack = ExitStack()
     if ns.workspace:
         from sobre.catalog import Workspace
 
         with Workspace.open(ns.workspace) as ws:
+            compute = stack.enter_context(open_compute_of(ns, ws))  # a cluster checked before the key is made
             key = ws.intake.key()
             profile = _profile_from_args(ns, ws.settings.privacy.profile())
             map_path = ws.intake.map_path
     else:
+        compute = stack.enter_context(open_compute_of(ns))
         key = _open_key(ns.key_file, out, create=True)
         if key.path is not None and out.absolute() in Path(key.path).absolute().parents:
             raise InputError("the project key must not be inside the output folder", path=key.path,
                              fix="keep the key outside anything you export")
         profile = _profile_from_args(ns)
         map_path = map_path_for_key(key.path)
-    with PseudonymStore(map_path, key) as store:
+    with stack, PseudonymStore(map_path, key) as store:
         deid = Deidentifier(key, profile, store)
         total = [0]
 
@@ -235,7 +241,7 @@ def _deid(ns) -> int:
 
         with warnings.catch_warnings():  # pydicom's complaints about source values (over-long LO, ...)
             warnings.simplefilter("ignore", UserWarning)
-            report = deid.deidentify_tree(src, out, progress=progress)
+            report = deid.deidentify_tree(src, out, progress=progress, compute=compute)
     review = _write_reports(out, report)
     if ns.json:
         emit_json(report.to_dict(include_sources=True))

@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from sobre.cli._common import add_json_arg, add_workspace_arg, emit_json, open_workspace, progress_bars
+from sobre.cli._common import (add_json_arg, add_scheduler_arg, add_workspace_arg, emit_json, open_compute_of,
+                               open_workspace, progress_bars)
 
 
 def register(sub) -> None:
@@ -25,6 +26,7 @@ def register(sub) -> None:
                    help="de-identify DICOM files first (PS3.15 basic profile + the workspace's [privacy] options); "
                         "always on when sobre.toml says [privacy] deidentify = true")
     p.add_argument("--workers", type=int, default=None, help="header-reading processes (default: 2)")
+    add_scheduler_arg(p)
     add_json_arg(p)
     p.set_defaults(func=_ingest)
 
@@ -67,9 +69,9 @@ def _ingest(ns) -> int:
                          found=("also missing: " + ", ".join(missing[1:6]) + (" ..." if len(missing) > 6 else ""))
                          if len(missing) > 1 else None,
                          fix="check the path; nothing was ingested")
-    with open_workspace(ns) as ws, progress_bars(ns) as progress:
-        report = ws.ingest(ns.paths, site=ns.site, clinical=ns.clinical, copy=ns.copy, progress=progress,
-                           workers=ns.workers, deidentify=True if ns.deidentify else None)
+    with open_workspace(ns) as ws, open_compute_of(ns, ws) as compute, progress_bars(ns) as progress:
+        report = ws.intake.ingest(ns.paths, site=ns.site, clinical=ns.clinical, copy=ns.copy, progress=progress,
+                                  workers=ns.workers, deidentify=True if ns.deidentify else None, compute=compute)
     if ns.json:
         emit_json(report.to_dict())
     else:

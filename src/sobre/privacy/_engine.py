@@ -698,13 +698,14 @@ class Deidentifier:
         import secrets
         import shutil
 
+        compute.check_shared(read=[str(p) for p in files[::max(1, len(files) // 15)] + files[-1:]], write=[out_dir])
         stage = out_dir / f".sobre-partial-{secrets.token_hex(8)}"
         job = _TreeJob(self.key._secret, self.profile, str(stage))
-        chunks = [[str(p) for p in files[i:i + _TREE_CHUNK]] for i in range(0, len(files), _TREE_CHUNK)]
+        chunks = [(i, [str(p) for p in files[i:i + _TREE_CHUNK]]) for i in range(0, len(files), _TREE_CHUNK)]
         done = 0
         try:
-            for chunk, outcomes in zip(chunks, compute.map(_deidentify_chunk, chunks, shared=job,
-                                                            stage="de-identifying")):
+            for (first, chunk), outcomes in zip(chunks, compute.map(_deidentify_chunk, chunks, shared=job,
+                                                                     stage="de-identifying")):
                 for path, (sop, result, problem, subjects) in zip(chunk, outcomes):
                     done += 1
                     if sop is not None and sop in seen:  # refused before de-identifying, as here: nothing recorded
@@ -724,7 +725,7 @@ class Deidentifier:
                     rel = self.output_relpath(result)
                     target = out_dir / rel
                     target.parent.mkdir(parents=True, exist_ok=True)
-                    os.replace(stage / rel, target)
+                    os.replace(stage / str(first) / rel, target)
                     result.output = str(target)
                     kept(result)
                 if progress:
@@ -769,8 +770,13 @@ class _Subjects:
         self.rows.append((pseudonym, identity, kw))
 
 
-def _deidentify_chunk(job: _TreeJob, paths: list[str]) -> list[tuple]:  # pragma: no cover - runs on workers
-    """De-identify ``paths`` into ``job.stage``: ``(mapped SOP UID, result, problem, subjects)`` per path."""
+def _deidentify_chunk(job: _TreeJob, task: tuple[int, list[str]]) -> list[tuple]:  # pragma: no cover - on workers
+    """De-identify the paths of ``task = (first index, paths)`` into ``job.stage/<first index>``.
+
+    Returns ``(mapped SOP UID, result, problem, subjects)`` per path. Each task has its own staging
+    folder: two files of one instance (duplicates) never write over each other before the driver chose.
+    """
+    first, paths = task
     deid = _TREE_DEID.get(job.stage)
     if deid is None:
         _TREE_DEID.clear()
@@ -782,7 +788,7 @@ def _deidentify_chunk(job: _TreeJob, paths: list[str]) -> list[tuple]:  # pragma
         try:
             ds = read_instance(path, decode_all=False)
             sop = deid.key.uid(str(ds.SOPInstanceUID).strip())
-            result = deid._write_deidentified(ds, Path(path), Path(job.stage), True)
+            result = deid._write_deidentified(ds, Path(path), Path(job.stage) / str(first), True)
         except SobreError as exc:
             out.append((sop, None, Problem.from_error(exc, path=str(path)), subjects.rows))
         else:
