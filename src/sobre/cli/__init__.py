@@ -47,7 +47,7 @@ COMMAND_INDEX = {
     "pretrain": "sobre.cli._learn", "probe": "sobre.cli._learn", "runs": "sobre.cli._learn",
     "benchmark": "sobre.cli._learn", "app": "sobre.cli._apps", "predict": "sobre.cli._apps",
     "audit": "sobre.cli._audit", "model": "sobre.cli._models", "serve": "sobre.cli._serve",
-    "users": "sobre.cli._users",
+    "users": "sobre.cli._users", "service": "sobre.cli._service", "review": "sobre.cli._service",
 }
 
 
