@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -44,9 +45,8 @@ def find_series(ctx, project: str, key: str) -> dict:
     """The catalog record of series ``key`` (``uid`` or ``uid#label``) if it belongs to ``project``, else 404."""
     snap = ctx.view.snapshot()
     rec = snap.by_key.get(key)
-    if rec is None or key not in snap.scope(project):
-        ctx.view.invalidate()  # the snapshot may predate an ingest: look once more
-        snap = ctx.view.snapshot()
+    if (rec is None or key not in snap.scope(project)) and time.monotonic() - snap.time > 1.0:
+        snap = ctx.view.snapshot(fresh=True)  # the snapshot may predate an ingest: look once more
         rec = snap.by_key.get(key)
     if rec is None or key not in snap.scope(project):
         raise ApiError(404, f"no series '{key[:200]}' in project '{project}'",

@@ -49,29 +49,99 @@ class Snapshot:
 
 
 class CatalogView:
-    def __init__(self, ws, ttl: float) -> None:
+    """Catalog snapshots, rebuilt in the background when older than ``ttl`` (stale-while-revalidate).
+
+    Requests never wait for a rebuild except the first one (and ``snapshot(fresh=True)``); with
+    ``ttl == 0`` every call rebuilds synchronously (tests). Cohort expressions are re-read with
+    ``ws.cohorts()`` only when the number of cohorts or frozen versions changes, or every
+    ``cohort_ttl`` seconds (evaluating them on the fresh records each time).
+    """
+
+    def __init__(self, ws, ttl: float, cohort_ttl: float = 60.0) -> None:
         self.ws = ws
         self.ttl = ttl
+        self.cohort_ttl = cohort_ttl
         self._lock = threading.Lock()
+        self._flag = threading.Lock()
         self._snap: Snapshot | None = None
+        self._stale = False
+        self._refreshing = False
         self._generation = 0
         self._datasets: dict = {}
+        self._cohort_rows: tuple[float, tuple, list[dict]] | None = None
 
     def invalidate(self) -> None:
-        with self._lock:
-            self._generation += 1
-            self._snap = None
+        """The server changed something: the next snapshot is rebuilt (in the background)."""
+        self._generation += 1
+        self._stale = True
+        if self.ttl > 0 and self._snap is not None:
+            self._refresh_async()
 
-    def snapshot(self) -> Snapshot:
+    def snapshot(self, *, fresh: bool = False) -> Snapshot:
         snap = self._snap
-        if snap is not None and time.monotonic() - snap.time < self.ttl:
+        if snap is not None and not fresh and self.ttl > 0:
+            if self._stale or time.monotonic() - snap.time >= self.ttl:
+                self._refresh_async()
             return snap
         with self._lock:
-            snap = self._snap
-            if snap is not None and time.monotonic() - snap.time < self.ttl:
-                return snap
-            snap = self._snap = self._build()
-            return snap
+            if self._snap is None or fresh or self.ttl <= 0:
+                self._stale = False
+                self._snap = self._build()
+            return self._snap
+
+    def _refresh_async(self) -> None:
+        with self._flag:
+            if self._refreshing:
+                return
+            self._refreshing = True
+        threading.Thread(target=self._refresh, name="sobre-catalog-snapshot", daemon=True).start()
+
+    def _refresh(self) -> None:
+        try:
+            gen = self._generation
+            snap = self._build()
+            with self._lock:
+                self._snap = snap
+                self._stale = gen != self._generation
+        except Exception:  # noqa: BLE001 - keep serving the last snapshot; the next request retries
+            import logging
+
+            logging.getLogger("sobre.server").exception("catalog snapshot rebuild failed")
+        finally:
+            with self._flag:
+                self._refreshing = False
+
+    def _cohorts(self, records: list[dict], fields: list[str]) -> dict[str, dict]:
+        """Cohorts with their members evaluated on ``records``."""
+        from sobre.catalog import compile_filter
+
+        summary = self.ws.summary()
+        sig = (summary["cohorts"], summary["dataset_versions"])
+        got = self._cohort_rows
+        if got is None or got[1] != sig or time.monotonic() - got[0] > self.cohort_ttl or self.ttl <= 0:
+            rows = []
+            for c in self.ws.cohorts():
+                c = dict(c)
+                c.pop("members", None)
+                rows.append(c)
+            got = self._cohort_rows = (time.monotonic(), sig, rows)
+            fresh = True
+        else:
+            fresh = False
+        ok = [r for r in records if r["status"] == "ok"]
+        out = {}
+        for c in got[2]:
+            try:
+                pred = compile_filter(c["where"], fields)
+                members = [r for r in ok if pred(r)]
+            except Exception:  # noqa: BLE001 - a filter that no longer compiles selects nothing
+                members = []
+            entry = dict(c, members={series_key(m) for m in members}, refs=[])
+            if not fresh:
+                entry["n_series"] = len(members)
+                entry["n_subjects"] = len({m["subject_id"] for m in members})
+            out[c["name"]] = entry
+        return out
 
     def _build(self) -> Snapshot:
         ws = self.ws
@@ -79,10 +149,7 @@ class CatalogView:
         by_key = {series_key(r): r for r in records}
         fields = sorted(set(BASE_FIELDS) | {k for r in records for k in r} - {"status", "problem", "shape",
                                                                                 "spacing", "orientation"})
-        cohorts = {}
-        for c in ws.cohorts():
-            members = {series_key(m) for m in c.pop("members")}
-            cohorts[c["name"]] = dict(c, members=members, refs=[])
+        cohorts = self._cohorts(records, fields)
         versions = ws.datasets()
         for ref in versions:
             if ref.name in cohorts:
