@@ -123,9 +123,10 @@ def register_instances(queue: Queue, paths: list[str], *, via: str, peer: str | 
                        now: float | None = None) -> Registered:
     """Record stored instances in the queue (one transaction); their studies start (or restart) receiving.
 
-    An instance received again (same SOP instance UID) replaces the earlier record; a study that was
-    already complete starts receiving again, and its series are routed anew when it is quiet (jobs
-    whose exact inputs were already processed are not made twice).
+    An instance received again unchanged (same SOP instance UID, path and SHA-256) changes nothing;
+    a changed or new one replaces the earlier record and its study, even if complete, starts
+    receiving again: its series are routed anew when it is quiet (jobs whose exact inputs were
+    already processed are not made twice).
     """
     now = time.time() if now is None else now
     out = Registered()
@@ -143,6 +144,13 @@ def register_instances(queue: Queue, paths: list[str], *, via: str, peer: str | 
     if not rows:
         return out
     with queue.tx() as c:
+        changed = []
+        for f in rows:
+            prior = c.execute("SELECT path, sha256 FROM instances WHERE sop_uid = ?", (f["sop_uid"],)).fetchone()
+            if prior is not None and (prior["path"], prior["sha256"]) == (f["path"], f["sha256"]):
+                continue  # the same instance again (a listener re-ingesting its store after a crash): nothing new
+            changed.append(f)
+        rows = changed
         for f in rows:
             c.execute("INSERT INTO instances (sop_uid, study_uid, series_uid, sop_class_uid, path, sha256, received_at, "
                       "via, peer, patient_id, accession, modality) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) "
@@ -161,4 +169,6 @@ def register_instances(queue: Queue, paths: list[str], *, via: str, peer: str | 
                       (study, now, now, n))
             out.studies.append(study)
     out.instances = len(rows)
+    if out.skipped or len(rows) < len(paths):
+        log.debug("%d of %d instance(s) were new or changed", len(rows), len(paths))
     return out

@@ -205,7 +205,7 @@ class Review:
                                         status="submitted", comment=comment or f"correction of service job {job['id']}")
         self._review_annotation(job, reviewer, "reject", f"corrected in version {info.number}"
                                 + (f": {comment}" if comment else ""))
-        outputs, folder = self._correction_outputs(job, result, image, corrected, schema, reviewer, info)
+        outputs, folder = self._correction_outputs(job, result, image, corrected, schema, self._person(reviewer), info)
         correction = {"annotation_version": info.id, "annotation_number": info.number, "annotation_sha256": info.sha256,
                       "folder": str(folder.relative_to(self.root)), "outputs": outputs}
         send = self.config.review.send_corrections
@@ -266,6 +266,18 @@ class Review:
                                    expected="the reviewer or data_manager role", found=role or "no role",
                                    fix=f"a data manager grants it: accounts.grant('{reviewer}', '{project}', 'reviewer')")
         return project
+
+    def _person(self, reviewer: str) -> str:
+        """The reviewer as a DICOM person name (``Family^Given`` from the account's display name, else ``user^``)."""
+        name = reviewer
+        try:
+            name = self.ws.accounts.user(reviewer).display_name or reviewer
+        except SobreError:
+            pass
+        parts = name.replace("^", " ").split()
+        if len(parts) >= 2 and name != reviewer:
+            return f"{parts[-1]}^{' '.join(parts[:-1])}"[:64]
+        return f"{name}^"[:64]
 
     def _review_annotation(self, job: dict, reviewer: str, decision: str, comment: str | None) -> None:
         """Accept or reject the AI annotation version (once: a decision recorded by an earlier try is kept)."""
