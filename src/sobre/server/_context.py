@@ -35,26 +35,64 @@ class Context:
                                     settings.login_max_per_client)
         self.view = CatalogView(ws, settings.catalog_ttl_s)
         self.volumes = VolumeCache(settings.cache_bytes)
-        self._audit_lock = threading.Lock()
+        self._audit_writer = AuditWriter(ws)
         self._save_locks: dict[tuple, threading.Lock] = {}
         self._save_locks_lock = threading.Lock()
 
     def audit(self, actor: str, action: str, **data) -> None:
         """Append to the workspace's audit log before anything is shown or after anything is changed.
 
-        A failure to log is a failure of the request (503): patient data is never served unlogged.
+        Returns once the entry is on disk (fsynced). Concurrent requests share one write and one
+        ``fsync`` (group commit, :meth:`AuditLog.append_many`). A failure to log is a failure of the
+        request (503): patient data is never served unlogged.
         """
-        try:
-            with self._audit_lock:
-                self.ws.audit.append(actor, action, **{k: v for k, v in data.items() if v is not None})
-        except SobreError as exc:
-            log.error("audit log refused an entry: %s", exc)
-            raise ApiError(503, "the audit log cannot be written, so nothing is served", found=exc.what,
-                           fix="check the workspace's audit/ folder (disk space, permissions), then retry") from None
+        self._audit_writer.append(actor, action, {k: v for k, v in data.items() if v is not None})
 
     def save_lock(self, key: tuple) -> threading.Lock:
         with self._save_locks_lock:
             return self._save_locks.setdefault(key, threading.Lock())
+
+
+class AuditWriter:
+    """Group commit of audit entries: callers wait for their entry, one writer thread writes batches."""
+
+    def __init__(self, ws) -> None:
+        self.ws = ws
+        self._cond = threading.Condition()
+        self._queue: list[tuple[tuple, dict]] = []
+        self._writing = False
+
+    def append(self, actor: str, action: str, data: dict) -> None:
+        slot: dict = {}
+        with self._cond:
+            self._queue.append(((actor, action, data), slot))
+            while "done" not in slot:
+                if not self._writing:  # become the writer for everything queued so far
+                    self._writing = True
+                    batch, self._queue = self._queue, []
+                    self._cond.release()
+                    try:
+                        error = None
+                        try:
+                            self.ws.audit.append_many([rec for rec, _ in batch])
+                        except SobreError as exc:
+                            error = exc
+                        except OSError as exc:
+                            error = SobreError("the audit log cannot be written", found=str(exc))
+                    finally:
+                        self._cond.acquire()
+                        self._writing = False
+                    for _, s in batch:
+                        s["done"] = True
+                        s["error"] = error
+                    self._cond.notify_all()
+                else:
+                    self._cond.wait()
+        if slot.get("error") is not None:
+            exc = slot["error"]
+            log.error("audit log refused an entry: %s", exc)
+            raise ApiError(503, "the audit log cannot be written, so nothing is served", found=exc.what,
+                           fix="check the workspace's audit/ folder (disk space, permissions), then retry")
 
 
 @dataclass

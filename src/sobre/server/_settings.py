@@ -36,7 +36,7 @@ class ServerSettings(Config):
     max_upload_bytes: int = Field(1 << 30, ge=1024, description="largest imported file (SEG, RTSTRUCT, NIfTI) or "
                                   "mask upload (a raw mask may not exceed the series' voxel count in any case)")
     cache_bytes: int = Field(1 << 30, ge=0, description="decoded volumes kept in memory (LRU)")
-    catalog_ttl_s: float = Field(2.0, ge=0, description="how long a catalog snapshot (records, cohorts, scopes) "
+    catalog_ttl_s: float = Field(5.0, ge=0, description="how long a catalog snapshot (records, cohorts, scopes) "
                                  "is reused; the server's own changes refresh it at once")
     static_dir: Path | None = Field(None, description="front-end build to serve (default: the package's static/)")
     pacs_url: str | None = Field(None, description="DICOMweb base URL that `push` sends to (STOW-RS); none: push off")
