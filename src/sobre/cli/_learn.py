@@ -14,12 +14,14 @@ def register(sub) -> None:
     p.add_argument("config", nargs="?", help="TOML config (optional with --resume: the run's own config is used)")
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted training run from its last checkpoint")
     _common(p)
+    _nproc_arg(p)
     p.set_defaults(func=_train)
 
     p = sub.add_parser("pretrain", help="contrastive pretraining (SimCLR or y-aware) on an unlabelled cohort")
     p.add_argument("config", nargs="?", help="TOML config (optional with --resume)")
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted pretraining run")
     _common(p)
+    _nproc_arg(p)
     p.set_defaults(func=_pretrain)
 
     p = sub.add_parser("probe", help="linear probe (scikit-learn) on frozen features of a pretrained encoder")
@@ -55,6 +57,70 @@ def _common(p) -> None:
     add_workspace_arg(p)
     add_json_arg(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars or per-epoch lines")
+
+
+def _nproc_arg(p) -> None:
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="data-parallel training in N processes on this machine (PyTorch DDP, gloo): the same "
+                        "global batch and result as one process; on several machines use torchrun "
+                        "(docs/cluster.md)")
+
+
+def _parallel(ns, argv: list[str]):
+    """Launch ``--nproc`` processes of this command and wait for them (an exit status), or join the group
+    this process was started in (``torchrun`` or such a launch: None, run the command here)."""
+    if ns.nproc < 1:
+        from sobre.errors import ConfigError
+
+        raise ConfigError("--nproc must be at least 1", found=str(ns.nproc))
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # a member of a group (launched below, or by torchrun)
+        from sobre.learn import init_parallel
+
+        init_parallel()
+        return None
+    if ns.nproc == 1:
+        return None
+    import socket
+    import subprocess
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for rank in range(ns.nproc):
+        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(ns.nproc),
+                   LOCAL_WORLD_SIZE=str(ns.nproc), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        args = argv if rank == 0 else [a for a in argv if a != "--json"] + ["--no-progress"]
+        procs.append(subprocess.Popen([sys.executable, "-m", "sobre", *args], env=env,
+                                      stdout=None if rank == 0 else subprocess.DEVNULL))
+    status = 0
+    try:
+        while procs:
+            for p in list(procs):
+                rc = p.poll()
+                if rc is None:
+                    continue
+                procs.remove(p)
+                if rc and not status:  # one failed: the others would wait for it forever
+                    status = rc
+                    for q in procs:
+                        q.terminate()
+            if procs:
+                import time
+
+                time.sleep(0.2)
+    except KeyboardInterrupt:
+        for q in procs:
+            q.terminate()
+        raise
+    return status
+
+
+def _argv(ns, command: str) -> list[str]:
+    """The command line of this command again (for the processes of --nproc)."""
+    out = [command] + ([ns.config] if ns.config else []) + (["--resume", ns.resume] if ns.resume else [])
+    out += ["-w", str(ns.workspace)] + (["--json"] if ns.json else []) + (["--no-progress"] if ns.no_progress else [])
+    return out
 
 
 def _prepare_torch() -> None:
@@ -104,6 +170,9 @@ def _train(ns) -> int:
     if not ns.config and not ns.resume:
         raise ConfigError("no config given", expected="sobre train CONFIG.toml (or --resume RUN)",
                           fix="see docs/learning.md for an example config")
+    status = _parallel(ns, _argv(ns, "train"))
+    if status is not None:
+        return status
     ws = open_workspace(ns)
     with _bars(ns) as progress:
         res = train(ns.config, workspace=ws, resume=ns.resume, progress=progress, on_epoch=_Epochs(_shown(ns)),
@@ -118,6 +187,9 @@ def _pretrain(ns) -> int:
 
     if not ns.config and not ns.resume:
         raise ConfigError("no config given", expected="sobre pretrain CONFIG.toml (or --resume RUN)")
+    status = _parallel(ns, _argv(ns, "pretrain"))
+    if status is not None:
+        return status
     ws = open_workspace(ns)
     with _bars(ns) as progress:
         res = pretrain(ns.config, workspace=ws, resume=ns.resume, progress=progress, on_epoch=_Epochs(_shown(ns)),

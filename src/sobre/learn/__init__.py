@@ -24,7 +24,7 @@ from sobre.learn._config import (
     validate_config,
 )
 from sobre.learn._data import Cohort, load_cohort, model_input, preprocess_image
-from sobre.learn._losses import GradientReversal, kernel_matrix, nt_xent, y_aware_infonce
+from sobre.learn._losses import GradientReversal, gather_rows, kernel_matrix, nt_xent, y_aware_infonce
 from sobre.learn._runs import Run, list_runs, open_run, runs_root
 from sobre.learn._splits import SplitPlan, check_disjoint, make_split
 
@@ -32,7 +32,8 @@ __all__ = [
     "TrainConfig", "PretrainConfig", "LabelEfficiencyConfig", "DataConfig", "PreprocessConfig", "MaskRule",
     "load_config", "validate_config", "resolved",
     "Cohort", "load_cohort", "preprocess_image", "model_input",
-    "nt_xent", "y_aware_infonce", "kernel_matrix", "GradientReversal",
+    "nt_xent", "y_aware_infonce", "kernel_matrix", "GradientReversal", "gather_rows",
+    "init_parallel", "Parallel", "parallel",
     "SplitPlan", "make_split", "check_disjoint",
     "Run", "list_runs", "open_run", "runs_root",
     "train", "pretrain", "probe", "label_efficiency", "throughput", "CompactCNN",
@@ -61,6 +62,10 @@ def __getattr__(name: str):  # the heavier entry points load on first use
         from sobre.learn import _inference
 
         return getattr(_inference, name)
+    if name in ("init_parallel", "Parallel", "parallel"):  # data parallel (torch.distributed, gloo)
+        from sobre.learn import _engine
+
+        return getattr(_engine, name)
     if name == "CompactCNN":
         from sobre.learn._models import CompactCNN
 

@@ -11,6 +11,13 @@
 * **Progress**: reported through callbacks, never printed: ``progress(stage, done, total)``
   (:mod:`sobre.base`) counts samples within an epoch, ``on_epoch(row)`` receives each epoch's
   record; throughput for training and inference is recorded per epoch.
+* **Data parallel** (PyTorch DistributedDataParallel, gloo on CPU): when a process group is up
+  (``sobre train|pretrain --nproc N``, or ``torchrun`` on a cluster: :func:`init_parallel`), every
+  process draws the same global batch and the same augmentations, keeps its block of rows
+  (:func:`shard`), and gradients are averaged so that one optimiser step equals the single-process
+  step on the global batch. Batch norm uses the statistics of the global batch
+  (:func:`global_batchnorm`); contrastive losses see the negatives of every process
+  (:func:`sobre.learn._losses.gather_rows`). Process 0 alone validates, checkpoints and records.
 """
 
 from __future__ import annotations
@@ -34,7 +41,8 @@ from sobre.learn._config import OptimConfig, RuntimeConfig
 
 __all__ = ["cpu_bf16_support", "resolve_precision", "setup_runtime", "batches", "run_epochs", "LoopResult",
            "autocast", "to_device_batch", "make_optimizer", "save_checkpoint", "load_checkpoint", "reporters",
-           "epoch_line"]
+           "epoch_line", "Parallel", "parallel", "init_parallel", "shard", "block_sizes", "global_batchnorm", "data_parallel",
+           "broadcast", "all_sum", "barrier"]
 
 
 # ------------------------------------------------------------------------------------------ runtime
@@ -67,15 +75,179 @@ def available_cores() -> int:
 
 
 def setup_runtime(runtime: RuntimeConfig, seed: int) -> dict:
-    """Threads, seeds, determinism; returns what was set (recorded in the run)."""
-    threads = runtime.threads or available_cores()
+    """Threads, seeds, determinism; returns what was set (recorded in the run).
+
+    Data-parallel processes on one machine share its cores: each takes its part of them.
+    """
+    par = parallel()
+    threads = runtime.threads or max(1, available_cores() // (par.local_world if par.active else 1))
     torch.set_num_threads(threads)
     random.seed(seed)
     np.random.seed(seed % (2 ** 32))
     torch.manual_seed(seed)
     use_bf16, why = resolve_precision(runtime)
-    return {"threads": threads, "bf16": use_bf16, "precision": "bf16" if use_bf16 else "fp32",
-            "precision_reason": why, "prefetch": runtime.prefetch}
+    out = {"threads": threads, "bf16": use_bf16, "precision": "bf16" if use_bf16 else "fp32",
+           "precision_reason": why, "prefetch": runtime.prefetch}
+    if par.active:
+        out["data_parallel"] = {"processes": par.world, "backend": "gloo"}
+    return out
+
+
+# ------------------------------------------------------------------------------------ data parallel
+@dataclass(frozen=True)
+class Parallel:
+    """This process's place in a data-parallel run: ``rank`` of ``world`` (``local_world`` on this machine)."""
+
+    rank: int = 0
+    world: int = 1
+    local_world: int = 1
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    @property
+    def writer(self) -> bool:
+        """Process 0: the one that validates, checkpoints and writes the run record."""
+        return self.rank == 0
+
+
+def parallel() -> Parallel:
+    """The data-parallel group this process belongs to (a single process when none is initialised)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return Parallel()
+    world = dist.get_world_size()
+    return Parallel(dist.get_rank(), world, int(os.environ.get("LOCAL_WORLD_SIZE", world)))
+
+
+def init_parallel(timeout_hours: float = 6.0) -> Parallel:
+    """Join the process group the launcher describes (``torchrun``'s variables: ``RANK``, ``WORLD_SIZE``,
+    ``MASTER_ADDR``, ``MASTER_PORT``, ``LOCAL_WORLD_SIZE``), with the gloo backend (CPU).
+
+    Nothing happens for a single process (no ``WORLD_SIZE``, or 1). ``timeout_hours`` bounds how long a
+    process waits for the others (process 0 builds a missing preprocessing cache while they wait).
+    """
+    import datetime
+
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return parallel()
+    dist.init_process_group("gloo", timeout=datetime.timedelta(hours=timeout_hours))
+    return parallel()
+
+
+def shard(n: int, par: Parallel) -> slice:
+    """This process's block of a global batch of ``n`` rows (contiguous blocks in rank order, sizes differ by ≤ 1)."""
+    base, extra = divmod(n, par.world)
+    lo = par.rank * base + min(par.rank, extra)
+    return slice(lo, lo + base + (1 if par.rank < extra else 0))
+
+
+def block_sizes(n: int, par: Parallel) -> list[int]:
+    """The length of every process's block of a global batch of ``n`` rows (see :func:`shard`)."""
+    return [len(range(n)[shard(n, Parallel(r, par.world))]) for r in range(par.world)]
+
+
+class _GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """Batch norm over the global batch of a data-parallel run, on CPU (``torch.nn.SyncBatchNorm`` needs a GPU).
+
+    Sums and sums of squares of every process are added with a differentiable all-reduce, so that
+    outputs, gradients and running statistics are those of one process seeing the whole batch.
+    """
+
+    def _check_input_dim(self, x) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {x.dim()}D input)")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        import warnings
+
+        from torch.distributed.nn.functional import all_reduce  # differentiable, gloo included
+
+        dims = [0] + list(range(2, x.dim()))
+        xf = x.float()
+        count = torch.tensor([x.numel() / x.shape[1]], dtype=torch.float32, device=x.device)
+        with warnings.catch_warnings():  # torch 2.13 suggests its private _functional_collectives instead
+            warnings.simplefilter("ignore", FutureWarning)
+            stats = all_reduce(torch.cat([xf.sum(dims), (xf * xf).sum(dims), count]))
+        c = x.shape[1]
+        n = stats[-1]
+        mean = stats[:c] / n
+        var = (stats[c:2 * c] / n - mean * mean).clamp_min(0)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1 - m).add_(m * mean.detach())
+                self.running_var.mul_(1 - m).add_(m * var.detach() * n / (n - 1).clamp_min(1))
+        shape = [1, c] + [1] * (x.dim() - 2)
+        y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y.to(x.dtype)
+
+
+def global_batchnorm(model: nn.Module) -> nn.Module:
+    """``model`` with every batch-norm layer computing global-batch statistics (same parameters and buffers)."""
+    for name, child in list(model.named_children()):
+        if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, _GlobalBatchNorm):
+            new = _GlobalBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
+                                   child.track_running_stats)
+            new.load_state_dict(child.state_dict())
+            new.train(child.training)
+            setattr(model, name, new)
+        else:
+            global_batchnorm(child)
+    return model
+
+
+def data_parallel(model: nn.Module, par: Parallel, *, find_unused: bool = False) -> nn.Module:
+    """The module to call in a training step: ``model`` itself, or its DistributedDataParallel wrapper.
+
+    Convert batch norm first (:func:`global_batchnorm`). Parameters are broadcast from process 0.
+    ``find_unused``: some parameters get no gradient in some steps (a frozen encoder during head warm-up).
+    """
+    if not par.active:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, find_unused_parameters=find_unused)
+
+
+def broadcast(obj, par: Parallel):
+    """Process 0's ``obj`` on every process (e.g. validation metrics: all take the same decisions)."""
+    if not par.active:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj if par.writer else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_sum(value: float, par: Parallel) -> float:
+    """The sum of ``value`` over every process."""
+    if not par.active:
+        return value
+    import torch.distributed as dist
+
+    t = torch.tensor([float(value)], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t[0])
+
+
+def barrier(par: Parallel) -> None:
+    if par.active:
+        import torch.distributed as dist
+
+        dist.barrier()
 
 
 EpochCallback = Callable[[dict], None]
@@ -274,7 +446,8 @@ def run_epochs(*, model: nn.Module, optimizer, scheduler, n_epochs: int,
                monitor: str | None, mode: str = "max", patience: int | None = None, min_delta: float = 0.0,
                ckpt_dir: Path | None = None, resume: bool = False, interrupt_after: int | None = None,
                on_epoch: Callable[[dict], None] | None = None, on_resume: Callable[[int], None] | None = None,
-               extra_state: Callable[[], dict] | None = None, validate_first: bool = False) -> LoopResult:
+               extra_state: Callable[[], dict] | None = None, validate_first: bool = False,
+               write: bool = True) -> LoopResult:
     """Epochs with validation, early stopping, checkpoints and resume.
 
     Parameters
@@ -294,6 +467,9 @@ def run_epochs(*, model: nn.Module, optimizer, scheduler, n_epochs: int,
         Stop (as if interrupted) after this many epochs in this call; resume later.
     validate_first : bool
         Validate the initial weights as epoch 0 (kept as the best if no epoch beats them).
+    write : bool
+        False: read ``ckpt_dir`` to resume, never write it (data-parallel processes other than 0);
+        the best weights are kept in memory.
     """
     res = LoopResult()
     start = 0
@@ -314,6 +490,8 @@ def run_epochs(*, model: nn.Module, optimizer, scheduler, n_epochs: int,
             res.stopped_early = st.get("stopped_early", False)
             res.epochs_run = start
             return res
+    if not write:
+        last = best_path = None
     if validate_first and start == 0 and validate is not None and not res.history:
         row0 = {"epoch": 0, **validate(-1)}
         value0 = row0.get(monitor) if monitor else None

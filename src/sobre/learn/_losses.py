@@ -33,6 +33,13 @@ of an anchor holds only views whose group (e.g. acquisition site) equals the anc
 then never differ from the anchor by site, so telling sites apart earns nothing: the loss is the
 average of the per-site losses, weighted by the number of anchors in each site.
 
+Data parallel: with a process group (:mod:`sobre.learn._engine`), each process embeds its block of
+the batch and :func:`gather_rows` puts the blocks of every process together, in rank order, with
+gradients flowing back to the process that computed each row. The loss then sees the negatives of
+the whole global batch and equals the single-process loss on that batch (every process computes
+the same value; gradients summed by the gather and averaged by DistributedDataParallel give the
+single-process gradient).
+
 Precision: the similarities, their log-softmax and the kernel weights are always computed in fp32
 (the kernel in fp64), also inside a bf16 ``torch.autocast`` region, whose matrix products would
 otherwise round the logits to bf16 (8 bits of mantissa: at τ = 0.1 a logit of 10 moves by up to
@@ -47,7 +54,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-__all__ = ["nt_xent", "y_aware_infonce", "kernel_matrix", "GradientReversal", "fp32"]
+__all__ = ["nt_xent", "y_aware_infonce", "kernel_matrix", "GradientReversal", "fp32", "gather_rows"]
 
 
 def fp32(*tensors: torch.Tensor) -> contextlib.AbstractContextManager:
@@ -61,6 +68,33 @@ def fp32(*tensors: torch.Tensor) -> contextlib.AbstractContextManager:
     for kind in sorted({t.device.type for t in tensors} or {"cpu"}):
         stack.enter_context(torch.autocast(device_type=kind, enabled=False))
     return stack
+
+
+def gather_rows(z: torch.Tensor, sizes: list[int] | None = None) -> torch.Tensor:
+    """The rows of ``z`` of every process of the group, concatenated in rank order, differentiably.
+
+    ``z`` is this process's block ``(n_rank, D)``; blocks may differ in length (``sizes``: the length
+    of each process's block when known, else exchanged). Without a process group, ``z`` itself.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return z
+    import warnings
+
+    from torch.distributed.nn.functional import all_gather  # differentiable, gloo included, torch 2.3 onwards
+
+    if sizes is None:
+        n = torch.tensor([z.shape[0]], device=z.device)
+        got = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
+        dist.all_gather(got, n)
+        sizes = [int(t) for t in got]
+    top = max(sizes)
+    pad = torch.cat([z, z.new_zeros((top - z.shape[0], *z.shape[1:]))]) if z.shape[0] < top else z
+    with warnings.catch_warnings():  # torch 2.13 suggests its private _functional_collectives instead
+        warnings.simplefilter("ignore", FutureWarning)
+        parts = all_gather(pad)  # gradients flow back to each block's process (summed over processes)
+    return torch.cat([p[:k] for p, k in zip(parts, sizes)])
 
 
 def _scores(z1: torch.Tensor, z2: torch.Tensor, temperature: float, groups: torch.Tensor | None):

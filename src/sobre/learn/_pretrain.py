@@ -34,7 +34,7 @@ from sobre.learn._augment import Augmenter
 from sobre.learn._config import PretrainConfig, config_from, resolved, validate_config
 from sobre.learn._data import Cohort, load_cohort, metadata_matrix, require_columns
 from sobre.learn._inference import input_record, member_record, model_record
-from sobre.learn._losses import fp32, nt_xent, y_aware_infonce
+from sobre.learn._losses import fp32, gather_rows, nt_xent, y_aware_infonce
 from sobre.learn._models import ContrastiveModel, build_encoder, encoder_spec
 from sobre.learn._runs import Run, begin_run, dataset_record, reopen_run, runs_root
 from sobre.learn._splits import holdout, stratification_keys
@@ -81,6 +81,12 @@ def pretrain(config, *, workspace=None, cohort: Cohort | None = None, runs_dir=N
         ``runtime.progress = false``.
     record : bool
         False: no run folder (the encoder is only returned).
+
+    Data parallel: run in every process of a group (``sobre pretrain --nproc N``, or ``torchrun``
+    with :func:`sobre.learn.init_parallel`); each process embeds its block of every global batch of
+    ``optim.batch_size`` and the loss sees the negatives of all (:func:`gather_rows`): the same
+    training as one process, within floating-point rounding. Process 0 builds a missing cache,
+    monitors, checkpoints and records the run; the others return a result without a run.
     """
     rroot = runs_root(workspace) if workspace is not None else (Path(runs_dir) if runs_dir else None)
     run = None
@@ -90,13 +96,18 @@ def pretrain(config, *, workspace=None, cohort: Cohort | None = None, runs_dir=N
     else:
         cfg, config_path = config_from(config, PretrainConfig, config_path)
     progress, on_epoch = E.reporters(cfg.runtime, progress, on_epoch)
+    par = E.parallel()
     rt = E.setup_runtime(cfg.runtime, cfg.seed)
     if cohort is None:
         if workspace is None:
             raise ConfigError("no data: give a workspace holding data.dataset, or an in-memory cohort",
                               path=config_path)
+        if not par.writer:
+            E.barrier(par)  # process 0 builds a missing cache first
         cohort = load_cohort(workspace, cfg.data, cfg.preprocess, progress=progress, config_path=config_path,
                              threads=rt["threads"])
+        if par.active and par.writer:
+            E.barrier(par)
     ds = cohort.source.get("dataset", "the cohort")
     m = cfg.method
     y_all = metadata_matrix(cohort.table, m.variables, dataset=ds, key="method.variables",
@@ -136,8 +147,12 @@ def pretrain(config, *, workspace=None, cohort: Cohort | None = None, runs_dir=N
         ystd = y_all[tr_rows].std(0) if m.standardize else np.ones(y_all.shape[1])
         ystd[ystd == 0] = 1.0
 
-    run = begin_run(run, rroot, "pretrain", record=record, cohort=cohort, config=resolved(cfg), seed=cfg.seed,
-                    name=cfg.name)
+    resumed = run.path / "checkpoints" if run is not None else None
+    if par.writer:
+        run = begin_run(run, rroot, "pretrain", record=record, cohort=cohort, config=resolved(cfg), seed=cfg.seed,
+                        name=cfg.name)
+    else:  # one writer: process 0 records; the others read its checkpoints to resume
+        run = None
     if run is not None:
         run.update(runtime=rt, task_kind="pretrain", split={"n_train": len(tr_subjects),
                                                             "n_monitor": len(mon_subjects)}, run_id=run.run_id)
@@ -149,10 +164,17 @@ def pretrain(config, *, workspace=None, cohort: Cohort | None = None, runs_dir=N
     torch.manual_seed(cfg.seed)
     dims, cin = cohort.spatial_dims, cohort.in_channels
     adversarial = m.nuisance is not None and m.nuisance.method == "adversarial"
+    if adversarial and par.active:
+        raise ConfigError("method.nuisance.method = \"adversarial\" is not available in data-parallel pretraining",
+                          path=config_path, expected="one process, or nuisance.method = \"conditional\"",
+                          found=f"{par.world} processes", fix="run it in one process (drop --nproc)")
     model = ContrastiveModel(build_encoder(cfg.model, dims, cin), cfg.model.projection_hidden,
                              cfg.model.projection_dim, n_nuisance=len(g_names) if adversarial else 0)
     cl = cfg.runtime.channels_last
     model = E.prepare_model(model, dims, cl)
+    if par.active:
+        E.global_batchnorm(model)
+    net = E.data_parallel(model, par)  # what a training step calls; ``model`` is what is saved and monitored
     opt = E.make_optimizer([{"params": list(model.parameters()), "lr": cfg.optim.lr}], cfg.optim)
     steps = len(E.batches(len(tr_rows), bs, shuffle=False, drop_last="full")) or 1
     n_epochs = E.planned_epochs(cfg.optim, steps)
@@ -184,21 +206,31 @@ def pretrain(config, *, workspace=None, cohort: Cohort | None = None, runs_dir=N
             for b in E.batches(len(tr_rows), bs, shuffle=True, seed=cfg.seed, epoch=epoch, drop_last="full"):
                 rows = tr_rows[b]
                 raw = E.stack_rows(images, rows)
+                # every process draws the augmentations of the whole batch (one random stream), keeps its block
                 v1 = torch.stack([aug(raw[i])[0] for i in range(len(rows))])
                 v2 = torch.stack([aug(raw[i])[0] for i in range(len(rows))])
-                yield rows, E.to_device_batch(torch.cat([v1, v2]), cl)
+                mine = E.shard(len(rows), par)
+                yield rows, mine, E.to_device_batch(torch.cat([v1[mine], v2[mine]]), cl)
 
-        for rows, x in E.prefetched(prepared(), cfg.runtime.prefetch):
+        for rows, mine, x in E.prefetched(prepared(), cfg.runtime.prefetch):
+            k = mine.stop - mine.start
             with E.autocast(bf16):
-                z, h = model(x)
+                z, h = net(x)
             z = z.float()
-            loss = loss_of(z[: len(rows)], z[len(rows):], rows)  # fp32 logits (see sobre.learn._losses)
+            sizes = E.block_sizes(len(rows), par)
+            z1, z2 = gather_rows(z[:k], sizes), gather_rows(z[k:], sizes)  # the negatives of every process
+            loss = contrastive = loss_of(z1, z2, rows)  # fp32 logits (see sobre.learn._losses)
             adv = None
             if adversarial:
                 with fp32(h):
                     logits = model.nuisance(h.float())
-                    adv = F.cross_entropy(logits, torch.from_numpy(np.concatenate([g_all[rows], g_all[rows]])).long())
-                loss = loss + m.nuisance.weight * adv
+                    mine_rows = rows[mine]
+                    adv = F.cross_entropy(logits, torch.from_numpy(np.concatenate([g_all[mine_rows],
+                                                                                   g_all[mine_rows]])).long())
+                if par.active:  # DDP averages over processes: weighted so that it is the global batch's mean
+                    loss = loss + m.nuisance.weight * adv * (k * par.world / len(rows))
+                else:
+                    loss = loss + m.nuisance.weight * adv
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.optim.grad_clip:
@@ -206,9 +238,14 @@ def pretrain(config, *, workspace=None, cohort: Cohort | None = None, runs_dir=N
             opt.step()
             sched.step()
             n += len(rows)
-            tot += float(loss.detach()) * len(rows)
-            if adv is not None:
-                tot_adv += float(adv.detach()) * len(rows)
+            if adv is not None and par.active:  # this process's part of the nuisance loss: the batch's mean
+                adv_batch = E.all_sum(float(adv.detach()) * k, par) / len(rows)
+                tot += (float(contrastive.detach()) + m.nuisance.weight * adv_batch) * len(rows)
+                tot_adv += adv_batch * len(rows)
+            else:
+                tot += float(loss.detach()) * len(rows)
+                if adv is not None:
+                    tot_adv += float(adv.detach()) * len(rows)
             progress(stage, n, per_epoch)
         dt = time.perf_counter() - t0
         out = {"train_loss": tot / max(n, 1), "train_samples_per_s": 2 * n / dt if dt > 0 else None,
@@ -220,8 +257,11 @@ def pretrain(config, *, workspace=None, cohort: Cohort | None = None, runs_dir=N
     def validate(epoch: int) -> dict:
         if not len(mon_rows) or ((epoch + 1) % cfg.monitor.every and epoch + 1 != n_epochs):
             return {}
-        return probe_metrics(model.encoder, cohort, tr_rows, mon_rows, cfg.monitor.regress, cfg.monitor.classify,
-                             bf16=bf16, channels_last=cl, seed=cfg.seed, batch_size=max(bs, 16))
+        if not par.writer:
+            return E.broadcast(None, par)  # process 0 monitors; every process gets the same row
+        return E.broadcast(probe_metrics(model.encoder, cohort, tr_rows, mon_rows, cfg.monitor.regress,
+                                         cfg.monitor.classify, bf16=bf16, channels_last=cl, seed=cfg.seed,
+                                         batch_size=max(bs, 16)), par)
 
     def epoch_done(row):
         if run is not None:
@@ -233,12 +273,12 @@ def pretrain(config, *, workspace=None, cohort: Cohort | None = None, runs_dir=N
         if run is not None:
             run.truncate_epochs("pretrain", epoch + 1)
 
-    ckpt = run.path / "checkpoints" if run is not None else None
+    ckpt = run.path / "checkpoints" if run is not None else resumed
     try:
         res = E.run_epochs(model=model, optimizer=opt, scheduler=sched, n_epochs=n_epochs,
                            train_one_epoch=train_one_epoch, validate=validate, monitor=None, ckpt_dir=ckpt,
                            resume=resume is not None, interrupt_after=interrupt_after, on_epoch=epoch_done,
-                           on_resume=on_resume)
+                           on_resume=on_resume, write=par.writer)
     except KeyboardInterrupt:
         if run is not None:
             run.finish("interrupted", resume_hint=f"sobre pretrain --resume {run.run_id}")

@@ -192,6 +192,7 @@ def _fit_fold(dev: Cohort, task: TaskSpec, train_local: np.ndarray, val_local: n
     every epoch's record (with ``group = "fold<k>"``).
     """
     progress = progress or no_progress
+    par = E.parallel()
     seed = cfg.seed * 1000 + fold
     torch.manual_seed(seed)
     seg = task.kind == "segmentation"
@@ -205,6 +206,10 @@ def _fit_fold(dev: Cohort, task: TaskSpec, train_local: np.ndarray, val_local: n
                   and task.kind in ("binary", "multiclass", "regression") and not resume)
     if probe_init:
         _head_from_probe(model, dev.images, train_local, task, cov, bf16=bf16, channels_last=cl, seed=seed)
+    warm = cfg.model.head_warmup_epochs if isinstance(model, Classifier) and not cfg.model.freeze_encoder else 0
+    if par.active:
+        E.global_batchnorm(model)
+    net = E.data_parallel(model, par, find_unused=warm > 0)  # a training step calls net; model is what is kept
     opt = E.make_optimizer(_param_groups(model, cfg.model, cfg.optim.lr), cfg.optim)
     bs = min(cfg.optim.batch_size, len(train_local))
     plan = E.batches(len(train_local), bs, shuffle=False, drop_last=True)
@@ -224,8 +229,6 @@ def _fit_fold(dev: Cohort, task: TaskSpec, train_local: np.ndarray, val_local: n
             monitor = "val_loss"
     mode = monitor_direction(monitor)
     group = f"fold{fold}"
-
-    warm = cfg.model.head_warmup_epochs if isinstance(model, Classifier) and not cfg.model.freeze_encoder else 0
 
     def train_one_epoch(epoch: int) -> dict:
         model.train()
@@ -249,24 +252,29 @@ def _fit_fold(dev: Cohort, task: TaskSpec, train_local: np.ndarray, val_local: n
             for b in E.batches(len(train_local), bs, shuffle=True, seed=seed, epoch=epoch, drop_last=True):
                 rows = train_local[b]
                 raw = E.stack_rows(dev.images, rows)
+                # every process draws the augmentations of the whole batch (one random stream), keeps its block
+                mine = E.shard(len(rows), par)
                 if seg:
                     masks = E.stack_rows(dev.masks, rows).long()
-                    pairs = [aug(raw[i], masks[i]) for i in range(len(rows))]
+                    pairs = [aug(raw[i], masks[i]) for i in range(len(rows))][mine]
                     x = torch.stack([p[0] for p in pairs])
                     y = torch.stack([p[1] for p in pairs])[:, None]
                 else:
-                    x = torch.stack([aug(raw[i])[0] for i in range(len(rows))])
-                    y = torch.from_numpy(task.targets[rows])
-                yield rows, E.to_device_batch(x, cl), y
+                    x = torch.stack([aug(raw[i])[0] for i in range(len(rows))])[mine]
+                    y = torch.from_numpy(task.targets[rows[mine]])
+                yield rows, mine, E.to_device_batch(x, cl), y
 
-        for rows, x, y in E.prefetched(prepared(), cfg.runtime.prefetch):
+        for rows, mine, x, y in E.prefetched(prepared(), cfg.runtime.prefetch):
             with E.autocast(bf16):
-                out = model(x) if cov is None else model(x, torch.from_numpy(cov[rows]))
+                out = net(x) if cov is None else net(x, torch.from_numpy(cov[rows[mine]]))
             if seg:
                 with fp32(out):
                     loss = seg_loss(out.float(), y)
             else:
                 loss = task.loss(out, y)
+            if par.active:  # a mean over this block; DDP averages over processes: weighted to the batch's mean
+                k = mine.stop - mine.start
+                loss = loss * (k * par.world / len(rows))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.optim.grad_clip:
@@ -274,12 +282,18 @@ def _fit_fold(dev: Cohort, task: TaskSpec, train_local: np.ndarray, val_local: n
             opt.step()
             sched.step()
             n += len(rows)
-            total += float(loss.detach()) * len(rows)
+            total += (E.all_sum(float(loss.detach()) * len(rows), par) / par.world if par.active
+                      else float(loss.detach()) * len(rows))
             progress(stage, n, per_epoch)
         dt = time.perf_counter() - t0
         return {"train_loss": total / max(n, 1), "train_samples_per_s": n / dt if dt > 0 else None}
 
     def validate(epoch: int) -> dict:
+        if par.active:  # process 0 validates; every process gets its metrics and takes the same decisions
+            return E.broadcast(_validate(epoch) if par.writer else None, par)
+        return _validate(epoch)
+
+    def _validate(epoch: int) -> dict:
         if seg:
             preds, probs, sps = _seg_predict(model, dev.images, val_local, cfg, bf16, cl, task.n_classes)
             d = [np.mean(dice_scores(p.numpy(), np.asarray(dev.masks[r]), task.n_classes))
@@ -309,7 +323,7 @@ def _fit_fold(dev: Cohort, task: TaskSpec, train_local: np.ndarray, val_local: n
     res = E.run_epochs(model=model, optimizer=opt, scheduler=sched, n_epochs=n_epochs, train_one_epoch=train_one_epoch,
                        validate=validate, monitor=monitor, mode=mode, patience=es.patience, min_delta=es.min_delta,
                        ckpt_dir=ckpt_dir, resume=resume, interrupt_after=interrupt_after, on_epoch=epoch_done,
-                       on_resume=on_resume, validate_first=probe_init)
+                       on_resume=on_resume, validate_first=probe_init, write=par.writer)
     if ckpt_dir is not None and (ckpt_dir / "best.pt").exists():
         model.load_state_dict(E.load_checkpoint(ckpt_dir / "best.pt")["model"])
     elif res.best_state is not None:
@@ -362,8 +376,13 @@ def prepare_supervised(cfg: TrainConfig, *, workspace=None, cohort: Cohort | Non
         if workspace is None:
             raise ConfigError("no data: give a workspace holding data.dataset, or an in-memory cohort",
                               path=config_path)
+        par = E.parallel()
+        if not par.writer:
+            E.barrier(par)  # data parallel: process 0 builds a missing cache first
         cohort = load_cohort(workspace, cfg.data, cfg.preprocess, mask_rule=cfg.task.mask if seg else None,
                              progress=progress, config_path=config_path, threads=threads)
+        if par.active and par.writer:
+            E.barrier(par)
     elif seg and cohort.masks is None:
         raise InputError("a segmentation task needs masks in the cohort", fix="pass masks= to Cohort.from_arrays")
     dsname = cohort.source.get("dataset", "the cohort")
@@ -416,6 +435,13 @@ def train(config, *, workspace=None, cohort: Cohort | None = None, runs_dir=None
     -------
     TrainResult
         ``metrics`` has ``validation`` and ``test`` dicts; ``predictions`` the per-subject table.
+
+    Data parallel: run in every process of a group (``sobre train --nproc N``, or ``torchrun`` with
+    :func:`sobre.learn.init_parallel`); each process computes its block of every global batch of
+    ``optim.batch_size`` (batch norm over the global batch) and gradients are averaged: the same
+    training as one process, within floating-point rounding. Process 0 validates (the others receive
+    its metrics, so that all stop at the same epoch), checkpoints, evaluates and records the run; the
+    others return a result without run, metrics or predictions.
     """
     rroot = runs_root(workspace) if workspace is not None else (Path(runs_dir) if runs_dir else None)
     run = None
@@ -431,11 +457,16 @@ def train(config, *, workspace=None, cohort: Cohort | None = None, runs_dir=None
     else:
         cfg, config_path = config_from(config, TrainConfig, config_path)
     progress, on_epoch = E.reporters(cfg.runtime, progress, on_epoch)
+    par = E.parallel()
     rt = E.setup_runtime(cfg.runtime, cfg.seed)
     cohort, task, plan = prepare_supervised(cfg, workspace=workspace, cohort=cohort, progress=progress,
                                             config_path=config_path, threads=rt["threads"])
-    run = begin_run(run, rroot, "train", record=record, cohort=cohort, config=resolved(cfg), seed=cfg.seed,
-                    name=cfg.name)
+    resumed = run.path / "checkpoints" if run is not None else None
+    if par.writer:
+        run = begin_run(run, rroot, "train", record=record, cohort=cohort, config=resolved(cfg), seed=cfg.seed,
+                        name=cfg.name)
+    else:  # one writer: process 0 records; the others read its checkpoints to resume
+        run = None
     if run is not None:
         plan.table().to_csv(run.path / "split.csv", index=False)
         run.add_artifact("split.csv")
@@ -459,7 +490,8 @@ def train(config, *, workspace=None, cohort: Cohort | None = None, runs_dir=None
             va = dev.rows_of(va_sub)
             cov_dev = None if cov_raw is None else cov_raw[dev_rows]
             ftask = refit_scaling(dev_task, tr, cov_dev)
-            ckpt = run.path / "checkpoints" / f"fold{f}" if run is not None else None
+            ckpt = run.path / "checkpoints" / f"fold{f}" if run is not None else \
+                resumed / f"fold{f}" if resumed is not None else None
             model, res, init = _fit_fold(dev, ftask, tr, va, cfg, rt=rt, ckpt_dir=ckpt, run=run, fold=f,
                                          resume=resume is not None, interrupt_after=interrupt_after,
                                          progress=progress, runs_dir=rroot, config_path=config_path,
@@ -483,6 +515,8 @@ def train(config, *, workspace=None, cohort: Cohort | None = None, runs_dir=None
         if run is not None:
             run.finish("interrupted", resume_hint=f"sobre train --resume {run.run_id}")
         return TrainResult(run, {"interrupted": True}, pd.DataFrame(), models, task, plan)
+    if not par.writer:  # the models are trained; process 0 evaluates and records them
+        return TrainResult(None, {}, pd.DataFrame(), models, task, plan)
     # ---- evaluation phase: validation (out-of-fold) then the held-out test set, once
     metrics, frames = _evaluate(cohort, task, plan, models, cfg, rt, run, cov_raw)
     folds_info = [{"fold": i, "best_epoch": r.best_epoch, "best_value": r.best_value, "monitor": r.monitor,
