@@ -41,6 +41,21 @@ export class Fill3DTool extends (BaseTool as any) {
   };
 }
 
+let software: boolean | null = null;
+/** True in a software WebGL (SwiftShader, llvmpipe): the 3D rendering then trades detail for time. */
+export function softwareWebGL(): boolean {
+  if (software === null) {
+    try {
+      const gl = document.createElement('canvas').getContext('webgl2');
+      const ext = gl?.getExtension('WEBGL_debug_renderer_info');
+      const name = String(ext ? gl!.getParameter(ext.UNMASKED_RENDERER_WEBGL) : gl?.getParameter(gl.RENDERER) ?? '');
+      software = /swiftshader|llvmpipe|software/i.test(name);
+      gl?.getExtension('WEBGL_lose_context')?.loseContext();
+    } catch { software = true; }
+  }
+  return software;
+}
+
 export function destroyEngine(id: string): void {
   try { getRenderingEngine(id)?.destroy(); } catch (e) { console.warn(e); }
 }

@@ -7,7 +7,7 @@
  * streams into the one typed array the viewer keeps; Cornerstone3D's volume is made of views of it.
  */
 import {
-  RenderingEngine, Enums as csEnums, volumeLoader, setVolumesForViewports, imageLoader, cache, eventTarget,
+  RenderingEngine, Enums as csEnums, volumeLoader, setVolumesForViewports, imageLoader, cache, eventTarget, metaData,
   utilities as csUtils, type Types,
 } from '@cornerstonejs/core';
 import {
@@ -19,7 +19,7 @@ import { api, ApiError, type Geometry, type LabelDef, type Project, type SeriesD
 import { download, fmt, h, replace, rgb, type Child } from '../dom';
 import { can, session } from '../state';
 import { choose, errorBox, errorText, simulatedBadge, statusChip, toast } from '../ui';
-import { destroyEngine, Fill3DTool, initCornerstone } from './cs';
+import { destroyEngine, Fill3DTool, initCornerstone, softwareWebGL } from './cs';
 import { drawPlane, fetchSlice, streamVolume, windowOf, type Voxels } from './volume';
 
 const MPR = ['axial', 'sagittal', 'coronal'] as const;
@@ -65,10 +65,11 @@ export async function viewerPage(main: HTMLElement, project: string, key: string
   const [detail, proj] = await Promise.all([api.seriesDetail(project, key), api.project(project)]);
   const g: Geometry = detail.volume;
   const is2d = !!g.is_2d || g.dimensions[2] === 1;
+  const show3d = !is2d && params.get('3d') !== '0';
   hooks.geometry = g;
   mark('detail');
   if (is2d) grid.classList.add('one'), grid.appendChild(mkPane('image', detail.modality ?? '2D'));
-  else for (const [n, t] of [['axial', 'Axial'], ['sagittal', 'Sagittal'], ['coronal', 'Coronal'], ['vr', '3D']] as const) grid.appendChild(mkPane(n, t));
+  else for (const [n, t] of [['axial', 'Axial'], ['sagittal', 'Sagittal'], ['coronal', 'Coronal'], ['vr', '3D']] as const) if (n !== 'vr' || show3d) grid.appendChild(mkPane(n, t));
 
   // ------------------------------------------------------------------ first image (one slice) while the volume streams
   const preview = h('canvas', { class: 'preview' });
@@ -117,6 +118,9 @@ export async function viewerPage(main: HTMLElement, project: string, key: string
     ImageOrientationPatient: g.direction.slice(0, 6), Rows: g.dimensions[1], Columns: g.dimensions[0],
   };
   const mprIds: string[] = is2d ? ['image'] : [...MPR];
+  const provider = planeMetadata(`sobre-${id}-`, g, meta);
+  metaData.addProvider(provider, 10000);
+  disposers.push(() => (metaData as any).removeProvider?.(provider));
   const tgId = `tg-${id}`;
   const tg3dId = `tg3d-${id}`;
   const voiSyncId = `voi-${id}`;
@@ -131,7 +135,12 @@ export async function viewerPage(main: HTMLElement, project: string, key: string
 
   let labelmap: Uint8Array | null = null;
   const segId = `sobre-${id}-seg`;
-  const rendered = (vid: string) => new Promise<void>((res) => panes[vid].addEventListener(csEnums.Events.IMAGE_RENDERED, () => res(), { once: true }));
+  // a viewport's frame has reached its canvas: IMAGE_RENDERED, then one pixel read back (the GPU work is done)
+  const rendered = (vid: string) => new Promise<void>((res) => panes[vid].addEventListener(csEnums.Events.IMAGE_RENDERED, () => {
+    const c = panes[vid].querySelector('canvas') as HTMLCanvasElement | null;
+    try { c?.getContext('2d')?.getImageData(Math.floor(c.width / 2), Math.floor(c.height / 2), 1, 1); } catch { /* not a 2D canvas */ }
+    res();
+  }, { once: true }));
 
   if (is2d) {
     // one 2D image (radiograph, ultrasound frame, optical): a stack viewport over a local image
@@ -152,7 +161,7 @@ export async function viewerPage(main: HTMLElement, project: string, key: string
       { viewportId: 'axial', type: csEnums.ViewportType.ORTHOGRAPHIC, element: panes.axial, defaultOptions: { orientation: csEnums.OrientationAxis.AXIAL, background: [0, 0, 0] } },
       { viewportId: 'sagittal', type: csEnums.ViewportType.ORTHOGRAPHIC, element: panes.sagittal, defaultOptions: { orientation: csEnums.OrientationAxis.SAGITTAL, background: [0, 0, 0] } },
       { viewportId: 'coronal', type: csEnums.ViewportType.ORTHOGRAPHIC, element: panes.coronal, defaultOptions: { orientation: csEnums.OrientationAxis.CORONAL, background: [0, 0, 0] } },
-      { viewportId: 'vr', type: csEnums.ViewportType.VOLUME_3D, element: panes.vr, defaultOptions: { orientation: csEnums.OrientationAxis.CORONAL, background: [0.05, 0.05, 0.08] } },
+      ...(show3d ? [{ viewportId: 'vr', type: csEnums.ViewportType.VOLUME_3D, element: panes.vr, defaultOptions: { orientation: csEnums.OrientationAxis.CORONAL, background: [0.05, 0.05, 0.08] as Types.Point3 } }] : []),
     ]);
     volumeLoader.createLocalVolume(volumeId, {
       scalarData: voxels as any, dimensions: g.dimensions, spacing: g.spacing, origin: g.origin, direction: g.direction as any, metadata: meta as any,
@@ -187,13 +196,15 @@ export async function viewerPage(main: HTMLElement, project: string, key: string
   tg.setToolActive(StackScrollTool.toolName, { bindings: [{ mouseButton: toolsEnums.MouseBindings.Wheel }] });
   tg.setToolActive(PanTool.toolName, { bindings: [{ mouseButton: toolsEnums.MouseBindings.Auxiliary }] });
   tg.setToolActive(ZoomTool.toolName, { bindings: [{ mouseButton: toolsEnums.MouseBindings.Secondary }] });
-  if (!is2d) {
+  if (show3d) {
     const tg3: any = ToolGroupManager.createToolGroup(tg3dId);
     tg3.addViewport('vr', engineId);
     for (const T of [TrackballRotateTool, ZoomTool, PanTool]) tg3.addTool(T.toolName);
     tg3.setToolActive(TrackballRotateTool.toolName, { bindings: [{ mouseButton: toolsEnums.MouseBindings.Primary }] });
     tg3.setToolActive(ZoomTool.toolName, { bindings: [{ mouseButton: toolsEnums.MouseBindings.Secondary }] });
     tg3.setToolActive(PanTool.toolName, { bindings: [{ mouseButton: toolsEnums.MouseBindings.Auxiliary }] });
+  }
+  if (!is2d) {
     const voiSync = synchronizers.createVOISynchronizer(voiSyncId, { syncInvertState: false, syncColormap: false } as any);
     for (const v of MPR) voiSync.add({ renderingEngineId: engineId, viewportId: v });
   }
@@ -268,19 +279,48 @@ export async function viewerPage(main: HTMLElement, project: string, key: string
   function redo(): void { history.redo(); re.render(); }
 
   // ------------------------------------------------------------------ 3D rendering (after the MPR is usable)
-  if (!is2d) {
+  // In software WebGL (no GPU) the ray caster runs on the CPU and its first frame can take tens of seconds
+  // on a loaded machine, holding up the MPR's frames meanwhile: there it starts on request.
+  let vrStarted = false;
+  const start3d = () => {
+    if (vrStarted || !show3d) return;
+    vrStarted = true;
+    vrButton.remove();
     void (async () => {
       await new Promise((r) => setTimeout(r, 50));
       if (abort.signal.aborted) return;
+      const t3 = performance.now();
       const done = rendered('vr');
-      await setVolumesForViewports(re, [{ volumeId }], ['vr']);
+      // software WebGL ray-casts on the CPU: there the 3D view shows a block-averaged copy of at most ~2 M voxels
+      const factor = softwareWebGL() ? Math.ceil(Math.cbrt(g.dimensions[0] * g.dimensions[1] * g.dimensions[2] / 2 ** 21)) : 1;
+      let vrVolumeId = volumeId;
+      if (factor > 1) {
+        const small = downsample(voxels, g.dimensions, factor);
+        vrVolumeId = `${volumeId}-3d`;
+        volumeLoader.createLocalVolume(vrVolumeId, {
+          scalarData: small.data as any, dimensions: small.dims, spacing: g.spacing.map((s) => s * factor) as any,
+          // the centre of block (0, 0, 0): half a block in from voxel (0, 0, 0) along each axis
+          origin: g.origin.map((o, a) => o + [0, 1, 2].reduce((acc, b) => acc + g.direction[3 * b + a] * (factor - 1) / 2 * g.spacing[b], 0)) as any,
+          direction: g.direction as any, metadata: meta as any,
+        } as any);
+      }
+      hooks.vrFactor = factor;
+      await setVolumesForViewports(re, [{ volumeId: vrVolumeId }], ['vr']);
       const vr: any = re.getViewport('vr');
       vr.setProperties({ preset: isCT ? 'CT-Bone' : 'MR-Default' });
       vr.render();
       await done;
       mark('vrReady');
+      timings.vrRender = Math.round(performance.now() - t3);
     })().catch((e) => console.warn('3D rendering', e));
+  };
+  const vrButton = h('button', { class: 'vr-start', dataset: { action: 'show-3d' }, onclick: start3d,
+    title: 'This browser renders WebGL in software: the first 3D frame can take a while' }, 'Show 3D rendering');
+  if (show3d) {
+    if (softwareWebGL() && params.get('3d') !== '1') panes.vr.parentElement!.appendChild(vrButton);
+    else start3d();
   }
+  hooks.show3d = start3d;
 
   // ------------------------------------------------------------------ annotation state
   const schema = proj.schema ?? { segments: [], labels: [], points: [], boxes: [] };
@@ -456,6 +496,15 @@ export async function viewerPage(main: HTMLElement, project: string, key: string
   // versions and review
   const versionsPanel = h('section', { class: 'panel versions' }, h('h3', null, 'Versions'));
   replace(side, info, maskPanel, pointsPanel, labelsPanel, measurePanel, overlayPanel, versionsPanel);
+  // the toolbar and panels changed the panes' sizes: fit the cameras again; later resizes keep them
+  re.resize(true, false);
+  for (const v of mprIds) (re.getViewport(v) as any).resetCamera?.({ resetPan: true, resetZoom: true, resetToCenter: true });
+  re.renderViewports(mprIds);
+  hooks.cameras = () => mprIds.map((v) => (re.getViewport(v) as any).getCamera());
+  let resizeTimer = 0;
+  const ro = new ResizeObserver(() => { clearTimeout(resizeTimer); resizeTimer = window.setTimeout(() => re.resize(true, true), 100); });
+  ro.observe(grid);
+  disposers.push(() => ro.disconnect());
 
   // ------------------------------------------------------------------ measurements and named points/boxes
   const annotationEvents = [toolsEnums.Events.ANNOTATION_COMPLETED, toolsEnums.Events.ANNOTATION_MODIFIED, toolsEnums.Events.ANNOTATION_REMOVED];
@@ -745,6 +794,31 @@ export async function viewerPage(main: HTMLElement, project: string, key: string
 }
 
 // ---------------------------------------------------------------------------------------------- helpers
+/** Plane metadata of the slices of our local volumes (`<volumeId>_slice_<k>`), for the tools that look it up. */
+function planeMetadata(prefix: string, g: Geometry, meta: Record<string, any>) {
+  const d = g.direction;
+  return (type: string, imageId: string) => {
+    if (typeof imageId !== 'string' || !imageId.startsWith(prefix)) return undefined;
+    const k = Number(/_slice_(\d+)$/.exec(imageId)?.[1] ?? 0);
+    if (type === 'imagePlaneModule') {
+      const pos = [0, 1, 2].map((a) => g.origin[a] + k * g.spacing[2] * d[6 + a]);
+      return {
+        frameOfReferenceUID: meta.FrameOfReferenceUID, rows: g.dimensions[1], columns: g.dimensions[0],
+        imageOrientationPatient: d.slice(0, 6), rowCosines: d.slice(0, 3), columnCosines: d.slice(3, 6),
+        imagePositionPatient: pos, pixelSpacing: [g.spacing[1], g.spacing[0]], rowPixelSpacing: g.spacing[1],
+        columnPixelSpacing: g.spacing[0], sliceThickness: g.spacing[2], sliceLocation: pos[2],
+      };
+    }
+    if (type === 'generalSeriesModule') return { modality: meta.Modality, seriesInstanceUID: prefix };
+    if (type === 'imagePixelModule') return {
+      bitsAllocated: meta.BitsAllocated, bitsStored: meta.BitsStored, highBit: meta.HighBit, pixelRepresentation: meta.PixelRepresentation,
+      samplesPerPixel: meta.SamplesPerPixel, photometricInterpretation: meta.PhotometricInterpretation,
+    };
+    if (type === 'voiLutModule') return { windowCenter: [meta.voiLut[0].windowCenter], windowWidth: [meta.voiLut[0].windowWidth] };
+    return undefined;
+  };
+}
+
 function minMaxWindow(d: ArrayLike<number>): [number, number] {
   let lo = Infinity, hi = -Infinity;
   for (let n = 0; n < d.length; n += 7) { const x = d[n]; if (x < lo) lo = x; if (x > hi) hi = x; }
@@ -759,6 +833,25 @@ function boxOf(a: any): { min: number[]; max: number[] } {
   const min = [0, 1, 2].map((d) => Math.min(...pts.map((p) => p[d])));
   const max = [0, 1, 2].map((d) => Math.max(...pts.map((p) => p[d])));
   return { min, max };
+}
+
+/** Block average by `f` along each axis (the 3D view's copy in software WebGL). */
+export function downsample(vox: Voxels, dims: number[], f: number): { data: Voxels; dims: [number, number, number] } {
+  const [I, J, K] = dims;
+  const [i2, j2, k2] = [Math.floor(I / f), Math.floor(J / f), Math.floor(K / f)].map((x) => Math.max(1, x));
+  const out = new (vox.constructor as any)(i2 * j2 * k2) as Voxels;
+  const acc = new Float64Array(i2);
+  const n = f * f * f;
+  for (let k = 0; k < k2; k++) for (let j = 0; j < j2; j++) {
+    acc.fill(0);
+    for (let dk = 0; dk < f; dk++) for (let dj = 0; dj < f; dj++) {
+      const row = (k * f + dk) * I * J + (j * f + dj) * I;
+      for (let i = 0; i < i2; i++) { let s = 0; const b = row + i * f; for (let di = 0; di < f; di++) s += vox[b + di]; acc[i] += s; }
+    }
+    const o = (k * j2 + j) * i2;
+    for (let i = 0; i < i2; i++) out[o + i] = acc[i] / n;
+  }
+  return { data: out, dims: [i2, j2, k2] };
 }
 
 /** LPS mm → nearest voxel index (i, j, k), or null outside the grid. */
