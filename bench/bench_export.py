@@ -52,6 +52,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -87,7 +88,12 @@ class Cmd:
             env = {k: v for k, v in {**os.environ, **self.env}.items() if v is not None}
         t = time.perf_counter()
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-        _, status, ru = os.wait4(proc.pid, 0)
+        try:
+            _, status, ru = os.wait4(proc.pid, 0)
+        except BaseException:  # interrupted (Ctrl-C, SIGTERM): leave no command running
+            proc.kill()
+            proc.wait()
+            raise
         wall = time.perf_counter() - t
         err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
         proc.stderr.close()
@@ -260,6 +266,7 @@ def main(argv=None) -> int:
                          "user (a pip install compiles it), under bench/out/pycache")
     ap.add_argument("--json", action="store_true", help="print the results as JSON too")
     args = ap.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a kill still removes the output folders
     parts = set(args.only or ["nii", "gz", "import", "check"])
 
     d2n = shutil.which("dcm2niix")
