@@ -11,7 +11,7 @@ b'{"a":null,"z":0}'
 from sobre.base._audit import (AuditEntry, AuditLog, AuditVerification, BadEntry, audit_entries, find_audit,
                                verify_audit)
 from sobre.base._compute import (FAILED, RETRIED, Compute, ComputeSettings, DaskCompute, LocalCompute, code_identity,
-                                 current_compute, open_compute, opened, shutdown_local_pool, use_compute)
+                                 current_compute, open_compute, opened, shutdown_local_pool, task_events, use_compute)
 from sobre.base._config import Config, config_from, load_config, read_toml, resolved, validate_config
 from sobre.base._files import canonical_json, sha256_bytes, sha256_file, write_atomic
 from sobre.base._progress import Progress, ProgressRecorder, no_progress
@@ -24,5 +24,5 @@ __all__ = [
     "AuditLog", "AuditEntry", "AuditVerification", "BadEntry", "verify_audit", "audit_entries", "find_audit",
     "SiteKey", "verify_signature", "public_key_id", "load_public_key",
     "Compute", "ComputeSettings", "LocalCompute", "DaskCompute", "open_compute", "opened", "current_compute",
-    "use_compute", "shutdown_local_pool", "code_identity", "RETRIED", "FAILED",
+    "use_compute", "shutdown_local_pool", "code_identity", "task_events", "RETRIED", "FAILED",
 ]

@@ -59,7 +59,7 @@ from ._config import Config
 from ._progress import Progress, no_progress
 
 __all__ = ["Compute", "ComputeSettings", "LocalCompute", "DaskCompute", "open_compute", "current_compute",
-           "use_compute", "opened", "shutdown_local_pool", "code_identity", "RETRIED", "FAILED"]
+           "use_compute", "opened", "shutdown_local_pool", "code_identity", "task_events", "RETRIED", "FAILED"]
 
 log = logging.getLogger("sobre.compute")
 
@@ -173,6 +173,14 @@ class Compute:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def task_events(progress: Progress) -> Progress:
+    """``progress`` for the retried/failed task counts of a job only (its caller counts the work done itself)."""
+    def relay(stage: str, done: int, total: int | None) -> None:
+        if stage.endswith((RETRIED, FAILED)):
+            progress(stage, done, total)
+    return relay
 
 
 def _call(fn, shared, item):

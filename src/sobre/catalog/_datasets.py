@@ -170,6 +170,10 @@ class DatasetRef:
     def __hash__(self) -> int:
         return hash((self.ref, self.content_hash))
 
+    def __getstate__(self) -> dict:
+        """Sent to a worker of a cluster (preprocessing caches): everything but the workspace's connection."""
+        return dict(self.__dict__, _ws=None)
+
 
 class Dataset:
     """An opened, hash-checked dataset version: subjects, series, variables and their Images.

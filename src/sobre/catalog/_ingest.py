@@ -27,7 +27,7 @@ from pathlib import Path
 
 from sqlalchemy import bindparam, delete, func, insert, select, update
 
-from sobre.base import FAILED, RETRIED, Compute, LocalCompute, Progress, no_progress, shutdown_local_pool
+from sobre.base import Compute, LocalCompute, Progress, no_progress, shutdown_local_pool, task_events
 from sobre.errors import Problem
 
 from . import _scan
@@ -596,9 +596,7 @@ def _scan_stream(paths: list[str], workers: int | None, batch: int, compute: Com
                 yield _scan.scan_many(paths[i:i + batch])
             return
 
-    def tasks(stage: str, done: int, total: int | None) -> None:
-        if stage.endswith((RETRIED, FAILED)):
-            progress(stage, done, total)
+    tasks = task_events(progress)
 
     def isolate(chunk: list[str]) -> list[dict]:
         if len(chunk) == 1:

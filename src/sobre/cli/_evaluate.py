@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import sys
 
+from sobre.cli._common import add_scheduler_arg, open_compute_of
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -42,11 +44,12 @@ def register(sub) -> None:
     p.add_argument("--no-site", action="store_true", help="skip the site probe / leave-one-site-out / ComBat analyses")
     p.add_argument("--out", metavar="DIR", help="write report.html and report.json into DIR")
     p.add_argument("--json", action="store_true", help="print the JSON report on stdout")
+    add_scheduler_arg(p)
     p.set_defaults(func=_evaluate)
 
 
 def _evaluate(ns) -> int:
-    from sobre.base import validate_config
+    from sobre.base import use_compute, validate_config
     from sobre.validate import EvaluationSettings, evaluate
 
     by = None if ns.by is None else tuple(x.strip() for x in ns.by.split(",") if x.strip())
@@ -56,7 +59,8 @@ def _evaluate(ns) -> int:
         resample_masks=ns.resample, nsd_tolerance_mm=ns.nsd_tolerance, empty_distance=ns.empty,
         detection_threshold=ns.detection_threshold, site_analysis=not ns.no_site,
     ), EvaluationSettings)
-    ev = evaluate(ns.source, settings)
+    with open_compute_of(ns) as compute, use_compute(compute):  # large bootstraps go to a cluster
+        ev = evaluate(ns.source, settings)
     if ns.out:
         html_path, json_path = ev.write(ns.out)
     for q in ev.problems:  # what changes how the numbers read (no default threshold, ...) is said on stderr too

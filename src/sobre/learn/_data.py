@@ -11,7 +11,9 @@ settings and the cache format::
                          index.json     series order, metadata, provenance
 
 A cache entry is written to a temporary folder and renamed into place, so an interrupted build
-leaves nothing half-written; it is never modified afterwards.
+leaves nothing half-written; it is never modified afterwards. On a cluster (``[compute]`` of the
+workspace, or ``compute=``) the workers read and preprocess the images and return the arrays, in
+order; this process alone writes the cache: the same bytes as a local build.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sobre.base import Progress, no_progress
+from sobre.base import Progress, no_progress, task_events
 from sobre.errors import InputError
 from sobre.learn._config import DataConfig, MaskRule, PreprocessConfig
 
@@ -397,7 +399,7 @@ def cache_key(content_hash: str, data: DataConfig, pre: PreprocessConfig, mask_r
 
 
 def load_cohort(ws, data: DataConfig, preprocess: PreprocessConfig, *, mask_rule: MaskRule | None = None,
-                progress: Progress | None = None, config_path=None, threads: int = 1) -> Cohort:
+                progress: Progress | None = None, config_path=None, threads: int = 1, compute=None) -> Cohort:
     """Load (building once, then reusing) the preprocessed cache of a frozen dataset version.
 
     Parameters
@@ -411,7 +413,11 @@ def load_cohort(ws, data: DataConfig, preprocess: PreprocessConfig, *, mask_rule
     progress : callable, optional
         ``progress(stage, done, total)`` while the cache is built (stage ``"caching NAME@vN"``).
     threads : int
-        Images read and preprocessed at once.
+        Images read and preprocessed at once (locally).
+    compute : sobre.base.Compute or str, optional
+        Where a missing cache is built: a cluster's workers preprocess, this process writes. Default:
+        the innermost :func:`sobre.base.use_compute` block, else the workspace's ``[compute]``, else
+        ``threads`` threads here.
 
     Raises
     ------
@@ -461,10 +467,16 @@ def load_cohort(ws, data: DataConfig, preprocess: PreprocessConfig, *, mask_rule
     key = cache_key(ref.content_hash, data, preprocess, mask_rule)
     folder = ws.layout.cache_for("learn") / key[:24]
     if not (folder / "index.json").exists():
-        _build_cache(folder, entries, mask_of, table, ref, preprocess,
-                     verify=data.verify_hashes, ref=ref.ref, progress=progress, config_path=config_path,
-                     threads=threads, meta={"key": key, "dataset": ref.ref, "content_hash": ref.content_hash,
-                                            "where": data.where})
+        from sobre.base import current_compute, opened
+
+        if compute is None:
+            compute = current_compute() or getattr(getattr(ws, "settings", None), "compute", None)
+        with opened(compute or "local") as cluster:
+            _build_cache(folder, entries, mask_of, table, ref, preprocess,
+                         verify=data.verify_hashes, ref=ref.ref, progress=progress, config_path=config_path,
+                         threads=threads, meta={"key": key, "dataset": ref.ref, "content_hash": ref.content_hash,
+                                                "where": data.where},
+                         compute=cluster if cluster.distributed else None)
     index = json.loads((folder / "index.json").read_text())
     images = np.load(folder / "images.npy", mmap_mode="r")
     masks = np.load(folder / "masks.npy", mmap_mode="r") if (folder / "masks.npy").exists() else None
@@ -477,8 +489,40 @@ def load_cohort(ws, data: DataConfig, preprocess: PreprocessConfig, *, mask_rule
         "n_subjects_in_version": ref.n_subjects})
 
 
+@dataclass(frozen=True)
+class _CacheJob:
+    """What every worker building a cache needs (sent once per worker of a cluster)."""
+
+    dataset: object
+    entries: list
+    mask_entries: list
+    pre: PreprocessConfig
+    verify: bool
+
+
+def _cache_item(job: _CacheJob, i: int):
+    """Image ``i`` of a cache as the network sees it: ``(array, affine, mask or None)``."""
+    entries, mask_entries, pre = job.entries, job.mask_entries, job.pre
+    img = job.dataset.image(entries[i], verify=job.verify)
+    arr, aff = model_input(img, pre)
+    img.unload()
+    m = None
+    if mask_entries[i] is not None:
+        mimg = job.dataset.image(mask_entries[i], verify=job.verify)
+        m, _ = preprocess_image(mimg, pre, mask=True)
+        if m.shape[1:] != arr.shape[1:]:
+            raise InputError(f"mask of series {entries[i].series_uid} does not match its image",
+                             expected=f"shape {arr.shape[1:]}", found=f"{m.shape[1:]}",
+                             fix="masks must be on the image grid (or use a resampling rule)")
+        m = m[0]
+        if m.min() < 0 or m.max() > 255:
+            raise InputError(f"mask of series {entries[i].series_uid} has labels outside 0..255",
+                             found=f"{int(m.min())}..{int(m.max())}", fix="relabel the classes 0..K-1")
+    return arr, aff, m
+
+
 def _build_cache(folder: Path, entries, mask_entries, table: pd.DataFrame, dataset, pre: PreprocessConfig, *,
-                 verify, ref, progress, config_path, threads, meta) -> None:
+                 verify, ref, progress, config_path, threads, meta, compute=None) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     progress = progress or no_progress
@@ -486,24 +530,14 @@ def _build_cache(folder: Path, entries, mask_entries, table: pd.DataFrame, datas
     if "subject_id" not in table.columns or table["subject_id"].isna().any():
         raise InputError(f"series without a subject_id in {ref}", expected="every series linked to a subject",
                          fix="ingest with PatientID / BIDS sub-XX so every series has a subject")
+    job = _CacheJob(dataset, list(entries), list(mask_entries), pre, verify)
 
     def work(i):
-        img = dataset.image(entries[i], verify=verify)
-        arr, aff = model_input(img, pre)
-        img.unload()
-        m = None
-        if mask_entries[i] is not None:
-            mimg = dataset.image(mask_entries[i], verify=verify)
-            m, _ = preprocess_image(mimg, pre, mask=True)
-            if m.shape[1:] != arr.shape[1:]:
-                raise InputError(f"mask of series {entries[i].series_uid} does not match its image",
-                                 expected=f"shape {arr.shape[1:]}", found=f"{m.shape[1:]}",
-                                 fix="masks must be on the image grid (or use a resampling rule)")
-            m = m[0]
-            if m.min() < 0 or m.max() > 255:
-                raise InputError(f"mask of series {entries[i].series_uid} has labels outside 0..255",
-                                 found=f"{int(m.min())}..{int(m.max())}", fix="relabel the classes 0..K-1")
-        return arr, aff, m
+        return _cache_item(job, i)
+
+    if compute is not None:  # workers read the version's files: they must see them where this process does
+        files = [p for e in entries[:: max(1, len(entries) // 15)] for p in dataset.paths(e)[:1]]
+        compute.check_shared(read=files)
 
     # shapes first (from the manifest when no resampling, else from the first image)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -519,7 +553,9 @@ def _build_cache(folder: Path, entries, mask_entries, table: pd.DataFrame, datas
         affines = np.zeros((n, 4, 4))
         shapes_seen: list[tuple] = []
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-            for i, (arr, aff, m) in enumerate(pool.map(work, range(n))):
+            items = pool.map(work, range(n)) if compute is None else \
+                compute.map(_cache_item, range(n), shared=job, stage=stage, progress=task_events(progress))
+            for i, (arr, aff, m) in enumerate(items):
                 if images is None:
                     images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=arr.dtype,
                                                        shape=(n, *arr.shape))
