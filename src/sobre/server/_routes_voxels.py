@@ -19,7 +19,7 @@ from sobre.errors import SobreError, describe_exception
 from ._context import Caller, CallerDep, authenticated, context
 from ._errors import ApiError
 from ._routes_browse import find_series, project_info, summary
-from ._view import Volume, build_volume, out_dtype, series_key
+from ._view import Volume, affine_geometry, build_volume, out_dtype, series_key
 
 router = APIRouter(prefix="/api", dependencies=[Depends(authenticated)], tags=["series and voxels"])
 
@@ -82,10 +82,6 @@ def volume_of(ctx, rec: dict, t: int = 0) -> Volume:
 
 def geometry_from_header(img) -> dict:
     """What the volume will look like, from headers only (nothing decoded)."""
-    aff = np.asarray(img.affine, dtype=float)
-    spacing = np.linalg.norm(aff[:3, :3], axis=0)
-    spacing = np.where(spacing > 0, spacing, 1.0)
-    direction = (aff[:3, :3] / spacing).T.reshape(-1)
     shape = list(img.shape[: img.spatial_ndim]) + ([1] if img.spatial_ndim == 2 else [])
     extra = dict(zip(img.extra_axes, img.shape[img.spatial_ndim:]))
     comps = 3 if extra.get("channel") in (3, 4) and img.extra_axes[-1] == "channel" else 1
@@ -102,9 +98,7 @@ def geometry_from_header(img) -> dict:
     except (TypeError, ValueError):
         window = None
     return {"dtype": dtype.name, "byte_order": "little", "layout": "i-fastest", "dimensions": [int(x) for x in shape],
-            "components": comps, "spacing": [float(x) for x in spacing], "origin": [float(x) for x in aff[:3, 3]],
-            "direction": [float(x) for x in direction], "affine_lps": [[float(v) for v in r] for r in aff],
-            "n_bytes": n, "source_dtype": str(np.dtype(img.dtype)), "is_2d": img.spatial_ndim == 2 or shape[2] == 1,
+            "components": comps, **affine_geometry(img.affine), "n_bytes": n, "source_dtype": str(np.dtype(img.dtype)), "is_2d": img.spatial_ndim == 2 or shape[2] == 1,
             "orientation": img.orientation, "extra_axes": extra, "window": window,
             "coordinate_system": img.coordinate_system}
 

@@ -103,7 +103,7 @@ class CatalogView:
             with self._lock:
                 self._snap = snap
                 self._stale = gen != self._generation
-        except Exception:  # noqa: BLE001 - keep serving the last snapshot; the next request retries
+        except Exception:
             import logging
 
             logging.getLogger("sobre.server").exception("catalog snapshot rebuild failed")
@@ -218,16 +218,20 @@ class Volume:
         return memoryview(self.data.reshape(-1).view(np.uint8))
 
     def geometry(self) -> dict:
-        aff = np.asarray(self.affine, dtype=float)
-        spacing = np.linalg.norm(aff[:3, :3], axis=0)
-        spacing = np.where(spacing > 0, spacing, 1.0)
-        direction = (aff[:3, :3] / spacing).T.reshape(-1)  # i axis, j axis, k axis (unit LPS vectors)
         return {"dtype": self.data.dtype.name, "byte_order": "little", "layout": "i-fastest",
-                "dimensions": list(self.dims), "components": self.components,
-                "spacing": [float(x) for x in spacing], "origin": [float(x) for x in aff[:3, 3]],
-                "direction": [float(x) for x in direction], "affine_lps": [[float(v) for v in r] for r in aff],
+                "dimensions": list(self.dims), "components": self.components, **affine_geometry(self.affine),
                 "n_bytes": self.nbytes, "source_dtype": self.source_dtype, "is_2d": self.is_2d,
                 "window": {"center": self.window[0], "width": self.window[1]}, **self.extra}
+
+
+def affine_geometry(affine) -> dict:
+    """``spacing``, ``origin``, ``direction`` (unit LPS vectors of the i, j, k axes, in that order), ``affine_lps``."""
+    aff = np.asarray(affine, dtype=float)
+    spacing = np.linalg.norm(aff[:3, :3], axis=0)
+    spacing = np.where(spacing > 0, spacing, 1.0)
+    direction = (aff[:3, :3] / spacing).T.reshape(-1)
+    return {"spacing": [float(x) for x in spacing], "origin": [float(x) for x in aff[:3, 3]],
+            "direction": [float(x) for x in direction], "affine_lps": [[float(v) for v in r] for r in aff]}
 
 
 def build_volume(img, t: int = 0) -> Volume:
