@@ -192,6 +192,17 @@ def _local(text: str) -> tuple:
     return (str(text)[:16] or "?", LOCAL, str(text)[:64] or "?")
 
 
+def _case_folder(i: int) -> str:
+    return f"case-{i + 1:03d}"
+
+
+def _process_case(job: tuple, item: tuple):  # runs on a cluster's workers
+    """``App._process`` of one case: ``job = (app, loaded models, config, staging folder)``, ``item = (index, case)``."""
+    app, loaded, cfg, stage = job
+    i, case = item
+    return app._process(case, loaded, cfg, stage, _case_folder(i))
+
+
 def _check_out(out: Path) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InputError("the output folder is not empty", path=out, expected="a new or empty folder",
@@ -296,7 +307,7 @@ class App:
 
     # ------------------------------------------------------------------------------------ run
     def run(self, inputs, out, *, model=None, workspace=None, config=None, strict: bool = True,
-            progress: Progress | None = None, finish: Callable | None = None) -> AppResult:
+            progress: Progress | None = None, finish: Callable | None = None, compute=None) -> AppResult:
         """Run on ``inputs`` (files, folders, Images, series UIDs or ``NAME@vN`` with a workspace).
 
         Parameters
@@ -312,6 +323,9 @@ class App:
             accepted ones and list the others in ``AppResult.refused``.
         finish : callable, optional
             ``finish(staging_folder, result)`` writes more files before the output is published.
+        compute : sobre.base.Compute, optional
+            A cluster: its workers process the series (each writes its own case folder of the
+            staging folder, which they must see: checked first); this process publishes the output.
 
         Raises
         ------
@@ -338,10 +352,15 @@ class App:
         try:
             results = []
             todo = [c for c, v in zip(cases, verdicts) if v.accepted]
-            for i, case in enumerate(todo):
-                folder = f"case-{i + 1:03d}"
-                results.append(self._process(case, loaded, cfg, stage, folder))
-                progress("cases", i + 1, len(todo))
+            if compute is not None and compute.distributed:  # the series on a cluster's workers, in order
+                compute.check_shared(read=[c.files[0] for c in todo[:: max(1, len(todo) // 15)] if c.files],
+                                     write=[stage])
+                results = list(compute.map(_process_case, list(enumerate(todo)), shared=(self, loaded, cfg, stage),
+                                           stage="cases", progress=progress))
+            else:
+                for i, case in enumerate(todo):
+                    results.append(self._process(case, loaded, cfg, stage, _case_folder(i)))
+                    progress("cases", i + 1, len(todo))
             result = AppResult(app={"name": self.name, "version": self.version},
                                config=cfg.model_dump(mode="json"), models=[lm.identity for lm in loaded],
                                cases=results, refused=refused, out=out, started_at=started, finished_at=_now())

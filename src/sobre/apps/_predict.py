@@ -44,7 +44,7 @@ def _app_of(source, workspace) -> App:
 
 
 def predict(source, inputs, out, *, model=None, workspace=None, dicom: bool = False, config=None,
-            strict: bool = True, progress=None) -> PredictResult:
+            strict: bool = True, progress=None, compute=None) -> PredictResult:
     """Predict with a model or an application and write ``out/predictions.csv`` (see the module docstring).
 
     Parameters
@@ -59,6 +59,10 @@ def predict(source, inputs, out, *, model=None, workspace=None, dicom: bool = Fa
         For an application: its model (``--model``).
     dicom : bool
         Also write the application's DICOM outputs (SEG, SR, SC); needs DICOM inputs.
+    compute : sobre.base.Compute or str, optional
+        Where the series are processed: a cluster's workers (each series a task; the model is sent
+        once per worker), this process publishing the output. Default: the workspace's
+        ``[compute]`` when a workspace is given, else here. The predictions do not depend on it.
 
     Raises
     ------
@@ -82,8 +86,14 @@ def predict(source, inputs, out, *, model=None, workspace=None, dicom: bool = Fa
         write_atomic(stage / "predictions.json", _dumps(sidecar))
         holder["frame"] = frame
 
-    result = app.run(inputs, out, model=model, workspace=workspace, config=cfg.model_copy(update={"outputs": wanted}),
-                     strict=strict, progress=progress, finish=finish)
+    from sobre.base import opened
+
+    if compute is None and workspace is not None:
+        compute = workspace.settings.compute
+    with opened(compute or "local") as cluster:
+        result = app.run(inputs, out, model=model, workspace=workspace,
+                         config=cfg.model_copy(update={"outputs": wanted}), strict=strict, progress=progress,
+                         finish=finish, compute=cluster if cluster.distributed else None)
     return PredictResult(result.out / PREDICTIONS_FILE, holder["frame"], result)
 
 

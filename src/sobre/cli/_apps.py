@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from sobre.cli._common import add_json_arg, emit_json, progress_bars
+from sobre.cli._common import add_json_arg, add_scheduler_arg, emit_json, open_compute_of, progress_bars
 
 
 def register(sub) -> None:
@@ -38,6 +38,7 @@ def register(sub) -> None:
     _inputs(p)
     _run_args(p)
     p.add_argument("--dicom", action="store_true", help="also write the DICOM outputs (SEG, SR, SC); DICOM inputs only")
+    add_scheduler_arg(p)
     p.set_defaults(func=_predict)
 
 
@@ -151,9 +152,9 @@ def _predict(ns) -> int:
     from sobre.apps import predict
 
     ws = _workspace(ns)
-    with progress_bars(ns) as progress:
+    with open_compute_of(ns, ws) as compute, progress_bars(ns) as progress:
         res = predict(ns.source, ns.inputs, ns.out, model=ns.model, workspace=ws, dicom=ns.dicom,
-                      config=_overrides(ns), progress=progress)
+                      config=_overrides(ns), progress=progress, compute=compute)
     if ns.json:
         emit_json(dict(res.result.to_dict(), predictions=str(res.path)))
     else:
