@@ -921,7 +921,11 @@ class BrainSimulator:
         key = site.name if self.config.site_effects else "_shared"
         if key not in self._bias:
             k = self.sites.index(site) if self.config.site_effects else 0
-            self._bias[key] = fl.low_frequency_field(_rng(self.config.seed, SITE, k, 1), grid.shape)
+            if self.config.site_effects and site.bias_seed is not None:  # the scanner's own, whatever the cohort
+                rng = _rng(int(site.bias_seed), SITE, 0, 1)
+            else:
+                rng = _rng(self.config.seed, SITE, k, 1)
+            self._bias[key] = fl.low_frequency_field(rng, grid.shape)
         return self._bias[key]
 
     def _acquire(self, t1: np.ndarray, decades: float, site: SiteConfig, grid: OutputGrid,

@@ -397,6 +397,9 @@ class SiteConfig(SimSection):
     gamma: float = Field(1.0, gt=0, le=5, description="contrast: intensity ** gamma before scaling")
     bias_strength: float = Field(0.10, ge=0, le=2, description="RMS of the log bias field")
     noise: float = Field(0.02, ge=0, le=1, description="Rician noise SD relative to white matter")
+    bias_seed: int | None = Field(None, ge=0, description="seed of the site's fixed bias pattern; None: drawn "
+                                  "from the cohort's seed (two cohorts then differ). Set it to image one scanner "
+                                  "identically across cohorts (e.g. a normative cohort and a patient cohort)")
     voxel_size: tuple[PositiveFloat, PositiveFloat, PositiveFloat] | None = Field(
         None, description="(in-plane, in-plane, slice) mm; None: the cohort's resolution")
     orientation: Literal["axial", "sagittal", "coronal"] = Field("axial", description="slice orientation")
@@ -536,12 +539,14 @@ def _jsonable(obj):
 
 
 # --------------------------------------------------------------------------- sites
-def default_sites(k: int, seed: int, resolution: float, site_effects: bool = True) -> list[SiteConfig]:
+def default_sites(k: int, seed: int, resolution: float, site_effects: bool = True,
+                  fixed_bias: bool = False) -> list[SiteConfig]:
     """``k`` sites with distinct scanners; acquisition parameters drawn from ``(seed, site index)``.
 
     With ``site_effects=False`` every site keeps its name and scanner in the headers but images the
     same way (same intensity scale, contrast, bias, noise and voxels), so nothing in the pixels
-    tells sites apart.
+    tells sites apart. ``fixed_bias``: each site's bias pattern is its own (``bias_seed``), so that
+    cohorts simulated with other seeds on these sites are imaged by the very same scanners.
     """
     sites = []
     for i in range(k):
@@ -561,6 +566,7 @@ def default_sites(k: int, seed: int, resolution: float, site_effects: bool = Tru
             intensity_scale=round(scale, 1), intensity_offset=round(float(rng.uniform(0.0, 0.05)) * scale, 1),
             gamma=round(float(rng.uniform(0.8, 1.25)), 3), bias_strength=round(float(rng.uniform(0.05, 0.25)), 3),
             noise=round(noise, 4), voxel_size=(resolution, resolution, round(thick, 3)), orientation=orient,
+            bias_seed=(int(seed) * 1000 + i) if fixed_bias else None,
         ))
     return sites
 
