@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 import sys
 
+from sobre.cli._common import add_scheduler_arg, open_compute_of
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -43,6 +45,7 @@ def register(sub) -> None:
     b.add_argument("--no-truth", action="store_true", help="skip per-subject truth files (tables are still written)")
     b.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
     b.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    add_scheduler_arg(b)
     b.set_defaults(func=_brain)
 
     c = s.add_parser(
@@ -63,6 +66,7 @@ def register(sub) -> None:
     c.add_argument("--jobs", type=int, default=1, metavar="J")
     c.add_argument("--overwrite", action="store_true")
     c.add_argument("--json", action="store_true")
+    add_scheduler_arg(c)
     c.set_defaults(func=_ct)
 
 
@@ -99,6 +103,12 @@ class _Render:
         self.stage = None
 
     def __call__(self, stage: str, done: int, total: int | None) -> None:
+        from sobre.base import FAILED, RETRIED
+
+        if stage.endswith((RETRIED, FAILED)):  # tasks of a cluster run again or failed: said on the bar
+            if self.bar is not None:
+                self.bar.set_postfix_str(f"{stage[len(self.stage or ''):].strip(' ()')} {done}")
+            return
         if stage != self.stage:
             self.close()
             self.stage = stage
@@ -162,8 +172,9 @@ def _brain(ns) -> int:
     cfg = _brain_config(ns)
     render = _Render(ns)
     try:
-        report = write_brain_cohort(cfg, ns.out, format=ns.format, jobs=ns.jobs, overwrite=ns.overwrite,
-                                    truth=not ns.no_truth, progress=render)
+        with open_compute_of(ns) as compute:
+            report = write_brain_cohort(cfg, ns.out, format=ns.format, jobs=ns.jobs, overwrite=ns.overwrite,
+                                        truth=not ns.no_truth, progress=render, compute=compute)
     finally:
         render.close()
     if ns.json:
@@ -190,8 +201,9 @@ def _ct(ns) -> int:
     total = cfg.resolved_cases()
     render = _Render(ns)
     try:
-        report = write_ct_lesion_cohort(cfg, ns.out, format=ns.format, jobs=ns.jobs, overwrite=ns.overwrite,
-                                        progress=render)
+        with open_compute_of(ns) as compute:
+            report = write_ct_lesion_cohort(cfg, ns.out, format=ns.format, jobs=ns.jobs, overwrite=ns.overwrite,
+                                            progress=render, compute=compute)
     finally:
         render.close()
     if ns.json:

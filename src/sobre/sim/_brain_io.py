@@ -66,7 +66,7 @@ TRUTH_COLUMNS = ["participant_id", "diagnosis", "subtype", "disease_strength", "
 
 def write_brain_cohort(config: BrainCohortConfig, out_dir: str | Path, *, format: str = "dicom", jobs: int = 1,
                        overwrite: bool = False, truth: bool = True, cache_dir=None,
-                       progress: Progress = no_progress) -> w.WriteReport:
+                       progress: Progress = no_progress, compute=None) -> w.WriteReport:
     """Simulate ``config`` and write it under ``out_dir`` (see the module docstring for the layout).
 
     Parameters
@@ -79,6 +79,9 @@ def write_brain_cohort(config: BrainCohortConfig, out_dir: str | Path, *, format
         (volumes.tsv, participants.tsv) are always written.
     progress : callable
         ``progress(stage, done, total)``: ``"calibrating"`` (only when not cached), then ``"subjects"``.
+    compute : sobre.base.Compute, optional
+        A cluster: its workers simulate and write the subjects (they must see ``out_dir``: checked
+        before anything is written); calibration and tables stay here. The output does not depend on it.
 
     Raises
     ------
@@ -92,9 +95,12 @@ def write_brain_cohort(config: BrainCohortConfig, out_dir: str | Path, *, format
     config.validate()
     out = Path(out_dir)
     w.check_out_dir(out, overwrite)
+    if compute is not None and compute.distributed:
+        compute.check_shared(write=[out])
     t0, c0 = time.perf_counter(), time.process_time()
     sim = BrainSimulator(config, cache_dir=cache_dir, progress=progress)
     sim.calibration  # noqa: B018 - calibrate once in this process, before workers fork
+    sim._progress = no_progress  # calibrated: the simulator travels to workers without the caller's bars
     truth_dir = out / ("derivatives/sobre-sim" if format == "bids" else "truth")
     image_dir = out if format == "bids" else out / format
     digest = sim.digest
@@ -103,7 +109,7 @@ def write_brain_cohort(config: BrainCohortConfig, out_dir: str | Path, *, format
         subj = sim.subject(i)
         return _write_subject(subj, format, image_dir, truth_dir if truth else None, digest)
 
-    rows = w.run_ordered(config.subjects, work, max(1, int(jobs)), progress)
+    rows = w.run_ordered(config.subjects, work, max(1, int(jobs)), progress, compute=compute)
     _write_tables(sim, out, truth_dir, format, rows)
     files = sum(1 for p in out.rglob("*") if p.is_file())
     report = w.WriteReport(out_dir=out, format=format, subjects=config.subjects, files=files,

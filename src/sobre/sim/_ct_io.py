@@ -31,11 +31,13 @@ LESION_COLUMNS = ["case_id", "lesion_id", "kind", "region", "size_stratum", "dia
 
 
 def write_ct_lesion_cohort(config: CTLesionCohortConfig, out_dir: str | Path, *, format: str = "nifti",
-                           jobs: int = 1, overwrite: bool = False, progress: Progress = no_progress) -> w.WriteReport:
+                           jobs: int = 1, overwrite: bool = False, progress: Progress = no_progress,
+                           compute=None) -> w.WriteReport:
     """Make ``config.resolved_cases()`` cases and write them under ``out_dir`` (layout in the module docstring).
 
     ``progress("cases", done, total)`` is called after each case. Configuration, format and output folder
-    are checked before anything is written (:class:`ConfigError`, :class:`InputError`).
+    are checked before anything is written (:class:`ConfigError`, :class:`InputError`). ``compute``: a
+    cluster's workers make and write the cases (they must see the backgrounds and ``out_dir``: checked first).
     """
     if format not in CT_FORMATS:
         raise ConfigError(f"unknown output format {format!r}", expected=", ".join(CT_FORMATS), found=format)
@@ -44,6 +46,9 @@ def write_ct_lesion_cohort(config: CTLesionCohortConfig, out_dir: str | Path, *,
     config.validate()
     out = Path(out_dir)
     w.check_out_dir(out, overwrite)
+    if compute is not None and compute.distributed:
+        files = [p for b in config.backgrounds for p in ([b] if Path(b).is_file() else sorted(Path(b).rglob("*"))[:1])]
+        compute.check_shared(read=[p for p in files if Path(p).is_file()], write=[out])
     t0, c0 = time.perf_counter(), time.process_time()
     digest = w_digest(config)
 
@@ -78,7 +83,8 @@ def write_ct_lesion_cohort(config: CTLesionCohortConfig, out_dir: str | Path, *,
             les.append(r)
         return {"case": case_row, "lesions": les, "files": files + 1}
 
-    results = w.run_ordered(config.resolved_cases(), work, max(1, int(jobs)), progress, stage="cases")
+    results = w.run_ordered(config.resolved_cases(), work, max(1, int(jobs)), progress, stage="cases",
+                            compute=compute)
     lesion_rows = [r for res in results for r in res["lesions"]]
     w.atomic_write_text(out / "lesions.tsv", w.tsv(lesion_rows, LESION_COLUMNS))
     case_cols = ["case_id", "background", "shape", "spacing_mm", "lesions", "skipped", "simulated"]

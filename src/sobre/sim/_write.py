@@ -205,11 +205,15 @@ def bids_sidecar(meta: dict, image: Image) -> dict:
 
 # --------------------------------------------------------------------------- generic parallel driver
 def run_ordered(n: int, work: Callable[[int], dict], jobs: int, progress: Progress = no_progress,
-                stage: str = "subjects") -> list:
+                stage: str = "subjects", compute=None) -> list:
     """Run ``work(i)`` for ``i < n`` on ``jobs`` processes (fork), results in index order.
 
-    ``progress(stage, done, n)`` is called after each item.
+    ``progress(stage, done, n)`` is called after each item. ``compute``: a cluster
+    (:class:`sobre.base.Compute`) runs the items on its workers instead (``work`` and what it holds,
+    the simulator, sent once per worker); they write their files, the results come back in order.
     """
+    if compute is not None and compute.distributed:
+        return list(compute.map(_call_shared, range(n), shared=work, stage=stage, progress=progress))
     results: list = [None] * n
     progress(stage, 0, n)
     if jobs <= 1 or n <= 1:
@@ -234,6 +238,10 @@ _WORK: Callable[[int], dict] | None = None
 
 def _call(i: int):
     return i, _WORK(i)  # type: ignore[misc]
+
+
+def _call_shared(work: Callable[[int], dict], i: int) -> dict:  # on a cluster's workers
+    return work(i)
 
 
 def save_image(image: Image, path: Path) -> Path:
