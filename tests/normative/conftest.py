@@ -30,7 +30,8 @@ def make_subject(rng, age: float, sex: str, site: str, *, effect: float = 0.0, m
     for r, c in CENTRES.items():
         logv = -0.004 * (age - 50) + (0.05 if sex == "M" else 0.0) + rng.normal(0, 0.05) + (effect if r == 2 else 0)
         rad = 3.2 * np.exp(logv / 3)
-        d2 = ((ijk - np.array(c, float)[:, None, None, None]) ** 2).sum(0)
+        centre = np.array(c, float) + rng.uniform(-0.5, 0.5, 3)  # every subject's map is its own
+        d2 = ((ijk - centre[:, None, None, None]) ** 2).sum(0)
         lab[(d2 <= rad ** 2) & inside] = r
     if labels_extra is not None:
         lab[0:2, 0:2, 0:2] = labels_extra

@@ -31,6 +31,7 @@ COMMAND_MODULES = [
     "sobre.cli._service",     # service [init|status|process|retry|trace|export-audit], review list|show|accept|correct|reject
     "sobre.cli._serve",       # serve (the workstation)
     "sobre.cli._users",       # users add|list|disable|enable|reset-password, users project create|list|grant|revoke
+    "sobre.cli._research",    # normative fit|score|list|show, subtypes discover
 ]
 
 
