@@ -50,7 +50,7 @@ def serve(ws, settings: ServerSettings) -> None:  # pragma: no cover - exercised
         kwargs.update(ssl_certfile=str(settings.tls_cert), ssl_keyfile=str(settings.tls_key))
     uvicorn.run(app, host=settings.host, port=settings.port, workers=1, proxy_headers=settings.behind_proxy,
                 forwarded_allow_ips="127.0.0.1" if settings.behind_proxy else None, server_header=False,
-                date_header=True, log_level="info", access_log=False, **kwargs)
+                date_header=True, log_level="info", access_log=False, timeout_keep_alive=65, **kwargs)
 
 
 def openapi_schema(ws=None) -> dict:
