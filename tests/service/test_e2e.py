@@ -137,3 +137,39 @@ def test_stow_rs_in_and_stow_rs_out(tmp_path, seg_run, orthanc_empty, ws, config
     rows = ws.records()
     assert any(r["series_uid"] == str(__import__("pydicom").dcmread(files[0]).SeriesInstanceUID) for r in rows)
     assert (ws.layout.incoming("dicomweb")).exists()  # stored by the intake's route, catalogued
+
+
+def test_a_deidentifying_workspace_runs_the_app_on_what_its_intake_stored(tmp_path, seg_run, storescu, config):
+    """C-STORE into a workspace with [privacy] deidentify = true: the apps read the de-identified instances,
+    the results refer to them, and no identifying value of the sender's study reaches any output."""
+    import pydicom
+
+    from sobre.catalog import Workspace
+    from sobre.service import Service
+
+    phi = {"patient_id": "PID-778812", "patient_name": "Martin^Sophie", "accession_number": "ACC-5521"}
+    files = ct_study(tmp_path / "ct", seed=19, **phi)
+    ws = Workspace.init(tmp_path / "ws", privacy={"deidentify": True})
+    try:
+        svc = Service(ws, config(receive={"quiet_seconds": 0.3})).start()
+        try:
+            assert send_storescu(storescu, svc.port, files).returncode == 0
+            wait_for(lambda: queue_rows(ws.root, "SELECT id FROM jobs WHERE state = 'proposed'"), what="a proposal")
+        finally:
+            svc.stop()
+        job = queue_rows(ws.root, "SELECT * FROM jobs")[0]
+        inputs = json.loads(job["inputs"])
+        assert all(i["path"].startswith(str(ws.layout.deidentified)) for i in inputs)
+        stored = {str(pydicom.dcmread(i["path"]).SOPInstanceUID) for i in inputs}
+        assert not stored & {uid_of(f) for f in files}  # new UIDs: the de-identified instances
+        result = json.loads(job["result"])
+        seg = next(o for o in result["outputs"] if o["kind"] == "SEG")
+        assert set(seg["references"]) == stored
+        folder = ws.layout.service / result["folder"]
+        for p in folder.rglob("*"):
+            if p.is_file():
+                data = p.read_bytes()
+                for value in (*phi.values(), "Martin", "Sophie"):
+                    assert value.encode() not in data, (p.name, value)
+    finally:
+        ws.close()

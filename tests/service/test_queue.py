@@ -118,8 +118,7 @@ def test_receiving_the_same_instances_again_does_not_reopen_the_study(tmp_path, 
     with ws.intake.route("dicom") as route:
         from sobre.service._receive import store_instance
 
-        stored = [str(store_instance(route, f.read_bytes(), source="test")) for f in files]
-        route.add(stored)
+        stored = [str(store_instance(route, f.read_bytes(), source="test")[0]) for f in files]
     p.receive(stored, via="C-STORE")
     [study] = p.due_studies(now=1e12)
     p.load_apps()

@@ -124,6 +124,7 @@ class Pipeline:
         self.jobs_dir = self.root / "jobs"
         self.dead_dir = self.root / "dead-letter"
         self.apps: dict[str, AppHandle] = {}
+        self.catalogue = None  # paths -> IngestReport: the intake route's ``add``, called once a study is complete
 
     # ------------------------------------------------------------------------------ set-up
     def load_apps(self) -> dict[str, AppHandle]:
@@ -240,6 +241,10 @@ class Pipeline:
         outcome = RouteOutcome(study)
         rows = self.queue.read().execute("SELECT * FROM instances WHERE study_uid = ? ORDER BY series_uid, sop_uid",
                                          (study,)).fetchall()
+        if self.catalogue is not None:  # the whole study at once: no half-received series in the catalog
+            report = self.catalogue([r["path"] for r in rows])
+            for p in report.problems[:20]:
+                log.warning("catalog: %s", p)
         by_series: dict[str, list] = {}
         for r in rows:
             by_series.setdefault(r["series_uid"], []).append(r)

@@ -52,11 +52,12 @@ class Registered:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, why)
 
 
-def store_instance(route, data: bytes, *, source: str, study: str | None = None) -> Path:
+def store_instance(route, data: bytes, *, source: str, study: str | None = None) -> tuple[Path, str, str]:
     """Check one Part 10 instance, de-identify it if the route says so, write it into the route's store.
 
-    Returns the written path (hand it to ``route.add`` and :func:`register_instances`). Raises
-    :class:`StoreFailure` with a DICOM failure reason; nothing is written then.
+    Returns ``(written path, SOP class UID, SOP instance UID as received)``; hand the path to
+    :func:`register_instances` (and ``route.add``). Raises :class:`StoreFailure` with a DICOM failure
+    reason; nothing is written then.
     """
     from sobre.image import check_pixel_length, read_instance, write_atomic
 
@@ -98,7 +99,7 @@ def store_instance(route, data: bytes, *, source: str, study: str | None = None)
         write_atomic(target, data)
     except OSError as exc:
         raise StoreFailure(OUT_OF_RESOURCES, f"cannot write {target}: {exc.strerror}", sop_class, sop) from None
-    return target
+    return target, sop_class, sop
 
 
 def _facts(path: str) -> dict:

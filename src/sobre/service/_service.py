@@ -112,6 +112,7 @@ class Service:
             self.pipeline.recover()
             self._routes["dicom"] = self._stack.enter_context(self.ws.intake.route("dicom"))
             self._routes["dicomweb"] = self._stack.enter_context(self.ws.intake.route("dicomweb"))
+            self.pipeline.catalogue = self._catalogue
             route = self._routes["dicom"]
             self.listener = Listener(route.store, ae_title=cfg.receive.aet, host=cfg.receive.host,
                                      port=cfg.receive.port, deidentifier=route.deidentifier,
@@ -195,11 +196,11 @@ class Service:
 
     # ---------------------------------------------------------------------------- receiving
     def _on_cstore(self, paths: list[str]) -> None:
+        self.pipeline.receive(paths, via="C-STORE")  # catalogued when the study is complete
+
+    def _catalogue(self, paths: list[str]):
         with self._intake:
-            report = self._routes["dicom"].add(paths)
-            for p in report.problems[:20]:
-                log.warning("catalog: %s", p)
-            self.pipeline.receive(paths, via="C-STORE")
+            return self._routes["dicom"].add(paths)
 
     def _on_stow(self, parts: list[bytes], study: str | None, peer: str):
         stored, failed, written = [], [], []
@@ -207,21 +208,15 @@ class Service:
             route = self._routes["dicomweb"]
             for data in parts:
                 try:
-                    path = store_instance(route, data, source=f"STOW-RS from {peer}", study=study)
+                    path, sop_class, sop = store_instance(route, data, source=f"STOW-RS from {peer}", study=study)
                 except StoreFailure as exc:
                     log.warning("STOW-RS from %s: instance refused (0x%04X): %s", peer, exc.code, exc.message)
                     failed.append((exc.sop_class, exc.sop_uid, exc.code))
                     continue
                 written.append(str(path))
-                from sobre.image import read_header
-
-                ds = read_header(path)
-                stored.append((str(ds.SOPClassUID), str(ds.SOPInstanceUID)))
-            if written:
-                report = route.add(written)
-                for p in report.problems[:20]:
-                    log.warning("catalog: %s", p)
-                self.pipeline.receive(written, via="STOW-RS", peer=peer)
+                stored.append((sop_class, sop))
+        if written:
+            self.pipeline.receive(written, via="STOW-RS", peer=peer)  # catalogued when the study is complete
         return stored, failed
 
     # ---------------------------------------------------------------------------- loops
@@ -350,13 +345,13 @@ def process_files(ws, config: ServiceConfig, paths: list[str], *, progress=None,
         with ws.intake.route("dicom") as route:
             for f in files:
                 try:
-                    written.append(str(store_instance(route, Path(f).read_bytes(), source=f"file {f}")))
+                    written.append(str(store_instance(route, Path(f).read_bytes(), source=f"file {f}")[0]))
                 except StoreFailure as exc:
                     refused.append({"path": f, "reason": exc.message})
-            if written:
-                route.add(written)
-        reg = pipeline.receive(written, via="file")
-        outcomes = [pipeline.route_study(s, warn=False) for s in dict.fromkeys(reg.studies)]
+            reg = pipeline.receive(written, via="file")
+            pipeline.catalogue = route.add
+            outcomes = [pipeline.route_study(s, warn=False) for s in dict.fromkeys(reg.studies)]
+            pipeline.catalogue = None
         states = {}
         while True:
             job = pipeline.claim(f"{os.getpid()}:process")
