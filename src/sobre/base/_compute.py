@@ -45,6 +45,7 @@ import platform
 import re
 import secrets
 import socket
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -384,18 +385,14 @@ def code_identity() -> dict:
     that two checkouts of one version with different code are told apart.
     """
     global _IDENTITY
+    sobre = sys.modules["sobre"]  # imported with this module (its parent package)
     if _IDENTITY is None:
-        import sobre
-
-        root = Path(sobre.__file__).parent
+        root = Path(__file__).resolve().parents[1]
         h = hashlib.sha256()
         for p in sorted(root.rglob("*.py")):
             h.update(p.relative_to(root).as_posix().encode() + b"\0")
             h.update(p.read_bytes())
-        _IDENTITY = {"sobre": sobre.__version__, "source": h.hexdigest()[:16],
-                     "python": ".".join(platform.python_version_tuple()[:2])}
-    import sobre
-
+        _IDENTITY = {"source": h.hexdigest()[:16], "python": ".".join(platform.python_version_tuple()[:2])}
     return dict(_IDENTITY, sobre=sobre.__version__)  # read each time: what the process runs now
 
 

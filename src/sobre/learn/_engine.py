@@ -42,7 +42,7 @@ from sobre.learn._config import OptimConfig, RuntimeConfig
 __all__ = ["cpu_bf16_support", "resolve_precision", "setup_runtime", "batches", "run_epochs", "LoopResult",
            "autocast", "to_device_batch", "make_optimizer", "save_checkpoint", "load_checkpoint", "reporters",
            "epoch_line", "Parallel", "parallel", "init_parallel", "shard", "block_sizes", "global_batchnorm", "data_parallel",
-           "broadcast", "all_sum", "barrier"]
+           "broadcast", "all_sum", "barrier", "one_writer"]
 
 
 # ------------------------------------------------------------------------------------------ runtime
@@ -219,6 +219,15 @@ def data_parallel(model: nn.Module, par: Parallel, *, find_unused: bool = False)
     from torch.nn.parallel import DistributedDataParallel
 
     return DistributedDataParallel(model, find_unused_parameters=find_unused)
+
+
+def one_writer(par: Parallel, run, begin: Callable[[], object]) -> tuple[object, Path | None]:
+    """``(run, checkpoints to resume from)``: process 0 records its run (``begin()``), the others none.
+
+    ``run`` is the run being resumed (or None); every process resumes from its checkpoints.
+    """
+    resumed = run.path / "checkpoints" if run is not None else None
+    return (begin() if par.writer else None), resumed
 
 
 def broadcast(obj, par: Parallel):

@@ -147,12 +147,8 @@ def pretrain(config, *, workspace=None, cohort: Cohort | None = None, runs_dir=N
         ystd = y_all[tr_rows].std(0) if m.standardize else np.ones(y_all.shape[1])
         ystd[ystd == 0] = 1.0
 
-    resumed = run.path / "checkpoints" if run is not None else None
-    if par.writer:
-        run = begin_run(run, rroot, "pretrain", record=record, cohort=cohort, config=resolved(cfg), seed=cfg.seed,
-                        name=cfg.name)
-    else:  # one writer: process 0 records; the others read its checkpoints to resume
-        run = None
+    run, resumed = E.one_writer(par, run, lambda: begin_run(run, rroot, "pretrain", record=record, cohort=cohort,
+                                                            config=resolved(cfg), seed=cfg.seed, name=cfg.name))
     if run is not None:
         run.update(runtime=rt, task_kind="pretrain", split={"n_train": len(tr_subjects),
                                                             "n_monitor": len(mon_subjects)}, run_id=run.run_id)

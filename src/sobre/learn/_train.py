@@ -461,12 +461,8 @@ def train(config, *, workspace=None, cohort: Cohort | None = None, runs_dir=None
     rt = E.setup_runtime(cfg.runtime, cfg.seed)
     cohort, task, plan = prepare_supervised(cfg, workspace=workspace, cohort=cohort, progress=progress,
                                             config_path=config_path, threads=rt["threads"])
-    resumed = run.path / "checkpoints" if run is not None else None
-    if par.writer:
-        run = begin_run(run, rroot, "train", record=record, cohort=cohort, config=resolved(cfg), seed=cfg.seed,
-                        name=cfg.name)
-    else:  # one writer: process 0 records; the others read its checkpoints to resume
-        run = None
+    run, resumed = E.one_writer(par, run, lambda: begin_run(run, rroot, "train", record=record, cohort=cohort,
+                                                            config=resolved(cfg), seed=cfg.seed, name=cfg.name))
     if run is not None:
         plan.table().to_csv(run.path / "split.csv", index=False)
         run.add_artifact("split.csv")
