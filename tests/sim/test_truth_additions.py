@@ -231,3 +231,14 @@ def test_written_truth_and_clinical_join(brain_template, calib_cache, tmp_path):
     for r in rows:
         got = recs[r["participant_id"]].get("nfl")
         assert (got is None) if r["nfl"] == "n/a" else got == pytest.approx(float(r["nfl"]))
+
+
+def test_new_truth_is_deterministic_for_a_seed(brain_template, calib_cache):
+    kw = dict(subjects=6, seed=9, template_maps=True, clinical={}, patient_fraction=0.7,
+              disease=DiseaseModel.preset("three-subtypes"))
+    a = _sim(calib_cache, **kw).subject(4, image=False)
+    b = _sim(calib_cache, **kw).subject(4, image=False)
+    assert a.truth.clinical == b.truth.clinical and a.truth.subtype == b.truth.subtype
+    assert np.array_equal(np.asarray(a.truth.template_map.array), np.asarray(b.truth.template_map.array))
+    c = _sim(calib_cache, **dict(kw, seed=10)).subject(4, image=False)
+    assert c.truth.clinical != a.truth.clinical
