@@ -24,9 +24,9 @@ Comparisons (same output kind each):
 * ``.nii``: ``sobre export SERIES --to x.nii`` vs ``dcm2niix -b n -z n`` (-b n: no JSON sidecar,
   which Sobre does not write either).
 * ``.nii.gz``, each tool's default: Sobre compresses with ISA-L level 1 when the ``isal`` package is
-  installed, else zlib level 1, in ``min(4, cores)`` threads; ``dcm2niix -z y`` pipes to ``pigz``
-  (default level 6, one thread per core) when pigz is on PATH, else compresses in one thread with its
-  built-in miniz (level 6). What each used is printed.
+  installed, else zlib level 1, in ``min(4, cores)`` threads, as it writes; ``dcm2niix -z y`` writes the
+  .nii, then runs ``pigz -b 960 -n -f -6`` on it (level 6, one thread per core) when pigz is on PATH,
+  else compresses in one thread with its built-in miniz (level 6). What each used is printed.
 * ``.nii.gz``, like with like: zlib level 1 in Sobre vs ``dcm2niix -z y -1`` (pigz -1, zlib's level 1,
   threads); with ``--all-levels`` also level 6 both (Sobre's zlib 6 vs pigz -6) and dcm2niix's internal
   compressor (``-z i``, miniz level 6, one thread) vs Sobre's zlib level 6 in one thread.
@@ -87,11 +87,12 @@ class Cmd:
         if self.env is not None:  # a value None removes the variable
             env = {k: v for k, v in {**os.environ, **self.env}.items() if v is not None}
         t = time.perf_counter()
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+                                start_new_session=True)
         try:
             _, status, ru = os.wait4(proc.pid, 0)
-        except BaseException:  # interrupted (Ctrl-C, SIGTERM): leave no command running
-            proc.kill()
+        except BaseException:  # interrupted (Ctrl-C, SIGTERM): leave no command running (dcm2niix's pigz too)
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             raise
         wall = time.perf_counter() - t
