@@ -123,7 +123,7 @@ def collect(ds, config: NormativeConfig, atlas: Atlas | None, *, map_index: np.n
                 slot = by_subject.setdefault(str(sid), {})
                 if role in slot:
                     raise InputError(f"subject {sid} has several {role} in {ref} ({rule.field} == {rule.equals!r})",
-                                     expected=f"one series per subject and role", found=f"{slot[role]['series_uid']} "
+                                     expected="one series per subject and role", found=f"{slot[role]['series_uid']} "
                                      f"and {r['series_uid']}", fix="narrow the cohort, then freeze a new version")
                 slot[role] = r
     if not by_subject:
@@ -240,14 +240,12 @@ def fit_normative(ws, dataset: str, config: NormativeConfig | dict | None = None
                          f"{', '.join(others)}", expected=f"only {grp.field} == {grp.reference!r} (or no value)",
                          fix=f"freeze a cohort of controls (where '{grp.field} == \"{grp.reference}\"') and fit on it")
     cov = cfg.covariates
-    for name, values, bad in ((cov.age, data.age, ~np.isfinite(data.age)), (cov.sex, data.sex, data.sex == ""),
-                              (cov.site, data.site, data.site == "")):
+    for name, bad in ((cov.age, ~np.isfinite(data.age)), (cov.sex, data.sex == ""), (cov.site, data.site == "")):
         if bad.any():
             who = ", ".join(np.asarray(data.subjects)[bad][:5])
             raise InputError(f"covariate {name!r} is missing for {int(bad.sum())} subject(s) of {ref} ({who})",
                              expected="a value for every reference subject", fix="complete the clinical table "
                              "(sobre ingest --clinical) and freeze a new version, or leave these subjects out")
-        del values
     sites, counts = np.unique(data.site, return_counts=True)
     need = _min_sample(cfg, list(sites))
     if len(data) < need:

@@ -148,7 +148,7 @@ def _stability(y: np.ndarray, k: int, cfg: SubtypeConfig, rng: np.random.Generat
     labels = []
     together = np.zeros((n, n))
     sampled = np.zeros((n, n))
-    for b in range(resamples):
+    for _ in range(resamples):
         idx = np.sort(rng.choice(n, m, replace=False))
         lab, _ = kmeans(y[idx], k, n_init=max(1, cfg.n_init // 2), seed=int(rng.integers(2**31)))
         full = np.full(n, -1)
