@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -122,54 +121,82 @@ class Annotations:
         with self._ws.session() as s:
             rec = dict(rec, affine=s.execute(select(Series.affine).where(
                 Series.series_uid == rec["series_uid"], Series.label == rec["label"])).scalar_one())
+        self._precheck(project, rec, name, kind, parent)  # refuse before writing anything
         data, ext, summary = self._encode(kind, name, content, proj.schema, rec)
         sha = sha256_bytes(data)
         target = self._ws.layout.annotation_payload(sha, ext)
         rel = target.relative_to(self._ws.root)
         if not target.exists():  # content-addressed: the same content is one file
             write_atomic(target, data, mode=0o444, fsync=True)
-        with self._ws.session() as s, s.begin():
+
+        from sqlalchemy.exc import IntegrityError, OperationalError
+
+        def transaction() -> int:
+            with self._ws.session() as s, s.begin():
+                prow = s.execute(select(Project).where(Project.name == project)).scalar_one()
+                ann = s.execute(select(Annotation).where(
+                    Annotation.project_pk == prow.id, Annotation.series_uid == rec["series_uid"],
+                    Annotation.series_label == rec["label"], Annotation.name == name)).scalar_one_or_none()
+                if ann is None:
+                    ann = Annotation(project_pk=prow.id, series_uid=rec["series_uid"], series_label=rec["label"],
+                                     name=name, kind=kind, created_at=_now())
+                    s.add(ann)
+                    s.flush()
+                elif ann.kind != kind:
+                    raise InputError(f"annotation '{name}' of this series is a {ann.kind}", expected=ann.kind,
+                                     found=kind, fix="use another name for another kind of annotation")
+                parent_row = None
+                if parent is not None:
+                    parent_row = s.get(AnnotationVersion, parent)
+                    if parent_row is None or parent_row.annotation_pk != ann.id:
+                        raise CatalogError(f"version {parent} is not a version of this annotation",
+                                           fix="reload the annotation and start from one of its versions")
+                branch = parent_row.branch if parent_row is not None else "main"
+                head = s.execute(select(AnnotationVersion).where(AnnotationVersion.annotation_pk == ann.id,
+                                                                 AnnotationVersion.branch == branch)
+                                 .order_by(AnnotationVersion.number.desc())).scalars().first()
+                if head is not None and (parent_row is None or head.id != parent_row.id):
+                    if not new_branch:
+                        raise AnnotationConflict(
+                            f"'{name}' was saved by {head.author} (version {head.number}) since you opened it",
+                            head=head.number, author=head.author, expected=f"version {parent_row.number if parent_row else 'none'}"
+                            f" as the latest on branch {branch}", found=f"version {head.number}",
+                            fix="reload the newer version, or save yours as a new branch")
+                number = (s.execute(select(func.max(AnnotationVersion.number))
+                                    .where(AnnotationVersion.annotation_pk == ann.id)).scalar_one() or 0) + 1
+                if head is not None and (parent_row is None or head.id != parent_row.id):
+                    branch = f"{author}-{number}"
+                row = AnnotationVersion(annotation_pk=ann.id, number=number,
+                                        parent_pk=parent_row.id if parent_row is not None else None, branch=branch,
+                                        author=author, tool=tool, status=status, payload_path=str(rel), sha256=sha,
+                                        summary=summary, comment=comment, created_at=_now())
+                s.add(row)
+                s.flush()
+                return row.id
+        for attempt in range(5):  # two saves racing for the same new row: the loser re-reads the head
+            try:
+                vid = transaction()
+                break
+            except (IntegrityError, OperationalError):
+                if attempt == 4:
+                    raise
+        return self.version(vid)
+
+    def _precheck(self, project: str, rec: dict, name: str, kind: str, parent: int | None) -> None:
+        """The refusals that do not depend on the content: a kind or a parent that does not fit."""
+        with self._ws.session() as s:
             prow = s.execute(select(Project).where(Project.name == project)).scalar_one()
             ann = s.execute(select(Annotation).where(
                 Annotation.project_pk == prow.id, Annotation.series_uid == rec["series_uid"],
                 Annotation.series_label == rec["label"], Annotation.name == name)).scalar_one_or_none()
-            if ann is None:
-                ann = Annotation(project_pk=prow.id, series_uid=rec["series_uid"], series_label=rec["label"],
-                                 name=name, kind=kind, created_at=_now())
-                s.add(ann)
-                s.flush()
-            elif ann.kind != kind:
+            if ann is not None and ann.kind != kind:
                 raise InputError(f"annotation '{name}' of this series is a {ann.kind}", expected=ann.kind,
                                  found=kind, fix="use another name for another kind of annotation")
-            parent_row = None
             if parent is not None:
-                parent_row = s.get(AnnotationVersion, parent)
-                if parent_row is None or parent_row.annotation_pk != ann.id:
+                row = s.get(AnnotationVersion, parent)
+                if row is None or ann is None or row.annotation_pk != ann.id:
                     raise CatalogError(f"version {parent} is not a version of this annotation",
                                        fix="reload the annotation and start from one of its versions")
-            branch = parent_row.branch if parent_row is not None else "main"
-            head = s.execute(select(AnnotationVersion).where(AnnotationVersion.annotation_pk == ann.id,
-                                                             AnnotationVersion.branch == branch)
-                             .order_by(AnnotationVersion.number.desc())).scalars().first()
-            if head is not None and (parent_row is None or head.id != parent_row.id):
-                if not new_branch:
-                    raise AnnotationConflict(
-                        f"'{name}' was saved by {head.author} (version {head.number}) since you opened it",
-                        head=head.number, author=head.author, expected=f"version {parent_row.number if parent_row else 'none'}"
-                        f" as the latest on branch {branch}", found=f"version {head.number}",
-                        fix="reload the newer version, or save yours as a new branch")
-            number = (s.execute(select(func.max(AnnotationVersion.number))
-                                .where(AnnotationVersion.annotation_pk == ann.id)).scalar_one() or 0) + 1
-            if head is not None and (parent_row is None or head.id != parent_row.id):
-                branch = f"{author}-{number}"
-            row = AnnotationVersion(annotation_pk=ann.id, number=number,
-                                    parent_pk=parent_row.id if parent_row is not None else None, branch=branch,
-                                    author=author, tool=tool, status=status, payload_path=str(rel), sha256=sha,
-                                    summary=summary, comment=comment, created_at=_now())
-            s.add(row)
-            s.flush()
-            vid = row.id
-        return self.version(vid)
 
     def _encode(self, kind: str, name: str, content, schema: LabelSchema, rec: dict) -> tuple[bytes, str, dict]:
         if kind == "mask":
@@ -285,18 +312,35 @@ class Annotations:
             return self._info(s, row)
 
     def _info(self, s, row: AnnotationVersion) -> AnnotationVersionInfo:
-        ann = s.get(Annotation, row.annotation_pk)
-        proj = s.get(Project, ann.project_pk)
-        parent = s.get(AnnotationVersion, row.parent_pk).number if row.parent_pk else None
-        reviews = tuple({"reviewer": r.reviewer, "decision": r.decision, "comment": r.comment,
-                         "created_at": r.created_at.isoformat()}
-                        for r in s.execute(select(Review).where(Review.version_pk == row.id).order_by(Review.id)).scalars())
-        return AnnotationVersionInfo(
-            id=row.id, annotation_id=ann.id, project=proj.name, series_uid=ann.series_uid,
-            series_label=ann.series_label, name=ann.name, kind=ann.kind, number=row.number, parent=parent,
-            branch=row.branch, author=row.author, tool=row.tool, status=row.status, sha256=row.sha256,
-            path=row.payload_path, summary=dict(row.summary or {}), comment=row.comment,
-            created_at=row.created_at.isoformat(), reviews=reviews)
+        return self._infos(s, [row])[0]
+
+    @staticmethod
+    def _infos(s, rows: list[AnnotationVersion]) -> list[AnnotationVersionInfo]:
+        """Infos of many versions with a fixed number of queries (not a few per version)."""
+        if not rows:
+            return []
+        ann_ids = sorted({r.annotation_pk for r in rows})
+        anns = {a.id: a for a in s.execute(select(Annotation).where(Annotation.id.in_(ann_ids))).scalars()}
+        projects = {p.id: p.name for p in s.execute(select(Project).where(
+            Project.id.in_(sorted({a.project_pk for a in anns.values()})))).scalars()}
+        parent_ids = sorted({r.parent_pk for r in rows if r.parent_pk})
+        numbers = dict(s.execute(select(AnnotationVersion.id, AnnotationVersion.number)
+                                 .where(AnnotationVersion.id.in_(parent_ids))).all()) if parent_ids else {}
+        reviews: dict[int, list] = {}
+        for r in s.execute(select(Review).where(Review.version_pk.in_([x.id for x in rows])).order_by(Review.id)).scalars():
+            reviews.setdefault(r.version_pk, []).append({"reviewer": r.reviewer, "decision": r.decision,
+                                                          "comment": r.comment, "created_at": r.created_at.isoformat()})
+        out = []
+        for row in rows:
+            ann = anns[row.annotation_pk]
+            out.append(AnnotationVersionInfo(
+                id=row.id, annotation_id=ann.id, project=projects[ann.project_pk], series_uid=ann.series_uid,
+                series_label=ann.series_label, name=ann.name, kind=ann.kind, number=row.number,
+                parent=numbers.get(row.parent_pk) if row.parent_pk else None, branch=row.branch, author=row.author,
+                tool=row.tool, status=row.status, sha256=row.sha256, path=row.payload_path,
+                summary=dict(row.summary or {}), comment=row.comment, created_at=row.created_at.isoformat(),
+                reviews=tuple(reviews.get(row.id, ()))))
+        return out
 
     def versions(self, *, project: str | None = None, series: str | None = None, name: str | None = None,
                  status: str | None = None) -> list[AnnotationVersionInfo]:
@@ -313,7 +357,7 @@ class Annotations:
             if status is not None:
                 q = q.where(AnnotationVersion.status == status)
             rows = s.execute(q.order_by(AnnotationVersion.id)).scalars().all()
-            return [self._info(s, r) for r in rows]
+            return self._infos(s, list(rows))
 
     def review_queue(self, project: str) -> list[AnnotationVersionInfo]:
         return self.versions(project=project, status="submitted")

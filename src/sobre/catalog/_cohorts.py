@@ -65,8 +65,12 @@ def _short(problem: str | None) -> str:
     return text[:120]
 
 
-def records(ws: Workspace, *, include_errors: bool = False) -> list[dict]:
-    """One dict per catalogued volume with every queryable field (base fields + clinical variables)."""
+def records(ws: Workspace, *, include_errors: bool = False, series_uid: str | None = None,
+            uid_prefix: str | None = None) -> list[dict]:
+    """One dict per catalogued volume with every queryable field (base fields + clinical variables).
+
+    ``series_uid`` / ``uid_prefix`` restrict the volumes read (lookups of one series stay cheap).
+    """
     annotated = ws.annotations.fields()
     ann_names = sorted({k for values in annotated.values() for k in values})
     with ws.session() as s:
@@ -79,7 +83,12 @@ def records(ws: Workspace, *, include_errors: bool = False) -> list[dict]:
         studies = {st.id: st for st in s.execute(select(Study)).scalars()}
         subjects = {sb.id: sb for sb in s.execute(select(Subject)).scalars()}
         out = []
-        for ser in s.execute(select(Series).order_by(Series.series_uid, Series.label)).scalars():
+        q = select(Series)
+        if series_uid is not None:
+            q = q.where(Series.series_uid == series_uid)
+        elif uid_prefix is not None:
+            q = q.where(Series.series_uid.startswith(uid_prefix, autoescape=True))
+        for ser in s.execute(q.order_by(Series.series_uid, Series.label)).scalars():
             if ser.status != "ok" and not include_errors:
                 continue
             st = studies.get(ser.study_pk)

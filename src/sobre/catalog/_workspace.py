@@ -237,6 +237,16 @@ class Workspace:
         """One dict per catalogued volume with every queryable field (base fields + clinical variables)."""
         return _cohorts.records(self, include_errors=include_errors)
 
+    def geometry(self, uid: str) -> dict:
+        """Shape, spacing, orientation, dtype and the 4×4 LPS affine of a catalogued volume (no file read)."""
+        rec = self.series(uid)
+        with self.session() as s:
+            row = s.execute(select(Series).where(Series.series_uid == rec["series_uid"],
+                                                 Series.label == rec["label"])).scalar_one()
+            return {"series_uid": row.series_uid, "label": row.label, "shape": row.shape, "spacing": row.spacing,
+                    "orientation": row.orientation, "dtype": row.dtype, "affine_lps": row.affine,
+                    "format": row.format, "modality": row.modality}
+
     def query(self, where: str | None) -> list[dict]:
         """Records matching ``where``; :meth:`select` also says what was left out and why."""
         return _cohorts.query(self, where).records
@@ -248,11 +258,11 @@ class Workspace:
     def series(self, uid: str) -> dict:
         """Catalog record of one volume by SeriesInstanceUID (``uid`` or ``uid#label``); unique prefixes work."""
         uid, _, label = uid.partition("#")
-        recs = [r for r in self.records(include_errors=True) if r["series_uid"] == uid
-                and (not label or r["label"] == label)]
+        recs = [r for r in _cohorts.records(self, include_errors=True, series_uid=uid)
+                if not label or r["label"] == label]
         if not recs:
-            recs = [r for r in self.records(include_errors=True) if r["series_uid"].startswith(uid)
-                    and (not label or r["label"] == label)]
+            recs = [r for r in _cohorts.records(self, include_errors=True, uid_prefix=uid)
+                    if not label or r["label"] == label]
         if not recs:
             raise CatalogError(f"no series '{uid}' in the catalog", found=repr(uid),
                                fix="list series with `sobre cohort show` or `sobre info --json` on a file")
