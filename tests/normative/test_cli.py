@@ -82,3 +82,36 @@ def test_bad_input_exits_2_and_writes_nothing(workspace, capsys, tmp_path):
     code, out, err = _run(["subtypes", "discover", str(tmp_path), "-w", ws], capsys)
     assert code == 2 and "not a normative scores folder" in err
     assert np.isfinite(1.0)
+
+
+@pytest.mark.slow
+def test_subtypes_from_learned_features(workspace, capsys):
+    """--features RUN: the encoder's features of the patients, z-scored against the controls' (fitted on them only)."""
+    pytest.importorskip("torch")
+    from sobre.catalog import Workspace
+    from sobre.learn import pretrain
+
+    ws = Workspace.open(workspace / "ws")
+    cfg = {"seed": 0, "data": {"dataset": "healthy@v1", "where": 'protocol == "T1w"'},
+           "preprocess": {"resample": "none", "intensity": "zscore"},
+           "method": {"kind": "simclr"}, "model": {"width": 4, "depth": 2},
+           "optim": {"epochs": 1, "batch_size": 16, "lr": 3e-3},
+           "augment": [{"kind": "flip", "prob": 0.5, "axes": [0]}],
+           "monitor": {"val_fraction": 0.25, "every": 1, "regress": ["age"], "classify": []},
+           "runtime": {"progress": False, "threads": 2}}
+    run = pretrain(cfg, workspace=ws).run.run_id
+    toml = workspace / "maps-only.toml"
+    toml.write_text('[model]\nage_df = 1\nmin_subjects = 20\nmin_per_site = 5\n')
+    assert main(["normative", "fit", "healthy@v1", "-w", str(workspace / "ws"), "--config", str(toml),
+                 "--no-labels", "--maps", "logjac", "--json"]) == 0
+    model = json.loads(capsys.readouterr().out)["model_id"]
+    folder = workspace / "scores-maps"
+    assert main(["normative", "score", model, "test@v1", "-w", str(workspace / "ws"), "--no-images",
+                 "--out", str(folder)]) == 0
+    capsys.readouterr()
+    code, out, err = _run(["subtypes", "discover", str(folder), "-w", str(workspace / "ws"), "--features", run,
+                           "--dataset", "test@v1", "--reference", "healthy@v1", "--k", "2-3", "--resamples", "10",
+                           "--json", "--out", str(workspace / "learned")], capsys)
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["source"] == "learned features" and res["patients"] == 30 and res["features"] > 0
