@@ -170,6 +170,8 @@ def test_unwritable_pixels_and_output_are_input_errors(tmp_path):
     img = Image(np.zeros((2, 2, 2), dtype=np.float16).astype("U1"), AXIAL)
     with pytest.raises(InputError, match="NIfTI cannot hold these pixels"):
         _formats.write_nifti(img, tmp_path / "x.nii")
+    with pytest.raises(InputError, match=r"NIfTI-1 cannot hold an image of this shape.*\(40000, 1, 1\)"):
+        _formats.write_nifti(Image(np.zeros((40000, 1, 1), np.uint8), AXIAL), tmp_path / "long.nii")
     (tmp_path / "dir.nii").mkdir()
     with pytest.raises(InputError, match="cannot write the NIfTI file"):
         _formats.write_nifti(Image(np.zeros((2, 2, 2), np.int16), AXIAL), tmp_path / "dir.nii")

@@ -223,8 +223,8 @@ def nifti1_header(shape: tuple[int, ...], dtype: np.dtype, affine_ras: np.ndarra
         code = _NIFTI_TYPES.get(dtype.newbyteorder("=").name)
         if code is None:
             raise TypeError(f"no NIfTI type for {dtype}")
-    if not 1 <= len(shape) <= 7:
-        raise ValueError(f"NIfTI-1 holds 1 to 7 dimensions, not {len(shape)}")
+    if not 1 <= len(shape) <= 7 or any(not 0 <= n <= 32767 for n in shape):
+        raise ValueError(f"NIfTI-1 holds 1 to 7 dimensions of at most 32767, not {tuple(shape)}")
     h = np.zeros((), _NIFTI_HEADER)
     h["sizeof_hdr"] = 348
     h["dim"] = [len(shape), *shape] + [1] * (7 - len(shape))
@@ -391,6 +391,10 @@ def write_nifti(image: Image, path: str | Path) -> None:
         raise InputError("NIfTI cannot hold these pixels", path=path,
                          expected="integer, float, complex, bool or RGB(A) uint8 pixels",
                          found=str(arr.dtype), fix="convert the pixels explicitly, or save as .nrrd") from None
+    except ValueError:
+        raise InputError("NIfTI-1 cannot hold an image of this shape", path=path,
+                         expected="1 to 7 dimensions of at most 32767 voxels", found=str(tuple(arr.shape)),
+                         fix="save as .nrrd or .mha") from None
     path = Path(path)
     try:
         with open(path, "wb") as fh:
