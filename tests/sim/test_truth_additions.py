@@ -198,6 +198,10 @@ def test_subjects_on_the_itk_head(itk_template, calib_cache):
     assert a.image.shape == colin.image.shape and np.allclose(a.image.affine, colin.image.affine)
     assert not np.array_equal(np.asarray(a.truth.labels.array), np.asarray(colin.truth.labels.array))
     assert a.truth.template_map.shape == colin.truth.template_map.shape  # one template space for both
+    from sobre.sim import warp_labels
+
+    again = warp_labels(a.truth.deformation, a.truth.latent["pre_affine"], a.image, substrate="itk-head")
+    assert np.mean(np.asarray(again.array) == np.asarray(a.truth.labels.array)) > 0.999
 
 
 # ------------------------------------------------------------------------------------ on disk

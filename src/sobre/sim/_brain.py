@@ -995,7 +995,7 @@ def simulate_brain_cohort(config: BrainCohortConfig, *, indices: Sequence[int] |
 
 
 def warp_labels(deformation, pre_affine, reference: Image, template_dir: str | None = None,
-                labels: np.ndarray | None = None) -> Image:
+                labels: np.ndarray | None = None, substrate: str = "colin27") -> Image:
     """Apply a subject's saved backward map: the simulation atlas (or ``labels``) on ``reference``'s grid.
 
     Parameters
@@ -1007,8 +1007,10 @@ def warp_labels(deformation, pre_affine, reference: Image, template_dir: str | N
         ``truth.latent["pre_affine"]`` (in ``truth.json``): scanner LPS -> template-frame LPS.
     reference : Image
         Image whose grid the labels should follow (the simulated T1).
+    substrate : str
+        The anatomy the subject was built on (``truth.latent["substrate"]``).
     """
-    tpl = load_brain_template(template_dir)
+    tpl = load_brain_template(template_dir, substrate)
     lab = tpl.labels if labels is None else labels
     shape = reference.spatial_shape
     ijk = np.indices(shape, dtype=np.float64).reshape(3, -1)
