@@ -2,7 +2,8 @@
 # The main job on the embedded default (local folder + SQLite), on real sample data:
 # create a workspace, ingest real DICOM and NIfTI files, query, freeze a dataset version,
 # verify it, export a series to NIfTI, de-identify a real instance; then, on SIMULATED cohorts,
-# pretrain (y-aware), probe and train, and write a validation report. Run by `make demo`.
+# pretrain (y-aware), probe and train, and write a validation report; finally put a (simulated-data) CT
+# lesion model in the inference service, send it a study, review its result and trace it. Run by `make demo`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SOBRE=".venv/bin/sobre"
@@ -81,6 +82,90 @@ echo "(a tiny simulated demo: the comparison that means something is docs/benchm
 step "11. validation report of the probe: bootstrap confidence intervals, subgroups, calibration, limits"
 RUN_PROBE="$($SOBRE runs list -w "$WS" --kind probe --json | $PY -c 'import json,sys; print(json.load(sys.stdin)[-1]["run_id"])')"
 $SOBRE evaluate "$WS/runs/$RUN_PROBE" --bootstrap 500 --out "$WS/reports/probe" | grep -E "test subjects|auc|limits|simulated|report"
+
+step "12. the inference service: a CT lesion model in service, a study in by C-STORE, SEG/SR/SC out, reviewed, traced"
+# The models above classify brain MRI; the service's ct-lesions app needs a CT segmenter. A tiny 3D U-Net is
+# trained here on SIMULATED CT phantoms with lesions (the app tests' recipe, ~1 min), registered as a signed package.
+RUN_SEG="$($PY - "$WS" <<'PYEOF'
+import sys
+sys.path.insert(0, "tests")
+from apps.helpers import phantom_image, train_tiny_segmenter, write_ct_series  # SIMULATED CT phantoms
+from sobre.catalog import Workspace
+with Workspace.open(sys.argv[1]) as ws:
+    run = train_tiny_segmenter(ws.layout.runs)
+    ct, _ = phantom_image((40, 36, 16), seed=7, lesions=2)  # the study sent below: two lesions
+    write_ct_series(ws.root / "sim" / "ct-study", ct, series_description="SIMULATED phantom abdomen")
+    print(run.name)
+PYEOF
+)"
+$SOBRE model register -w "$WS" "$RUN_SEG" --name ct-lesions-demo --version 1.0 --no-measure \
+  --purpose "DEMO ONLY: lesion segmentation trained on simulated CT phantoms" | sed -n 1,2p
+echo "model card: $WS/models/ct-lesions-demo/1.0/card/card.md"
+read -r SVC_PORT PACS_PORT <<< "$($PY -c '
+import socket
+ports = []
+for _ in range(2):
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); ports.append(s.getsockname()[1]); s.close()
+print(*ports)')"
+# a second local folder plays the PACS: results arrive there by C-STORE
+$SOBRE listen --out "$WS/pacs-inbox" --aet DEMOPACS --port "$PACS_PORT" 2> "$WS/pacs.log" &
+PACS_PID=$!
+$SOBRE service -w "$WS" --app ct-lesions=ct-lesions-demo@1.0 --destination "pacs=DEMOPACS@127.0.0.1:$PACS_PORT" \
+  --port "$SVC_PORT" --quiet 2 2> "$WS/service.log" &
+SVC_PID=$!
+trap 'kill "$SVC_PID" "$PACS_PID" 2>/dev/null || true' EXIT
+for _ in $(seq 240); do  # the service loads the model and listens (a few seconds)
+  $PY -c "import socket, sys; socket.create_connection(('127.0.0.1', $SVC_PORT), 1)" 2>/dev/null && break
+  kill -0 "$SVC_PID" 2>/dev/null || { tail -20 "$WS/service.log"; exit 1; }
+  sleep 0.5
+done
+STUDY_DIR="$WS/sim/ct-study"
+echo "sending $(ls "$STUDY_DIR" | wc -l) CT instances (SIMULATED phantom) to the service by C-STORE"
+if command -v storescu >/dev/null; then
+  storescu -aet DEMO -aec SOBRE 127.0.0.1 "$SVC_PORT" +sd "$STUDY_DIR"
+else
+  $PY - "$STUDY_DIR" "$SVC_PORT" <<'PYEOF'
+import sys, pathlib, pydicom
+from pynetdicom import AE, StoragePresentationContexts
+ae = AE(ae_title="DEMO"); ae.requested_contexts = StoragePresentationContexts
+assoc = ae.associate("127.0.0.1", int(sys.argv[2]), ae_title="SOBRE")
+for f in sorted(pathlib.Path(sys.argv[1]).glob("*.dcm")):
+    assoc.send_c_store(pydicom.dcmread(f))
+assoc.release()
+PYEOF
+fi
+for _ in $(seq 600); do  # quiet period (2 s), the app's run, delivery
+  $SOBRE service status -w "$WS" --json 2>/dev/null | $PY -c '
+import json, sys
+d = json.load(sys.stdin)["deliveries"]
+sys.exit(0 if d.get("sent") and not d.get("pending") else 1)' && break
+  kill -0 "$SVC_PID" 2>/dev/null || { tail -20 "$WS/service.log"; exit 1; }
+  sleep 0.5
+done
+$SOBRE service status -w "$WS"
+echo "arrived in the PACS folder $WS/pacs-inbox:"
+$PY - "$WS/pacs-inbox" <<'PYEOF'
+import collections, pathlib, sys
+import pydicom
+kinds = collections.Counter()
+for f in pathlib.Path(sys.argv[1]).rglob("*.dcm"):
+    ds = pydicom.dcmread(f, stop_before_pixels=True)
+    kinds[f"{ds.SOPClassUID.name} ({ds.Modality}) series {ds.SeriesDescription!r}"] += 1
+for k, n in sorted(kinds.items()):
+    print(f"  {n:3d} x {k}")
+PYEOF
+$SOBRE review list -w "$WS"
+$SOBRE review accept 1 --reviewer dr.demo --comment "checked on the overlay" -w "$WS"
+SEG_UID="$($SOBRE review show 1 -w "$WS" --json | $PY -c '
+import json, sys
+print(next(o["sop_instance_uid"] for o in json.load(sys.stdin)["outputs"] if o["kind"] == "SEG"))')"
+echo "the audit trace of that decision (which model produced this SEG from which images, who accepted it):"
+$SOBRE service trace "$SEG_UID" -w "$WS"
+$SOBRE service export-audit -w "$WS" --out "$WS/audit-xml"
+$SOBRE audit verify -w "$WS"
+kill "$SVC_PID" "$PACS_PID"
+wait "$SVC_PID" "$PACS_PID" 2>/dev/null || true
+trap - EXIT
 
 step "summary"
 $PY - <<PYEOF

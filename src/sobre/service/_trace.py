@@ -126,8 +126,15 @@ def trace_lines(t: dict) -> list[str]:
             lines.append(f"  received  {r['at']}  {r['instances']} instance(s) by {', '.join(r['via'] or [])}"
                          + (f" from {', '.join(r['peers'])}" if r.get("peers") else "")
                          + (" (de-identified on the way in)" if r.get("deidentified") else ""))
-        for o in d.get("outputs") or []:
-            lines.append(f"  output    {o['kind']:3s} {o['uid']}  sha256 {o['sha256'][:16]}…")
+        outs = d.get("outputs") or []
+        for kind in dict.fromkeys(o["kind"] for o in outs):
+            same = [o for o in outs if o["kind"] == kind]
+            if len(same) <= 2:
+                lines.extend(f"  output    {o['kind']:3s} {o['uid']}  sha256 {o['sha256'][:16]}…" for o in same)
+            else:
+                series = sorted({o.get("series") for o in same if o.get("series")})
+                lines.append(f"  output    {kind:3s} {len(same)} instances (series {', '.join(series)}), each with its "
+                             "UID and SHA-256 in the audit entry")
         if d.get("findings"):
             lines.append(f"  findings  {'; '.join(d['findings'])}")
         for s in d["sent"]:
