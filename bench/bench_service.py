@@ -115,6 +115,12 @@ def write_study(src: Path, dst: Path, n: int) -> tuple[str, int]:
     return study, len(files)
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, all threads) of a process so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def seg_stored(orthanc, study: str) -> bool:
     found = orthanc.rest("POST", "/tools/find", json.dumps(
         {"Level": "Series", "Query": {"StudyInstanceUID": study, "Modality": "SEG"}}).encode())
@@ -194,6 +200,7 @@ def main(argv=None) -> int:
             latencies, rows = [], []
             for n in range(args.studies):
                 study, n_files = write_study(SERIES, work / "send", n)
+                cpu0 = cpu_seconds(proc.pid)
                 t_send = time.time()
                 run = subprocess.run(["storescu", "-aet", "BENCH", "-aec", "SOBRE", "127.0.0.1", str(port),
                                       "+sd", str(work / "send")], capture_output=True, text=True)
@@ -205,12 +212,14 @@ def main(argv=None) -> int:
                         raise SystemExit(f"the service stopped: {(work / 'service.log').read_text()[-2000:]}")
                     time.sleep(0.05)
                 t_seg = time.time()
+                time.sleep(1.0)  # let the SR and SC deliveries end before reading the CPU time
+                cpu = cpu_seconds(proc.pid) - cpu0
                 b = queue_breakdown(ws_dir, study)
                 row = {"study": n, "send_s": round(t_last - t_send, 2), "latency_s": round(t_seg - t_last, 2),
                        "quiet_s": args.quiet, "app_s": b["app_seconds"],
                        "routing_s": round(b["job_started"] - b["routed"], 2) if b["job_started"] else None,
                        "proposal_to_seg_sent_s": round(b["seg_sent"] - b["job_finished"], 2) if b["seg_sent"] else None,
-                       "sc_images": b["n_sc"]}
+                       "sc_images": b["n_sc"], "service_cpu_s": round(cpu, 1)}
                 rows.append(row)
                 latencies.append(t_seg - t_last)
                 print(f"study {n + 1:2d}/{args.studies}: sent {n_files} in {row['send_s']:.1f} s, SEG stored "
@@ -220,7 +229,9 @@ def main(argv=None) -> int:
             results["latency"] = {"n": len(latencies), "p50_s": round(float(np.percentile(latencies, 50)), 2),
                                   "p95_s": round(float(np.percentile(latencies, 95)), 2),
                                   "mean_s": round(statistics.mean(latencies), 2),
-                                  "app_p50_s": round(float(np.median([r["app_s"] for r in rows])), 2), "rows": rows}
+                                  "app_p50_s": round(float(np.median([r["app_s"] for r in rows])), 2),
+                                  "service_cpu_s_p50": round(float(np.median([r["service_cpu_s"] for r in rows])), 1),
+                                  "rows": rows}
             results["load_after_latency"] = _uptime()
             # throughput: a backlog of studies
             studies = []
@@ -257,6 +268,9 @@ def main(argv=None) -> int:
     tp = results["throughput"]
     print(f"throughput: {tp['studies']} studies back to back in {tp['elapsed_s']:.0f} s = "
           f"{tp['studies_per_hour']:.0f} studies/hour on {os.cpu_count()} cores")
+    cpu = lat["service_cpu_s_p50"]
+    print(f"the service's CPU time per study: median {cpu:.0f} s (receive, route, run, write, send), i.e. at most "
+          f"{3600 * (os.cpu_count() or 1) / cpu:.0f} studies/hour on {os.cpu_count()} cores it had to itself")
     print(f"load: before [{load_before}] after [{results['load_after']}]")
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
