@@ -1,4 +1,5 @@
-"""Fixtures for the inference-service tests: a tiny CT lesion segmenter trained once, real peers.
+"""Fixtures for the inference-service tests: a tiny CT lesion segmenter trained once (the app tests' own,
+U-Net width 4 on 16 simulated CT phantoms), real peers.
 
 The peers (a throw-away Orthanc with DICOMweb, dcmtk's storescu/echoscu) are the PACS tests' own
 fixtures; each test that needs one is skipped with the Debian package to install when it is missing.
@@ -6,29 +7,10 @@ fixtures; each test that needs one is skipped with the Debian package to install
 
 from __future__ import annotations
 
-import os
+import pytest
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: no spinning threads on a shared CPU
-
-import pytest  # noqa: E402
-
-from pacs.conftest import echoscu, orthanc, orthanc_empty, storescu  # noqa: E402,F401  (the PACS tests' peers)
-
-
-@pytest.fixture(autouse=True, scope="session")
-def _torch_threads():
-    import torch
-
-    torch.set_num_threads(2)
-    yield
-
-
-@pytest.fixture(scope="session")
-def seg_run(tmp_path_factory):
-    """A completed segmentation run (U-Net width 4, patch 16³) trained on 16 simulated CT phantoms."""
-    from apps.helpers import train_tiny_segmenter
-
-    return train_tiny_segmenter(tmp_path_factory.mktemp("service-runs"))
+from apps.conftest import _torch_threads, seg_run  # noqa: F401  (the app tests' tiny CT lesion segmenter)
+from pacs.conftest import echoscu, orthanc, orthanc_empty, storescu  # noqa: F401  (the PACS tests' peers)
 
 
 @pytest.fixture

@@ -125,18 +125,14 @@ class Review:
         job, result = self._pending(job_id)
         project = self._check_reviewer(reviewer, job)
         self._review_annotation(job, reviewer, "accept", comment)
-        with self.queue.tx() as c:
-            self._still_pending(c, job)
-            c.execute("UPDATE jobs SET review='accepted', reviewer=?, reviewed_at=?, review_comment=? WHERE id=?",
-                      (reviewer, time.time(), comment, job["id"]))
-            queued = 0
-            if result.get("held"):
-                queued = add_deliveries(c, job["id"], result["plan"], result["outputs"], self.root / result["folder"],
-                                        "proposal")
-            Queue.event(c, reviewer, "review", **self._record(job, result, "accepted", comment, project,
-                                                              sent_now=queued))
-        flush_audit(self.queue, self.ws.audit)
-        return self.show(job["id"])
+
+        def apply(c) -> dict:
+            if not result.get("held"):
+                return {}
+            return {"sent_now": add_deliveries(c, job["id"], result["plan"], result["outputs"],
+                                               self.root / result["folder"], "proposal")}
+
+        return self._decide(job, result, reviewer, "accepted", comment, project, apply)
 
     def reject(self, job_id: int, *, reviewer: str, reason: str) -> dict:
         """Reject a proposal, saying why (nothing of it is sent after this)."""
@@ -146,16 +142,24 @@ class Review:
         job, result = self._pending(job_id)
         project = self._check_reviewer(reviewer, job)
         self._review_annotation(job, reviewer, "reject", reason)
-        with self.queue.tx() as c:
-            self._still_pending(c, job)
-            c.execute("UPDATE jobs SET review='rejected', reviewer=?, reviewed_at=?, review_comment=? WHERE id=?",
-                      (reviewer, time.time(), reason, job["id"]))
+
+        def apply(c) -> dict:
             sent = c.execute("SELECT COUNT(*) FROM deliveries WHERE job_id = ? AND state = 'sent'",
                              (job["id"],)).fetchone()[0]
-            c.execute("UPDATE deliveries SET state='dead', last_error='rejected by the reviewer before it was sent' "
-                      "WHERE job_id = ? AND state = 'pending'", (job["id"],))
-            Queue.event(c, reviewer, "review", **self._record(job, result, "rejected", reason, project,
-                                                              already_sent=sent))
+            return {"already_sent": sent, "cancelled": _cancel_pending(c, job["id"])}
+
+        return self._decide(job, result, reviewer, "rejected", reason, project, apply)
+
+    def _decide(self, job: dict, result: dict, reviewer: str, state: str, comment, project: str, apply,
+                correction: dict | None = None) -> dict:
+        """One transaction: the review state, what ``apply(conn)`` does (deliveries), the ``review`` entry."""
+        with self.queue.tx() as c:
+            self._still_pending(c, job)
+            c.execute("UPDATE jobs SET review=?, reviewer=?, reviewed_at=?, review_comment=?, correction=? WHERE id=?",
+                      (state, reviewer, time.time(), comment, Queue.dumps(correction) if correction else None,
+                       job["id"]))
+            more = apply(c)
+            Queue.event(c, reviewer, "review", **self._record(job, result, state, comment, project, **more))
         flush_audit(self.queue, self.ws.audit)
         return self.show(job["id"])
 
@@ -209,22 +213,17 @@ class Review:
         correction = {"annotation_version": info.id, "annotation_number": info.number, "annotation_sha256": info.sha256,
                       "folder": str(folder.relative_to(self.root)), "outputs": outputs}
         send = self.config.review.send_corrections
-        with self.queue.tx() as c:
-            self._still_pending(c, job)
-            c.execute("UPDATE jobs SET review='corrected', reviewer=?, reviewed_at=?, review_comment=?, correction=? "
-                      "WHERE id=?", (reviewer, time.time(), comment, Queue.dumps(correction), job["id"]))
+
+        def apply(c) -> dict:
+            cancelled = _cancel_pending(c, job["id"])  # the uncorrected proposal, if not sent yet, is not sent
             queued = add_deliveries(c, job["id"], result["plan"], outputs, folder,
                                     f"correction-{info.number}") if send else 0
-            if result.get("held"):  # the uncorrected proposal is never sent
-                c.execute("UPDATE deliveries SET state='dead', last_error='replaced by a correction' "
-                          "WHERE job_id = ? AND what = 'proposal' AND state = 'pending'", (job["id"],))
-            Queue.event(c, reviewer, "review", **self._record(
-                job, result, "corrected", comment, project, sent_now=queued,
-                correction={"annotation_version": info.id, "annotation_sha256": info.sha256,
-                            "outputs": [{"kind": o["kind"], "uid": o["sop_instance_uid"], "series": o["series_uid"],
-                                         "sha256": o["sha256"]} for o in outputs]}))
-        flush_audit(self.queue, self.ws.audit)
-        return self.show(job["id"])
+            return {"sent_now": queued, "cancelled": cancelled, "correction": {
+                "annotation_version": info.id, "annotation_sha256": info.sha256,
+                "outputs": [{"kind": o["kind"], "uid": o["sop_instance_uid"], "series": o["series_uid"],
+                             "sha256": o["sha256"]} for o in outputs]}}
+
+        return self._decide(job, result, reviewer, "corrected", comment, project, apply, correction=correction)
 
     # ------------------------------------------------------------------------------ helpers
     def _pending(self, job_id: int) -> tuple[dict, dict]:
@@ -348,6 +347,11 @@ class Review:
             shutil.rmtree(folder, ignore_errors=True)
             raise
         return records, folder
+
+
+def _cancel_pending(c, job_id: int) -> int:
+    """Drop the job's deliveries not sent yet (a decision made them moot); returns how many."""
+    return c.execute("DELETE FROM deliveries WHERE job_id = ? AND state = 'pending'", (job_id,)).rowcount
 
 
 def _triple(code):
