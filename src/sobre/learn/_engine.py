@@ -173,21 +173,23 @@ class _GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
 
         dims = [0] + list(range(2, x.dim()))
         xf = x.float()
-        count = torch.tensor([x.numel() / x.shape[1]], dtype=torch.float32, device=x.device)
+        c = x.shape[1]
+        shape = [1, c] + [1] * (x.dim() - 2)
+        count = torch.tensor([x.numel() / c], dtype=torch.float32, device=x.device)
+        # two passes (the global mean, then the squares about it), as batch norm itself computes them:
+        # E[x^2] - E[x]^2 in float32 loses digits when the mean is large against the spread
         with warnings.catch_warnings():  # torch 2.13 suggests its private _functional_collectives instead
             warnings.simplefilter("ignore", FutureWarning)
-            stats = all_reduce(torch.cat([xf.sum(dims), (xf * xf).sum(dims), count]))
-        c = x.shape[1]
-        n = stats[-1]
-        mean = stats[:c] / n
-        var = (stats[c:2 * c] / n - mean * mean).clamp_min(0)
+            first = all_reduce(torch.cat([xf.sum(dims), count]))
+            n = first[-1]
+            mean = first[:c] / n
+            var = all_reduce(((xf - mean.view(shape)) ** 2).sum(dims)) / n
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
                 m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
                 self.running_mean.mul_(1 - m).add_(m * mean.detach())
                 self.running_var.mul_(1 - m).add_(m * var.detach() * n / (n - 1).clamp_min(1))
-        shape = [1, c] + [1] * (x.dim() - 2)
         y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
