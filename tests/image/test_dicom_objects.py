@@ -49,6 +49,10 @@ ACCEPTED = [
     (r"^Warning - Value is zero for value 1 of attribute <Patient's Weight>", "the source's own value"),
     # an SC of a source that states neither its body part nor its laterality: laterality unknown, sent empty
     (r"^Warning - is only permitted to be empty when actually unknown.*<Laterality>", "unknown in the source"),
+    # project-defined label names are coded in Sobre's private scheme: PS3.16 8.2 reserves the '99' prefix
+    # for local coding schemes, which dciodvfy's list of defined terms cannot know
+    (r"^Warning - Unrecognized defined term <99SOBRE> for value 1 of attribute <Coding Scheme Designator>",
+     "a local coding scheme (99 prefix)"),
 ]
 
 
