@@ -258,3 +258,49 @@ def test_an_image_off_the_training_grid_is_refused(ws):
     assert e.value.expected == "(16, 16, 16) voxels after preprocessing" and "(20, 16, 16)" in e.value.found
     with torch.no_grad():
         assert model.predict(sobre.Image(np.zeros((16, 16, 16), np.float32), np.eye(4))).scores.shape == (1,)
+
+
+@pytest.fixture(scope="module")
+def probe_run(ws):
+    """A linear probe with an age covariate (as in the README tour) on a 1-epoch SimCLR encoder."""
+    pre = pretrain({"seed": 0, "data": {"dataset": "all@v1"}, "method": {"kind": "simclr"},
+                    "model": {"width": 4, "depth": 2}, "optim": {"epochs": 1, "batch_size": 8},
+                    "augment": [{"kind": "noise", "prob": 0.5, "std": 0.1}], "runtime": {"progress": False}},
+                   workspace=ws)
+    return probe(tiny_train_config(data={"dataset": "all@v1"}, model={"init_from": pre.run.run_id,
+                                                                      "covariates": ["age"]}), workspace=ws)
+
+
+@pytest.mark.parametrize("which", ["train", "probe"])
+def test_loaded_model_reproduces_the_runs_test_scores(ws, binary_run, probe_run, which):
+    """Regression (README tour): load_model(run).predict on the run's own test subjects gives predictions.csv."""
+    res = binary_run if which == "train" else probe_run
+    model = load_model(res.run.path)
+    assert model.kind == which and model.task.covariates == ["age"]
+    ds, series, want = rows_of(ws, predictions_csv(res.run), "test")
+    assert len(series) == len(want) > 0
+    got = model.predict(ds, series=series).frame().set_index("subject_id").loc[want["subject_id"]]
+    np.testing.assert_allclose(got["score"].to_numpy(), want["score"].to_numpy(), rtol=0, atol=1e-5)
+
+
+def test_probe_validation_rows_come_from_the_final_probes_penalty(ws, probe_run):
+    """Validation rows are out-of-fold fits with the saved probe's C, not each fold's own choice of C.
+
+    Before, each fold chose its C again: validation scores spread over 0.0002–0.998 while the saved
+    probe (C = 1e-4) and its test rows, and so ``predict``, gave 0.4995–0.5005.
+    """
+    from sklearn.model_selection import GroupKFold
+
+    from sobre.learn._transfer import fit_probe
+
+    model = load_model(probe_run.run.path)
+    C = probe_run.metrics["probe"]["C"]
+    ds, series, want = rows_of(ws, predictions_csv(probe_run.run), "validation")
+    series = sorted(series, key=lambda s: want["subject_id"].tolist().index(s.subject_id))  # the rows' order
+    X = np.c_[model.features(ds, series=series), [s.metadata["age"] for s in series]]
+    y = (want["label"].to_numpy() == 1).astype(int)
+    groups = want["subject_id"].to_numpy()
+    oof = np.zeros(len(y))
+    for tr, va in GroupKFold(n_splits=min(5, len(series))).split(X, groups=groups):
+        oof[va] = fit_probe(X[tr], y[tr], "binary", C=C).predict(X[va])
+    np.testing.assert_allclose(oof, want["score"].to_numpy(), rtol=0, atol=1e-5)

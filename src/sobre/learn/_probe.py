@@ -4,7 +4,8 @@ Same configuration as ``sobre train`` (``model.init_from`` names the pretraining
 encoder is frozen; its features feed a scikit-learn linear model (logistic or ridge regression)
 fit on the development subjects, with the regularisation chosen by inner cross-validation on
 those subjects only. Validation rows of ``predictions.csv`` are out-of-fold predictions of the
-development subjects; test rows come from the model fit on all of them.
+development subjects, each fold refit with that same regularisation; test rows come from the model fit on all of them, the one saved in
+``model.pt`` (``load_model(run).predict`` reproduces them; it does not reproduce validation rows).
 """
 
 from __future__ import annotations
@@ -77,18 +78,22 @@ def probe(config, *, workspace=None, cohort: Cohort | None = None, runs_dir=None
     dev_rows = np.sort(cohort.rows_of(plan.development))
     test_rows = np.sort(cohort.rows_of(plan.test))
     y = task.targets if task.kind != "regression" else task.raw
-    # out-of-fold validation predictions on the development subjects (folds of the plan, or 5)
+    # the saved probe: its penalty chosen by inner CV on all development subjects
+    final = fit_probe(X[dev_rows], y[dev_rows], task.kind, seed=cfg.seed)
+    # out-of-fold validation predictions on the development subjects (5 subject folds), each fold
+    # refit with the final probe's penalty: validation rows come from the model test rows come from,
+    # less one fold (thresholds and calibration tuned on them carry over to the test rows)
     from sklearn.model_selection import GroupKFold
 
     groups = cohort.table["subject_id"].to_numpy()[dev_rows]
     k = min(5, len(np.unique(groups)))
+    penalty = {"alpha": final.info["alpha"]} if task.kind == "regression" else {"C": final.info["C"]}
     oof = None
     for tr, va in GroupKFold(n_splits=k).split(dev_rows, groups=groups):
-        p = fit_probe(X[dev_rows[tr]], y[dev_rows[tr]], task.kind, seed=cfg.seed).predict(X[dev_rows[va]])
+        p = fit_probe(X[dev_rows[tr]], y[dev_rows[tr]], task.kind, seed=cfg.seed, **penalty).predict(X[dev_rows[va]])
         if oof is None:
             oof = np.zeros((len(dev_rows), *p.shape[1:]))
         oof[va] = p
-    final = fit_probe(X[dev_rows], y[dev_rows], task.kind, seed=cfg.seed)
     metrics = {"validation": task.metrics(oof, dev_rows), "probe": final.info, "feature_samples_per_s": sps}
     frames = [predictions_frame(cohort.table, dev_rows, oof, task, "validation")]
     if len(test_rows):

@@ -4,7 +4,10 @@
 * :func:`fit_probe` fits a linear model on standardised features: L2 logistic regression
   (binary, multi-class) with the regularisation chosen by inner stratified cross-validation on the
   training subjects only, or ridge regression with leave-one-out choice of the penalty. The
-  test subjects never enter the choice.
+  test subjects never enter the choice. ``C=`` / ``alpha=`` fit with a given penalty instead (``sobre
+  probe``'s out-of-fold predictions use the penalty chosen for its final probe). When the features
+  carry little signal the choice goes to the strongest penalty (C = 1e-4), whose probabilities all
+  sit near 0.5: a ranking, not a calibrated probability.
 * :func:`roi_features` computes the classical features: per atlas region (or per block of a
   regular grid), the mean intensity and the tissue volume (voxels above a threshold × voxel
   volume); :func:`fit_probe` then plays the part of the logistic / ridge regression.
@@ -57,7 +60,8 @@ class Probe:
         return p[:, 1] if self.kind == "binary" else p
 
 
-def fit_probe(X: np.ndarray, y: np.ndarray, kind: str, *, seed: int = 0, max_folds: int = 5) -> Probe:
+def fit_probe(X: np.ndarray, y: np.ndarray, kind: str, *, seed: int = 0, max_folds: int = 5,
+              C: float | None = None, alpha: float | None = None) -> Probe:
     """Fit a linear probe on training features only.
 
     Parameters
@@ -66,6 +70,8 @@ def fit_probe(X: np.ndarray, y: np.ndarray, kind: str, *, seed: int = 0, max_fol
     y : ndarray (n,)
         Class indices (binary: 0/1) or values (regression).
     kind : {"binary", "multiclass", "regression"}
+    C, alpha : float, optional
+        Fit with this penalty (logistic ``C``, ridge ``alpha``): no inner cross-validation.
 
     Returns
     -------
@@ -76,19 +82,22 @@ def fit_probe(X: np.ndarray, y: np.ndarray, kind: str, *, seed: int = 0, max_fol
 
     # small problems: one BLAS thread is many times faster than several competing for busy cores
     with threadpool_limits(limits=1):
-        return _fit_probe(X, y, kind, seed=seed, max_folds=max_folds)
+        return _fit_probe(X, y, kind, seed=seed, max_folds=max_folds, C=C, alpha=alpha)
 
 
-def _fit_probe(X, y, kind, *, seed, max_folds) -> Probe:
+def _fit_probe(X, y, kind, *, seed, max_folds, C=None, alpha=None) -> Probe:
     import warnings
 
     from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, RidgeCV
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, Ridge, RidgeCV
     from sklearn.model_selection import StratifiedKFold
     from sklearn.preprocessing import StandardScaler
 
     scaler = StandardScaler().fit(X)
     Z = scaler.transform(X)
+    if kind == "regression" and alpha is not None:
+        m = Ridge(alpha=float(alpha)).fit(Z, y)
+        return Probe(kind, m, scaler, {"alpha": float(alpha)})
     if kind == "regression":
         alphas = np.logspace(-2, 5, 22)
         m = RidgeCV(alphas=alphas).fit(Z, y)
@@ -100,6 +109,9 @@ def _fit_probe(X, y, kind, *, seed, max_folds) -> Probe:
     Cs = np.logspace(-4, 1, 11)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
+        if C is not None:
+            m = LogisticRegression(C=float(C), max_iter=5000).fit(Z, y)
+            return Probe(kind, m, scaler, {"C": float(C), "inner_folds": 0})
         if k >= 2:
             cv = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
             scoring = "roc_auc" if kind == "binary" else "neg_log_loss"
