@@ -36,7 +36,11 @@ def test_predict_on_a_dataset_version_is_read_by_sobre_evaluate(tmp_path, capsys
     df = pd.read_csv(out / "predictions.csv", dtype={"subject_id": str})
     assert len(df) == 40 and df["subject_id"].is_unique
     assert {"subject_id", "series_uid", "split", "label", "score", "site", "sex", "age"} <= set(df.columns)
-    assert set(df["label"]) == {0, 1} and set(df["split"]) == {"test"}
+    assert set(df["label"]) == {0, 1}
+    # the run's own dataset version: each subject labelled by the run's split, not all "test"
+    split = pd.read_csv(run.path / "split.csv", dtype={"subject_id": str}).set_index("subject_id")["split"]
+    assert dict(zip(df["subject_id"], df["split"])) == split.to_dict()
+    assert set(df["split"]) == {"train", "validation", "test"}
     ds = ws.dataset("all@v1")
     truth = {s.series_uid: int(s.metadata["diagnosis"] == "patient") for s in ds.series}
     assert dict(zip(df["series_uid"], df["label"])) == truth  # 1 = the positive class, as in runs
@@ -121,3 +125,26 @@ def test_sliding_windows_cover_a_volume_four_times_the_patch(tmp_path, seg_run):
     assert mask.spatial_shape == (64, 64, 64) and np.allclose(mask.affine, img.affine)
     found = ((mask.array > 0) & (truth.array > 0)).sum()
     assert found >= 0.9 * (truth.array > 0).sum()  # the lesions, wherever the windows put them
+
+
+def test_predict_takes_covariates_from_the_versions_clinical_variables(tmp_path, binary):
+    """model.covariates = ["age"]: `sobre predict` on a dataset version reads age from the frozen version."""
+    ws, _ = binary
+    run = train(tiny_train_config(data={"dataset": "all@v1"}, optim={"epochs": 1}, model={"covariates": ["age"]}),
+                workspace=ws).run
+    out = tmp_path / "pred"
+    assert main(["predict", run.run_id, "all@v1", "-w", str(ws.root), "--out", str(out)]) == 0
+    df = pd.read_csv(out / "predictions.csv", dtype={"subject_id": str}).set_index("subject_id")
+    want = pd.read_csv(run.path / "predictions.csv", dtype={"subject_id": str}).set_index("subject_id")
+    test = want[want["split"] == "test"]
+    assert len(test) and (df.loc[test.index, "split"] == "test").all()
+    np.testing.assert_allclose(df.loc[test.index, "score"], test["score"], rtol=0, atol=1e-5)
+
+
+def test_predict_on_other_inputs_labels_rows_external(tmp_path, capsys, binary):
+    ws, run = binary
+    files = sorted((ws.root.parent / "bids" / "north").glob("sub-*/anat/*_T1w.nii.gz"))[:4]
+    out = tmp_path / "pred"
+    assert main(["predict", str(run.path), *map(str, files), "--out", str(out)]) == 0
+    df = pd.read_csv(out / "predictions.csv", dtype={"subject_id": str})
+    assert len(df) == 4 and set(df["split"]) == {"external"}

@@ -387,8 +387,14 @@ class App:
         return Algorithm(self.name, self.version, sha256=digest)
 
     def _predict(self, lm: LoadedModel, image, case: Case):
+        # covariates (model.covariates) from the catalogued metadata of the case: a dataset version's
+        # frozen clinical variables, a catalogued series' record; an image file's own metadata else
+        names = list(getattr(getattr(lm.model, "task", None), "covariates", None) or [])
+        kw = {}
+        if names and all(case.meta.get(n) is not None for n in names):
+            kw["covariates"] = {n: [case.meta[n]] for n in names}
         try:
-            return lm.model.predict(image)
+            return lm.model.predict(image, **kw)
         except SobreError as exc:
             raise type(exc)(f"series {case.id}: {exc.what}", path=exc.path, tag=exc.tag, expected=exc.expected,
                             found=exc.found, fix=exc.fix) from None

@@ -5,7 +5,18 @@
 columns ``sobre evaluate`` reads from runs (``subject_id``, ``series_uid``, ``split``, ``label``
 where the reference is catalogued — 0/1 for binary tasks, 1 = the positive class, as in runs — ``score`` / ``score_<class>`` / ``prediction`` or ``pred_path``
 for masks, grouping columns ``site``, ``sex``, ``age``) and ``predictions.json`` (task, positive
-class, model identity, dataset version and hash, simulated). With ``dicom=True`` the app's DICOM
+class, model identity, dataset version and hash, simulated).
+
+``split`` says what the model saw of each row's subject. On the dataset version the model was
+trained on (same content hash), each subject gets its split in the run's ``split.csv`` (the run
+folder, or ``WS/runs/RUN_ID`` with ``workspace``): ``train``, ``validation`` or ``test`` — only
+``test`` rows are predictions on unseen subjects; the validation subjects of a probe (fit on all
+development subjects) or of a k-fold ensemble (its other members learnt from them) are ``train`` (``sobre evaluate`` ignores ``train`` rows and tunes
+on ``validation`` rows); subjects of that version outside the run's split (left out by its
+``data.where``) are ``external``, and when the run's split cannot be found every row is
+``unknown`` (``sobre evaluate`` refuses those). On any other input (another version, files, series)
+every row is ``external``: subjects the model was not trained on, as far as the dataset says;
+``sobre evaluate`` reads them as test rows. With ``dicom=True`` the app's DICOM
 outputs (SEG, SR, SC) are written too. All or nothing: a failure leaves no output folder.
 """
 
@@ -81,7 +92,7 @@ def predict(source, inputs, out, *, model=None, workspace=None, dicom: bool = Fa
     holder: dict = {}
 
     def finish(stage: Path, result: AppResult) -> None:
-        frame, sidecar = _frame(result)
+        frame, sidecar = _frame(result, workspace)
         frame.to_csv(stage / PREDICTIONS_FILE, index=False)
         write_atomic(stage / "predictions.json", _dumps(sidecar))
         holder["frame"] = frame
@@ -97,14 +108,60 @@ def predict(source, inputs, out, *, model=None, workspace=None, dicom: bool = Fa
     return PredictResult(result.out / PREDICTIONS_FILE, holder["frame"], result)
 
 
-def _frame(result: AppResult) -> tuple[pd.DataFrame, dict]:
+def _run_split(ident: dict, workspace) -> dict[str, str] | None:
+    """subject id -> split of the model's run (its ``split.csv``), None when it cannot be found."""
+    import csv
+    import json
+
+    folders = [Path(ident["path"])] if ident.get("path") else []
+    if workspace is not None and ident.get("run_id"):
+        from sobre.learn import runs_root
+
+        folders.append(runs_root(workspace) / str(ident["run_id"]))
+    for folder in folders:
+        p = folder / "split.csv"
+        if p.is_file():
+            with open(p, newline="") as fh:
+                split = {row["subject_id"]: row["split"] for row in csv.DictReader(fh) if row.get("subject_id")}
+            try:
+                record = json.loads((folder / "run.json").read_text())
+            except (OSError, ValueError):
+                record = {}
+            # a probe is fit on all development subjects, and a k-fold ensemble's other members learnt
+            # from each fold's validation subjects: the saved model has trained on them
+            if record.get("kind") == "probe" or int((record.get("split") or {}).get("n_folds") or 1) > 1:
+                split = {k: "train" if v == "validation" else v for k, v in split.items()}
+            return split
+    return None
+
+
+def _split_labeller(ident: dict, workspace):
+    """``split(case)``: the model's own split on its training dataset version, else ``external``."""
+    trained_on = (ident.get("dataset") or {}).get("content_hash")
+    cache: dict = {}
+
+    def split(case) -> str:
+        if not trained_on or case.meta.get("dataset_hash") != trained_on:
+            return "external"
+        if "split" not in cache:
+            cache["split"] = _run_split(ident, workspace)
+        if cache["split"] is None:
+            return "unknown"
+        return cache["split"].get(str(case.subject), "external")
+
+    return split
+
+
+def _frame(result: AppResult, workspace=None) -> tuple[pd.DataFrame, dict]:
     """Rows of predictions.csv (first model of the app) and the sidecar metadata."""
     ident = result.models[0]
     kind = ident.get("task")
+    split_of = _split_labeller(ident, workspace)
     role = None
     rows = []
     for c in result.cases:
-        row = {"subject_id": str(c.subject or c.id), "series_uid": c.input.get("series_uid") or c.id, "split": "test"}
+        row = {"subject_id": str(c.subject or c.id), "series_uid": c.input.get("series_uid") or c.id,
+               "split": split_of(c)}
         label_col = ident.get("label")
         if label_col and c.meta.get(label_col) is not None:  # the reference, written as training runs write it
             ref = c.meta[label_col]

@@ -42,7 +42,7 @@ __all__ = ["Predictions", "read_predictions", "TASKS"]
 
 TASKS = ("binary", "multiclass", "regression", "segmentation", "detection")
 _SPLITS = {"val": "validation", "valid": "validation", "validation": "validation", "tune": "validation",
-           "test": "test", "train": "train", "training": "train"}
+           "test": "test", "external": "test", "train": "train", "training": "train"}  # external: `sobre predict`
 _META_COLUMNS = ("dataset_version", "dataset_hash", "simulated", "run_id", "model")
 _POSITIVE_PAIRS = ({0, 1}, {False, True}, {-1, 1})
 
