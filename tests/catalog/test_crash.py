@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -42,7 +43,7 @@ def _start(data, ws_dir, log):
 
 def _children(pid: int) -> list[int]:
     try:
-        return [int(c) for c in open(f"/proc/{pid}/task/{pid}/children").read().split()]
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     except OSError:
         return []
 
@@ -97,6 +98,7 @@ def test_sigkill_during_ingest_then_resume(tmp_path, consistent, dump):
             os.killpg(proc.pid, signal.SIGKILL)
             kills += 1
         proc.wait()
+        proc.stdout.close()
         assert _gone(proc.pid), "header-reading worker processes outlived the killed ingest"
         state = consistent(db)  # integrity, every file assembled or pending, no series without files
         states.append((what, state))
@@ -109,6 +111,7 @@ def test_sigkill_during_ingest_then_resume(tmp_path, consistent, dump):
     # resume to the end
     proc = _start(data, ws_dir, log)
     out, _ = proc.communicate(timeout=300)
+    proc.stdout.close()
     log.close()
     assert proc.returncode == 0, (tmp_path / "stderr.log").read_text()
     report = json.loads(out)

@@ -7,12 +7,13 @@ import json
 import os
 import shutil
 import stat
+from pathlib import Path
 
 import pydicom
 import pytest
 
-from sobre.catalog import Workspace
 from sobre.base import canonical_json
+from sobre.catalog import Workspace
 from sobre.errors import CatalogError
 
 WHERE = 'modality == "MR" and age >= 20 and age < 40'
@@ -47,7 +48,7 @@ def test_freeze_writes_an_immutable_hashed_manifest(ingested):
     assert [f["sha256"] for f in one["files"]] == sorted(f["sha256"] for f in one["files"])
     for s in content["series"]:  # every file's hash is recorded and its location known
         for f in s["files"]:
-            assert hashlib.sha256(open(man["locations"][f["sha256"]], "rb").read()).hexdigest() == f["sha256"]
+            assert hashlib.sha256(Path(man["locations"][f["sha256"]]).read_bytes()).hexdigest() == f["sha256"]
     assert content["variables"]["score"] == {"kind": "numeric", "unit": "points"}
     assert "path" not in json.dumps(content) and str(ingested.root) not in json.dumps(content)
     # the catalog row

@@ -120,8 +120,8 @@ class LoopbackCluster:
         return total
 
     def _spawn(self, name: str, cmd: list[str]) -> subprocess.Popen:
-        log = open(self.dir / f"{name}.log", "ab")
-        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+        with open(self.dir / f"{name}.log", "ab") as log:  # the child keeps its own descriptor
+            return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
 
     def __enter__(self) -> LoopbackCluster:
         return self.start()

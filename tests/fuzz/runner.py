@@ -914,9 +914,10 @@ class _Slot:
         env.setdefault("OMP_NUM_THREADS", "1")
         env.setdefault("OPENBLAS_NUM_THREADS", "1")
         env["PYTHONPATH"] = os.pathsep.join(p for p in [str(HERE.parent), env.get("PYTHONPATH", "")] if p)
-        self.proc = subprocess.Popen([r.cfg.python, "-m", "fuzz.runner", "--worker", str(cfg_path)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=open(wdir / "boot.txt", "wb"), env=env, cwd=str(wdir))
+        with open(wdir / "boot.txt", "wb") as boot:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen([r.cfg.python, "-m", "fuzz.runner", "--worker", str(cfg_path)],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=boot, env=env, cwd=str(wdir))
         self.buf = b""
         ev = self._read(timeout=120)
         if ev is None or ev.get("ev") != "ready":
@@ -932,6 +933,7 @@ class _Slot:
             except OSError:
                 pass
             self.proc.wait()
+        self._close_pipes()
         self.proc = None
 
     def stop(self) -> None:
@@ -942,7 +944,15 @@ class _Slot:
                 self.proc.wait(timeout=20)
             except Exception:  # noqa: BLE001
                 self.kill()
+        self._close_pipes()
         self.proc = None
+
+    def _close_pipes(self) -> None:
+        for pipe in (self.proc.stdin, self.proc.stdout) if self.proc is not None else ():
+            try:
+                pipe.close()
+            except OSError:  # a broken pipe to a killed worker
+                pass
 
     def _read(self, timeout: float, *, watch_rss: bool = False) -> dict | None:
         """Next event line, or None on timeout/EOF; ``{'ev': 'rss'}`` when the RSS limit is crossed."""

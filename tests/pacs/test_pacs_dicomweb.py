@@ -6,15 +6,17 @@ import json
 import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pydicom
 import pytest
-from .pacs_helpers import PHI, make_study
 
 from sobre.cli import main
 from sobre.errors import InputError
 from sobre.pacs import DicomWebPacs, PacsError, parse_query
 from sobre.pacs._peers import free_port
+
+from .pacs_helpers import PHI, make_study
 
 
 def _send(storescu, orthanc, files):
@@ -72,7 +74,7 @@ def test_cli_pull_into_workspace_deidentifies_and_ingests(orthanc_empty, storesc
     assert len(records) == 1 and records[0]["n_files"] == 2
     assert records[0]["subject_id"].startswith("SUBJ-")
     for path in report["files"]:
-        data = open(path, "rb").read()
+        data = Path(path).read_bytes()
         for value in PHI:
             assert value.encode() not in data, value
         assert str(workspace.root / "incoming" / "deidentified") in path  # the only DICOM it keeps

@@ -7,14 +7,16 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pydicom
 import pytest
-from .pacs_helpers import PHI, make_study
 
 from sobre.pacs import STATUS, Listener
 from sobre.pacs._peers import free_port
 from sobre.privacy import Deidentifier, DeidProfile, SafePrivateTag
+
+from .pacs_helpers import PHI, make_study
 
 
 @pytest.fixture
@@ -45,7 +47,7 @@ def test_dcmtk_echo_and_store_are_deidentified_and_handed_over(listener, echoscu
     assert len(handed) == 3
     originals = {pydicom.dcmread(f).PixelData for f in files}
     for path in handed:
-        data = open(path, "rb").read()
+        data = Path(path).read_bytes()
         for value in PHI:
             assert value.encode() not in data, value
         ds = pydicom.dcmread(path)
@@ -89,7 +91,7 @@ def test_bad_instances_get_failure_status_and_nothing_is_kept(listener, tmp_path
         junk = tmp_path / "junk.dcm"
         good = pydicom.dcmread(files[1])
         _, offset = split_dataset(files[1])  # end of the file meta group
-        junk.write_bytes(open(files[1], "rb").read()[:offset] + b"\xff\xff\xff\xff this is not a dataset " * 4)
+        junk.write_bytes(Path(files[1]).read_bytes()[:offset] + b"\xff\xff\xff\xff this is not a dataset " * 4)
         old = _config.STORE_SEND_CHUNKED_DATASET
         _config.STORE_SEND_CHUNKED_DATASET = True
         try:
@@ -208,7 +210,7 @@ def test_worker_mode_quarantines_what_deidentification_refuses(tmp_path, key):
     assert "verification failed" in stats.refused_after_ack[0][1]
     assert len(list((tmp_path / "store" / ".refused").iterdir())) == 1
     assert not list((tmp_path / "store" / ".spool").iterdir())
-    assert b"PID-778812" not in open(got[0], "rb").read()
+    assert b"PID-778812" not in Path(got[0]).read_bytes()
 
 
 @pytest.mark.parametrize("ts", ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])

@@ -7,11 +7,11 @@ import copy
 import datetime as dt
 import io
 import re
+from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
-from .deid_helpers import make_phi_dataset, write_phi_file
 
 from sobre.errors import ConfigError, InputError
 from sobre.privacy import (
@@ -23,6 +23,8 @@ from sobre.privacy import (
     SafePrivateTag,
     VerificationError,
 )
+
+from .deid_helpers import make_phi_dataset, write_phi_file
 
 PHI = ["Dupont-Leclerc", "Jeanne", "IPP0042137", "19580211", "Saint Quentin General Hospital",
        "12 Rue des Lilas", "Moreau", "Claire", "Bernard^Luc", "Petit^Anne", "ACC99812", "Lambert^Hugo",
@@ -316,7 +318,7 @@ def test_output_names_and_key_never_leak(key, tmp_path):
     (out,) = report.outputs
     rel = str(out)[len(str(tmp_path / "out")):]
     assert "Dupont" not in rel and "IPP0042137" not in rel
-    data = open(out, "rb").read()
+    data = Path(out).read_bytes()
     assert key._secret not in data and key._secret.hex().encode() not in data
     assert "IPP0042137" not in str(report.to_dict())  # no source path unless asked
 

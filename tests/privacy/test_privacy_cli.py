@@ -5,11 +5,13 @@ from __future__ import annotations
 import csv
 import json
 import stat
+from pathlib import Path
 
 import pydicom
-from .deid_helpers import KEY_HEX, write_phi_file
 
 from sobre.cli import main
+
+from .deid_helpers import KEY_HEX, write_phi_file
 
 
 def test_deid_creates_key_beside_output_and_is_consistent(tmp_path, capsys):
@@ -63,7 +65,7 @@ def test_pseudonym_map_export_is_explicit(tmp_path, capsys, key_file):
     err = capsys.readouterr().err
     assert "re-identifies patients" in err
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
-    rows = list(csv.DictReader(open(target)))
+    rows = list(csv.DictReader(Path(target).read_text().splitlines()))
     assert rows[0]["patient_id"] == "IPP0042137" and rows[0]["pseudonym"].startswith("SUBJ-")
     assert KEY_HEX not in target.read_text()
     assert main(["pseudonyms", "export", str(target), "--key-file", str(key_file)]) == 2

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -244,14 +245,22 @@ def test_undecodable_series_is_refused_and_others_still_served(login, ws):
     victim = sorted(ws.files_of(broken))[2]
     import os
 
+    # the catalog refers to the template's source files in place (shared by the tests of this worker):
+    # the file is restored afterwards so that no later test reads a truncated copy
+    original, mode = Path(victim).read_bytes(), os.stat(victim).st_mode
     os.chmod(victim, 0o644)
-    with open(victim, "r+b") as fh:
-        fh.truncate(os.path.getsize(victim) - 200)  # pixel data cut short
-    c = login("viewer")
-    body = _error(c.get(f"/api/projects/demo/series/{broken}/volume"), 422)
-    assert body["found"]
-    assert c.get(f"/api/projects/demo/series/{fine}/volume").status_code == 200
-    _error(c.get("/api/projects/demo/series/1.2.3.999"), 404)
+    try:
+        with open(victim, "r+b") as fh:
+            fh.truncate(os.path.getsize(victim) - 200)  # pixel data cut short
+        c = login("viewer")
+        body = _error(c.get(f"/api/projects/demo/series/{broken}/volume"), 422)
+        assert body["found"]
+        assert c.get(f"/api/projects/demo/series/{fine}/volume").status_code == 200
+        _error(c.get("/api/projects/demo/series/1.2.3.999"), 404)
+    finally:
+        with open(victim, "wb") as fh:
+            fh.write(original)
+        os.chmod(victim, mode)
 
 
 def test_changed_annotation_file_is_an_error(login, ws, mr):

@@ -96,6 +96,7 @@ def test_saves_survive_kill_9(ws):
     time.sleep(0.3)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(10)
+    proc.stderr.close()
     stop.set()
     for t in threads:
         t.join(30)
@@ -124,3 +125,4 @@ def test_saves_survive_kill_9(ws):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(20)
+        proc.stderr.close()

@@ -96,9 +96,9 @@ def _tail(proc) -> str:
 def start_service(ws: Path, config: Path, port: int, log: Path) -> subprocess.Popen:
     """``sobre service -w WS --config FILE`` as a process (its stderr in ``log``); returns once it listens."""
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", PYTHONUNBUFFERED="1")
-    fh = open(log, "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "sobre", "service", "-w", str(ws), "--config", str(config)],
-                            stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    with open(log, "ab") as fh:  # the child keeps its own descriptor
+        proc = subprocess.Popen([sys.executable, "-m", "sobre", "service", "-w", str(ws), "--config", str(config)],
+                                stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     proc.log_path = log
     wait_port(port, proc)
     return proc

@@ -13,7 +13,12 @@ import numpy as np
 import pytest
 
 import sobre
-from sobre.sim import BrainCohortConfig, BrainSimulator, DiseaseModel, write_brain_cohort
+from sobre.sim import (
+    BrainCohortConfig,
+    BrainSimulator,
+    DiseaseModel,
+    write_brain_cohort,
+)
 
 
 def _cfg(**kw):
@@ -143,7 +148,7 @@ def test_everything_says_simulated(dicom_cohort):
     assert sim["Simulated"] is True and sim["config"]["seed"] == cfg.seed
     truth = json.loads((out / "truth" / "sub-0001" / "sub-0001_truth.json").read_text())
     assert truth["Simulated"] is True and "Hippocampus_L" in truth["volumes_mm3"]
-    vol = list(csv.DictReader(open(out / "truth" / "volumes.tsv"), delimiter="\t"))
+    vol = list(csv.DictReader(Path(out / "truth" / "volumes.tsv").read_text().splitlines(), delimiter="\t"))
     assert len(vol) == cfg.subjects and float(vol[0]["Hippocampus_L"]) > 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +12,13 @@ from scipy import ndimage as ndi
 import sobre
 from sobre.base import ProgressRecorder
 from sobre.errors import InputError
-from sobre.sim import CTLesionCohortConfig, LesionConfig, insert_lesions, tissue_masks, write_ct_lesion_cohort
+from sobre.sim import (
+    CTLesionCohortConfig,
+    LesionConfig,
+    insert_lesions,
+    tissue_masks,
+    write_ct_lesion_cohort,
+)
 from sobre.sim._ct import stratum_name
 
 from .conftest import phantom_ct
@@ -79,7 +86,7 @@ def test_cohort_on_disk_with_phantom(tmp_path):
     rec = ProgressRecorder()
     rep = write_ct_lesion_cohort(cfg, tmp_path / "out", progress=rec)
     assert rec.calls == [("cases", 0, 2), ("cases", 1, 2), ("cases", 2, 2)]
-    rows = list(csv.DictReader(open(tmp_path / "out" / "lesions.tsv"), delimiter="\t"))
+    rows = list(csv.DictReader(Path(tmp_path / "out" / "lesions.tsv").read_text().splitlines(), delimiter="\t"))
     assert len(rows) == rep.extra["lesions"] >= 4 and all(r["simulated"] == "yes" for r in rows)
     bg = sobre.load(src)
     for case in ("case-0001", "case-0002"):
@@ -100,7 +107,7 @@ def test_real_lung_ct(lung_ct_paths, tmp_path):
     cfg = CTLesionCohortConfig(backgrounds=[str(p) for p in lung_ct_paths], seed=2,
                                lesions=LesionConfig(lesions_per_case=(6, 6), sizes_mm=(3, 30)))
     write_ct_lesion_cohort(cfg, tmp_path / "out", format="nrrd")
-    rows = list(csv.DictReader(open(tmp_path / "out" / "lesions.tsv"), delimiter="\t"))
+    rows = list(csv.DictReader(Path(tmp_path / "out" / "lesions.tsv").read_text().splitlines(), delimiter="\t"))
     assert len(rows) == 6
     by = {}
     for r in rows:

@@ -218,9 +218,9 @@ def test_written_truth_and_clinical_join(brain_template, calib_cache, tmp_path):
                             clinical={"missing": {"nfl": {"mechanism": "MCAR", "rate": 0.5}}})
     out = tmp_path / "sim"
     write_brain_cohort(cfg, out, format="bids", cache_dir=calib_cache)
-    rows = list(csv.DictReader((out / "participants.tsv").open(), delimiter="\t"))
+    rows = list(csv.DictReader((out / "participants.tsv").read_text().splitlines(), delimiter="\t"))
     truth = {r["participant_id"]: r for r in csv.DictReader(
-        (out / "derivatives/sobre-sim/participants_truth.tsv").open(), delimiter="\t")}
+        (out / "derivatives/sobre-sim/participants_truth.tsv").read_text().splitlines(), delimiter="\t")}
     assert {"nfl", "sodium", "simulated"} <= set(rows[0])
     withheld = [r["participant_id"] for r in rows if r["nfl"] == "n/a"]
     assert withheld and all(truth[s]["nfl_missing"] == "yes" and float(truth[s]["nfl"]) > 0 for s in withheld)

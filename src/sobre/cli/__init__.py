@@ -100,7 +100,7 @@ def main(args: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        status = ns.func(ns)
+        status = _run(ns)
     except SobreError as exc:
         if getattr(ns, "json", False):
             print(json.dumps(exc.to_dict(), indent=2))
@@ -124,6 +124,16 @@ def main(args: Sequence[str] | None = None) -> int:
               "`sobre --debug ...`.", file=sys.stderr)
         return 3
     return int(status or 0)
+
+
+def _run(ns):
+    """The command, then every workspace it opened closed (main is also called in-process)."""
+    from ._common import close_opened
+
+    try:
+        return ns.func(ns)
+    finally:
+        close_opened()
 
 
 def _entry() -> None:  # pragma: no cover

@@ -63,7 +63,9 @@ def _workspace(ns):
         return None
     from sobre.catalog import Workspace
 
-    return Workspace.open(ns.workspace)
+    from ._common import track
+
+    return track(Workspace.open(ns.workspace))
 
 
 def _overrides(ns) -> dict | None:

@@ -35,10 +35,27 @@ def open_compute_of(ns, ws=None):
     return compute
 
 
+_OPENED: list = []  # workspaces opened by the running command; closed by ``main`` when it ends
+
+
+def track(ws):
+    """Remember ``ws`` so that :func:`close_opened` closes it when the command ends (in-process callers)."""
+    _OPENED.append(ws)
+    return ws
+
+
+def close_opened() -> None:
+    while _OPENED:
+        try:
+            _OPENED.pop().close()
+        except Exception:  # noqa: BLE001 - closing after an error must not hide the error
+            pass
+
+
 def open_workspace(ns):
     from sobre.catalog import Workspace
 
-    return Workspace.open(ns.workspace)
+    return track(Workspace.open(ns.workspace))
 
 
 def emit_json(obj) -> None:

@@ -122,7 +122,9 @@ def _note(msg: str) -> None:
 def _open(ns):
     from sobre.catalog import Workspace
 
-    return Workspace.open(getattr(ns, "workspace", "."))
+    from ._common import track
+
+    return track(Workspace.open(getattr(ns, "workspace", ".")))
 
 
 def _config(ns, ws):

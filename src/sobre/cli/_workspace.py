@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from sobre.cli._common import (add_json_arg, add_scheduler_arg, add_workspace_arg, emit_json, open_compute_of,
+from sobre.cli._common import (add_json_arg, track, add_scheduler_arg, add_workspace_arg, emit_json, open_compute_of,
                                open_workspace, progress_bars)
 
 
@@ -51,7 +51,7 @@ def register(sub) -> None:
 def _init(ns) -> int:
     from sobre.catalog import Workspace
 
-    ws = Workspace.init(ns.dir, ns.db)
+    ws = track(Workspace.init(ns.dir, ns.db))
     info = ws.summary()
     if ns.json:
         emit_json(info)

@@ -102,9 +102,9 @@ class OrthancServer:
             "SyncStorageArea": False,
         }
         (root / "orthanc.json").write_text(json.dumps(config, indent=2))
-        log = open(root / "orthanc.log", "wb")
-        self._proc = subprocess.Popen(["Orthanc", str(root / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT,
-                                      cwd=root)
+        with open(root / "orthanc.log", "wb") as log:  # the child keeps its own descriptor
+            self._proc = subprocess.Popen(["Orthanc", str(root / "orthanc.json")], stdout=log,
+                                          stderr=subprocess.STDOUT, cwd=root)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:

@@ -259,9 +259,13 @@ def interval_from_replicates(
         if jackknife is not None:
             jk = np.asarray(jackknife, dtype=float)
             jk = jk[np.isfinite(jk)]
-            u = jk.mean() - jk
-            den = 6.0 * (np.sum(u ** 2) ** 1.5)
-            a = float(np.sum(u ** 3) / den) if den > 0 else 0.0
+            if len(jk) >= 2:
+                u = jk.mean() - jk
+                den = 6.0 * (np.sum(u ** 2) ** 1.5)
+                a = float(np.sum(u ** 3) / den) if den > 0 else 0.0
+            else:  # every leave-one-out value undefined: no acceleration estimate (bias correction only)
+                extra = "acceleration undefined (jackknife values undefined); bias-corrected percentile interval"
+                note = f"{note}; {extra}" if note else extra
         if np.isfinite(z0):
             zq = special.ndtri(quantiles)
             adj = z0 + (z0 + zq) / (1.0 - a * (z0 + zq))
