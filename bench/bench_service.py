@@ -41,6 +41,10 @@ SPACING = [2.0, 2.0, 5.0]
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 
 
+class _Done(Exception):
+    """No backlog asked: the measurements end after the latency pass."""
+
+
 def _uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
@@ -235,6 +239,9 @@ def main(argv=None) -> int:
             results["load_after_latency"] = _uptime()
             # throughput: a backlog of studies
             studies = []
+            if not args.backlog:
+                results["throughput"] = None
+                raise _Done
             t0 = time.time()
             for n in range(args.backlog):
                 study, _ = write_study(SERIES, work / "send", 1000 + n)
@@ -252,6 +259,8 @@ def main(argv=None) -> int:
                                      "studies_per_hour": round(args.backlog / elapsed * 3600, 1),
                                      "note": "includes sending each study (storescu writes are not overlapped with "
                                              "processing: one study is written to disk, then sent)"}
+        except _Done:
+            pass
         finally:
             proc.terminate()
             try:
@@ -266,8 +275,9 @@ def main(argv=None) -> int:
           f"(300 x 512 x 512), quiet period {args.quiet:g} s:\n  p50 {lat['p50_s']:.1f} s, p95 {lat['p95_s']:.1f} s "
           f"(the app's run: median {lat['app_p50_s']:.1f} s)")
     tp = results["throughput"]
-    print(f"throughput: {tp['studies']} studies back to back in {tp['elapsed_s']:.0f} s = "
-          f"{tp['studies_per_hour']:.0f} studies/hour on {os.cpu_count()} cores")
+    if tp:
+        print(f"throughput: {tp['studies']} studies back to back in {tp['elapsed_s']:.0f} s = "
+              f"{tp['studies_per_hour']:.0f} studies/hour on {os.cpu_count()} cores")
     cpu = lat["service_cpu_s_p50"]
     print(f"the service's CPU time per study: median {cpu:.0f} s (receive, route, run, write, send), i.e. at most "
           f"{3600 * (os.cpu_count() or 1) / cpu:.0f} studies/hour on {os.cpu_count()} cores it had to itself")

@@ -90,9 +90,11 @@ def exported(tmp_path, ws, config):
     reviewed; then the XML files."""
     from sobre.service import Review, export_audit_xml, process_files
 
+    from sobre.pacs._peers import free_port
+
     ct_study(tmp_path / "ct", seed=23)
     cfg = config(delivery={"attempts": 1}, destinations=[{"name": "pacs", "kind": "dicom", "host": "127.0.0.1",
-                                                         "port": 9, "aet": "NOWHERE"}])
+                                                         "port": free_port(), "aet": "NOWHERE"}])
     process_files(ws, cfg, [tmp_path / "ct"])
     with Review(ws, cfg) as r:
         r.accept(1, reviewer="dr.martin")
