@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "sobre.cli._simulate",
     "sobre.cli._privacy",     # deid, pseudonyms export, pull, push, listen
     "sobre.cli._learn",
+    "sobre.cli._explain",     # explain (saliency maps)
     "sobre.cli._apps",        # app list|check|run, predict
     "sobre.cli._audit",       # audit verify|trace|entries
     "sobre.cli._models",      # model register|list|show|verify|export|import|export-onnx|key|trust|trusted
@@ -47,6 +48,7 @@ COMMAND_INDEX = {
     "push": "sobre.cli._privacy", "listen": "sobre.cli._privacy", "train": "sobre.cli._learn",
     "pretrain": "sobre.cli._learn", "probe": "sobre.cli._learn", "runs": "sobre.cli._learn",
     "benchmark": "sobre.cli._learn", "app": "sobre.cli._apps", "predict": "sobre.cli._apps",
+    "explain": "sobre.cli._explain",
     "audit": "sobre.cli._audit", "model": "sobre.cli._models", "serve": "sobre.cli._serve",
     "users": "sobre.cli._users", "service": "sobre.cli._service", "review": "sobre.cli._service",
 }

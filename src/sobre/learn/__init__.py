@@ -7,7 +7,9 @@ features + linear model) → a run folder in the workspace with ``run.json`` and
 (read by ``sobre.validate``) → :func:`label_efficiency` to compare them all.
 
 A completed run becomes a model again with :func:`load_model` (network, task, preprocessing,
-provenance; ``predict`` and ``features`` on ``sobre.Image`` objects or dataset versions).
+provenance; ``predict`` and ``features`` on ``sobre.Image`` objects or dataset versions), and
+:func:`explain` gives its saliency maps (integrated gradients, occlusion, Grad-CAM) on a dataset version,
+in each image's own space, with the share of saliency mass per atlas region.
 
 Nothing here prints: long work reports through ``progress(stage, done, total)`` callbacks
 (:mod:`sobre.base`), epochs through ``on_epoch(record)``, and the ``sobre.learn`` logger.
@@ -38,6 +40,7 @@ __all__ = [
     "Run", "list_runs", "open_run", "runs_root",
     "train", "pretrain", "probe", "label_efficiency", "throughput", "CompactCNN",
     "load_model", "TrainedModel", "ModelTask", "Predictions",
+    "explain", "saliency", "region_shares", "Explanation", "SubjectExplanation",
 ]
 
 
@@ -62,6 +65,10 @@ def __getattr__(name: str):  # the heavier entry points load on first use
         from sobre.learn import _inference
 
         return getattr(_inference, name)
+    if name in ("explain", "saliency", "region_shares", "Explanation", "SubjectExplanation"):
+        from sobre.learn import _explain
+
+        return getattr(_explain, name)
     if name in ("init_parallel", "Parallel", "parallel"):  # data parallel (torch.distributed, gloo)
         from sobre.learn import _engine
 
