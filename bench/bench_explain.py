@@ -26,13 +26,13 @@ import os
 import shutil
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import numpy as np
+import pandas as pd
 
 OUT = Path(__file__).resolve().parent / "out" / "explain"
 METHODS = ("ig", "occlusion", "gradcam")
@@ -163,7 +163,7 @@ def main(argv=None) -> int:
     log(f"{len(patients)} patients; affected regions: {', '.join(names)}")
     metrics = (run.record.get("metrics") or {})
     result = {"simulated": True, "what": "SIMULATED cohort: share of saliency mass in the truly affected regions",
-              "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "load_start": load0,
+              "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "load_start": load0,
               "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
               "run": run.run_id, "test_metrics": metrics.get("test"), "affected_regions": names,
               "patients": len(patients), "methods": {}}
