@@ -9,7 +9,7 @@ SOBRE  := $(VENV)/bin/sobre
 STAMP  := $(VENV)/.installed
 JOBS   ?= 2
 
-.PHONY: demo test data system venv bench clean
+.PHONY: demo test data system venv web bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,20 +21,41 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# The workstation front end (web/, vite): built into src/sobre/server/static (git-ignored), which
+# `sobre serve` serves. `npm ci` installs the pinned package-lock.json; both steps are skipped when their
+# outputs are newer than their inputs (stamps). Without npm a message says so and the browser tests skip.
+WEB_STATIC := src/sobre/server/static
+WEB_STAMP  := $(WEB_STATIC)/.web-built
+WEB_DEPS   := web/node_modules/.package-lock.json
+WEB_SRC    := $(shell find web/src web/mock -type f 2>/dev/null) web/index.html web/tsconfig.json \
+              web/vite.config.ts web/vite.patches.ts
+
+$(WEB_DEPS): web/package-lock.json web/package.json
+	@if command -v npm >/dev/null 2>&1; then \
+	  cd web && npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.package-lock.json; \
+	else echo "npm is not installed: the web front end is not built (install node and npm, e.g. apt-get install nodejs npm; the browser tests will skip)" >&2; fi
+
+$(WEB_STAMP): $(WEB_DEPS) $(WEB_SRC)
+	@if command -v npm >/dev/null 2>&1 && [ -f $(WEB_DEPS) ]; then \
+	  (cd web && npm run build --silent) && touch $(WEB_STAMP); \
+	else echo "web front end not built (npm or web/node_modules missing); tests/web will skip" >&2; fi
+
+web: $(WEB_STAMP)
+
 system:
 	bash scripts/system-deps.sh
 
 data: $(STAMP)
 	$(SOBRE) samples fetch
 
-demo: $(STAMP) data
+demo: $(STAMP) data web
 	bash scripts/demo.sh
 
-test: $(STAMP) system data
+test: $(STAMP) system data web
 	$(PY) -m pytest -n $(JOBS) -p no:cacheprovider
 
 bench: $(STAMP) system data
 	$(PY) bench/run_all.py
 
 clean:
-	rm -rf $(VENV) demo-workspace bench/out
+	rm -rf $(VENV) demo-workspace bench/out $(WEB_STATIC) web/node_modules

@@ -5,10 +5,12 @@
 #   orthanc, orthanc-dicomweb   a real PACS with DICOMweb (PACS tests)
 #   postgresql          the team database backend (catalog tests)
 #   dicom3tools         dciodvfy: IOD conformance of the SEG, SR and SC Sobre writes (image and apps tests)
+#   chromium, fonts-dejavu-core   the browser the workstation tests (tests/web) drive with Playwright
+#                       (headless, software WebGL2; Playwright never downloads a browser of its own)
 # Installed with apt-get when this user is root (or has password-less sudo); otherwise the tests
 # that need them skip with a message saying which package is missing.
 set -uo pipefail
-PKGS="dcm2niix dcmtk orthanc orthanc-dicomweb postgresql dicom3tools"
+PKGS="dcm2niix dcmtk orthanc orthanc-dicomweb postgresql dicom3tools chromium fonts-dejavu-core"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
