@@ -119,16 +119,16 @@ def figures(tab: pd.DataFrame, affected: set[int]) -> pd.DataFrame:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--subjects", type=int, default=160)
+    ap.add_argument("--subjects", type=int, default=300)
     ap.add_argument("--sites", type=int, default=2)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--resolution", type=float, default=4.0)
     ap.add_argument("--disease", default="visual")
-    ap.add_argument("--strength", type=float, default=5.0)
+    ap.add_argument("--strength", type=float, default=8.0)
     ap.add_argument("--spacing", type=float, default=4.0)
     ap.add_argument("--shape", type=int, nargs=3, default=[40, 48, 40])
     ap.add_argument("--width", type=int, default=8)
-    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--epochs", type=int, default=80)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--methods", default=",".join(METHODS))
@@ -176,8 +176,11 @@ def main(argv=None) -> int:
         secs = time.perf_counter() - t0
         fig = figures(pd.read_csv(res.path / "regions.csv", dtype={"subject_id": str}), affected)
         fig["split"] = fig["subject_id"].map(split).fillna("unknown")
+        zero = int(fig["share_atlas"].isna().sum())  # a map without mass (Grad-CAM's ReLU can leave nothing)
+        fig = fig.dropna(subset=["share_atlas"])
         entry = {"seconds": round(secs, 1), "seconds_per_image": round(secs / max(len(fig), 1), 2),
-                 "library": res.report["library"], "params": res.report["params"]}
+                 "library": res.report["library"], "params": res.report["params"], "images": len(fig),
+                 "images_without_mass": zero}
         for where in ("image", "atlas"):
             entry[where] = ratio_ci(fig[f"share_{where}"].to_numpy(float), fig[f"random_{where}"].to_numpy(float),
                                     args.bootstrap, args.seed)

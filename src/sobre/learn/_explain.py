@@ -292,6 +292,7 @@ def _saliency(model, item, method: str, *, target, seed: int, p: dict):
         m = _attribute(method, nets, x, k, p)
     info["params"] = p
     info["grid_sum"] = float(m.astype(np.float64).sum())
+    info["grid_mass"] = float(np.abs(m.astype(np.float64)).sum())  # 0: an empty map (e.g. Grad-CAM after its ReLU)
     on_grid = Image(m, aff, coordinate_system=img.coordinate_system)
     back = resample(on_grid, Grid.of(img), order="linear", fill=0)
     meta = {"run_id": model.run_id, "method": method, "source_series": item.id, "target": name}
