@@ -33,7 +33,7 @@ WEB_SRC    := $(shell find web/src web/mock -type f 2>/dev/null) web/index.html 
 $(WEB_DEPS): web/package-lock.json web/package.json
 	@if command -v npm >/dev/null 2>&1; then \
 	  cd web && npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.package-lock.json; \
-	else echo "npm is not installed: the web front end is not built (install node and npm, e.g. apt-get install nodejs npm; the browser tests will skip)" >&2; fi
+	else echo "npm is not installed: the web front end is not built (install Node.js 20.19 or newer with npm; the browser tests will skip)" >&2; fi
 
 $(WEB_STAMP): $(WEB_DEPS) $(WEB_SRC)
 	@if command -v npm >/dev/null 2>&1 && [ -f $(WEB_DEPS) ]; then \

@@ -1,4 +1,4 @@
-"""The browser tests' workspace: generated CT phantoms (and a radiograph), a project, one account per role.
+"""The browser tests' workspace: two generated CT phantoms, a clinical table, a project, one account per role.
 
 ``build(root)`` writes it under ``root`` and returns the workspace folder. Runnable by hand for the dev
 server: ``.venv/bin/python -m tests.web.workspace /tmp/wsdev`` then ``sobre serve -w /tmp/wsdev/ws``.
@@ -60,13 +60,32 @@ def write_ct(out: Path, patient: str, *, seed: str, age: int, sex: str) -> None:
     aff = np.diag([*CT_SPACING, 1.0])
     aff[:3, 3] = [-CT_SHAPE[0] * CT_SPACING[0] / 2, -CT_SHAPE[1] * CT_SPACING[1] / 2, -50.0]
     img = sobre.Image(hu, aff, modality="CT")
-    sobre.write_dicom_series(img, out, modality="CT", uid_seed=seed,
+    sobre.write_dicom_series(img, out, modality="CT", uid_seed=seed, extra={"SyntheticData": "YES"},
                              meta={"patient_id": patient, "patient_age": f"{age:03d}Y", "patient_sex": sex,
                                    "series_description": "phantom abdomen", "manufacturer": "Sobre phantom"})
 
 
+def sobre_cli(*args: str) -> None:
+    """Run the ``sobre ARGS`` command (its ``main``, in this process: no interpreter start per account)."""
+    import contextlib
+    import io
+
+    from sobre.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        rc = main(list(args))
+    if rc != 0:
+        raise RuntimeError(f"sobre {' '.join(args)} failed ({rc}):\n{out.getvalue()}")
+
+
 def build(root: Path) -> Path:
-    """Write the data and the workspace under ``root``; returns the workspace folder."""
+    """Write the data and the workspace under ``root``; returns the workspace folder.
+
+    The catalog part is done from Python; accounts and the project with ``sobre users`` (the CLI).
+    """
+    import tomli_w
+
     from sobre.catalog import Workspace
 
     root = Path(root)
@@ -78,13 +97,17 @@ def build(root: Path) -> Path:
     ws.ingest([data], clinical=root / "clinical.csv", site="web")
     ws.cohort_create("ct", 'modality == "CT"')
     ws.freeze("ct")
-    ws.accounts.create_project("abdomen", cohorts=["ct"], schema=SCHEMA, description="Phantom CT <i>for the browser tests</i>")
-    ws.accounts.add_user("admin", PASSWORD, admin=True)
-    for user, role in USERS.items():
-        ws.accounts.add_user(user, PASSWORD)
-        ws.accounts.grant(user, "abdomen", role)
     ws.site_key()
     ws.close()
+    wsdir = str(root / "ws")
+    (root / "schema.toml").write_text(tomli_w.dumps(SCHEMA))
+    (root / "password").write_text(PASSWORD + "\n")
+    sobre_cli("users", "project", "create", "abdomen", "--cohort", "ct", "--schema", str(root / "schema.toml"),
+              "--description", "Phantom CT <i>for the browser tests</i>", "-w", wsdir)
+    sobre_cli("users", "add", "admin", "--admin", "--password-file", str(root / "password"), "-w", wsdir)
+    for user, role in USERS.items():
+        sobre_cli("users", "add", user, "--password-file", str(root / "password"), "-w", wsdir)
+        sobre_cli("users", "project", "grant", user, "abdomen", role, "-w", wsdir)
     return root / "ws"
 
 

@@ -169,4 +169,5 @@ export const api = {
     json<Version>('POST', `${P(p)}/annotations/${id}/review`, { decision, comment }),
   queue: async (p: string) => items(await get<Page<Version> | Version[]>(`${P(p)}/review-queue`)),
   exportUrl: (p: string, id: number, format: 'seg' | 'sr' | 'nifti' | 'csv') => `${P(p)}/annotations/${id}/export?format=${format}`,
+  push: (p: string, id: number, format: 'seg' | 'sr') => json<Record<string, unknown>>('POST', `${P(p)}/annotations/${id}/push`, { format }),
 };

@@ -327,6 +327,7 @@ export async function viewerPage(main: HTMLElement, project: string, key: string
   const mayEdit = can(project, 'annotation.save');
   const mayReview = can(project, 'annotation.review');
   const mayExport = can(project, 'annotation.export');
+  const mayPush = can(project, 'annotation.push');
   const me = session?.user.username ?? '';
   const current: Record<string, Version | null> = {}; // annotation name -> the version being edited (its parent on save)
   let maskName = 'mask';
@@ -468,15 +469,15 @@ export async function viewerPage(main: HTMLElement, project: string, key: string
   // landmarks and boxes
   let pointName = schema.points[0] ?? '';
   let boxName = schema.boxes[0] ?? '';
-  const pointList = h('ul', { class: 'items small' });
+  const pointList = h('ul', { class: 'items small points' });
   const boxList = h('ul', { class: 'items small' });
   const pointsPanel = h('section', { class: 'panel' }, h('h3', null, 'Points and boxes'),
     schema.points.length ? h('div', null, h('label', { class: 'inline' }, 'Point ', h('select', { name: 'point-name', onchange: (e: Event) => { pointName = (e.target as HTMLSelectElement).value; } },
       schema.points.map((p) => h('option', { value: p }, p)))), mayEdit ? tb('Landmark', 'Place point', 'Click to place the chosen landmark') : null, pointList,
-      mayEdit ? h('button', { onclick: () => saveItems('points') }, 'Save points') : null) : null,
+      mayEdit ? h('button', { onclick: () => saveItems('points'), dataset: { action: 'save-points' } }, 'Save points') : null) : null,
     schema.boxes.length ? h('div', null, h('label', { class: 'inline' }, 'Box ', h('select', { name: 'box-name', onchange: (e: Event) => { boxName = (e.target as HTMLSelectElement).value; } },
       schema.boxes.map((p) => h('option', { value: p }, p)))), mayEdit ? tb('Box', 'Draw box', 'Drag to draw the chosen box') : null, boxList,
-      mayEdit ? h('button', { onclick: () => saveItems('boxes') }, 'Save boxes') : null) : null,
+      mayEdit ? h('button', { onclick: () => saveItems('boxes'), dataset: { action: 'save-boxes' } }, 'Save boxes') : null) : null,
     !schema.points.length && !schema.boxes.length ? h('p', { class: 'muted small' }, 'No points or boxes in this project\'s schema.') : null);
 
   // image-level labels
@@ -565,15 +566,17 @@ export async function viewerPage(main: HTMLElement, project: string, key: string
     const list = [...versions].sort((a, b) => b.id - a.id);
     replace(versionsPanel, h('h3', null, 'Versions'),
       list.length === 0 ? h('p', { class: 'muted small' }, 'No annotation of this series yet.') : null,
-      h('ul', { class: 'items' }, list.map((v) => h('li', { class: 'version', dataset: { versionId: String(v.id), status: v.status } },
+      h('ul', { class: 'items' }, list.map((v) => h('li', { class: 'version', dataset: { versionId: String(v.id), status: v.status, kind: v.kind } },
         h('div', null, h('span', { class: 'vname' }, versionLine(v)), ' ', statusChip(v.status)),
         v.comment ? h('div', { class: 'small comment' }, v.comment) : null,
         v.reviews.map((r) => h('div', { class: 'small review' }, `${r.reviewer} ${r.decision}ed`, r.comment ? `: ${r.comment}` : '')),
         h('div', { class: 'buttons' },
           h('button', { onclick: () => openVersion(v), dataset: { action: 'open' } }, 'Open'),
           mayExport && v.kind === 'mask' ? h('button', { onclick: () => exportVersion(v, 'seg'), dataset: { action: 'export-seg' } }, 'Export SEG') : null,
-          mayExport ? h('button', { onclick: () => exportVersion(v, 'sr'), dataset: { action: 'export-sr' } }, 'Export SR') : null,
-          mayExport && v.kind === 'mask' ? h('button', { onclick: () => exportVersion(v, 'nifti') }, 'NIfTI') : null,
+          mayExport && v.kind !== 'mask' ? h('button', { onclick: () => exportVersion(v, 'sr'), dataset: { action: 'export-sr' } }, 'Export SR') : null,
+          mayExport && v.kind === 'mask' ? h('button', { onclick: () => exportVersion(v, 'nifti'), dataset: { action: 'export-nifti' } }, 'NIfTI') : null,
+          mayExport && v.kind !== 'mask' ? h('button', { onclick: () => exportVersion(v, 'csv'), dataset: { action: 'export-csv' } }, 'CSV') : null,
+          mayPush && (v.kind === 'mask' || v.kind === 'points' || v.kind === 'boxes') ? h('button', { onclick: () => pushVersion(v), dataset: { action: 'push' }, title: 'Send to the PACS (a mask: its SEG and SR)' }, 'Push to PACS') : null,
           v.status === 'draft' && v.author === me && mayEdit ? h('button', { onclick: () => submitVersion(v), dataset: { action: 'submit' } }, 'Submit') : null),
         v.status === 'submitted' && mayReview && v.author !== me ? reviewBox(v) : null))));
   }
@@ -628,6 +631,13 @@ export async function viewerPage(main: HTMLElement, project: string, key: string
       const cd = res.headers.get('Content-Disposition') ?? '';
       const name = /filename="?([^";]+)"?/.exec(cd)?.[1] ?? `${v.name}-v${v.number}.${format === 'nifti' ? 'nii.gz' : format === 'csv' ? 'csv' : 'dcm'}`;
       download(await res.blob(), name.replace(/[^A-Za-z0-9._-]/g, '_'));
+    } catch (e) { toast(errorText(e), 'error'); }
+  }
+  async function pushVersion(v: Version): Promise<void> {
+    try {
+      const got = await api.push(project, v.id, v.kind === 'mask' ? 'seg' : 'sr');
+      toast(`Sent to ${String(got.pacs ?? 'the PACS')}: ${String(got.sop_instance_uid ?? '')}`);
+      hooks.lastPush = got;
     } catch (e) { toast(errorText(e), 'error'); }
   }
   async function submitVersion(v: Version): Promise<void> {
@@ -790,6 +800,35 @@ export async function viewerPage(main: HTMLElement, project: string, key: string
   hooks.maskCount = () => labelmap ? labelmap.reduce((n, x) => n + (x ? 1 : 0), 0) : 0;
   hooks.voi = (v: string) => (re.getViewport(v) as any)?.getProperties?.().voiRange;
   hooks.engine = re;
+  // for the browser tests: where a voxel is on the page, what a canvas shows there, which slices hold mask
+  hooks.pagePoint = (v: string, ijk: number[]) => {
+    const vp: any = re.getViewport(v);
+    const w = [0, 1, 2].map((a) => g.origin[a] + [0, 1, 2].reduce((acc, b) => acc + g.direction[3 * b + a] * ijk[b] * g.spacing[b], 0));
+    const [x, y] = vp.worldToCanvas(w);
+    const r = vp.canvas.getBoundingClientRect();
+    return [r.left + x, r.top + y];
+  };
+  hooks.pixel = (v: string, clientX: number, clientY: number) => {
+    const c: HTMLCanvasElement = (re.getViewport(v) as any).canvas;
+    const r = c.getBoundingClientRect();
+    const x = Math.round((clientX - r.left) * c.width / r.width), y = Math.round((clientY - r.top) * c.height / r.height);
+    return Array.from(c.getContext('2d')!.getImageData(x, y, 1, 1).data);
+  };
+  hooks.canvasStats = (v: string) => {
+    const c: HTMLCanvasElement = (re.getViewport(v) as any).canvas;
+    const d = c.getContext('2d')!.getImageData(0, 0, c.width, c.height).data;
+    let s = 0, s2 = 0, n = 0;
+    for (let p = 0; p < d.length; p += 4) { const y = (d[p] + d[p + 1] + d[p + 2]) / 3; s += y; s2 += y * y; n++; }
+    const mean = s / n;
+    return { mean, sd: Math.sqrt(Math.max(0, s2 / n - mean * mean)), width: c.width, height: c.height };
+  };
+  hooks.maskSlices = () => {
+    if (!labelmap) return [];
+    const per = g.dimensions[0] * g.dimensions[1];
+    const out: number[] = [];
+    for (let k = 0; k < g.dimensions[2]; k++) { const sl = labelmap.subarray(k * per, (k + 1) * per); if (sl.some((x) => x)) out.push(k); }
+    return out;
+  };
   return () => { for (const d of disposers.reverse()) { try { d(); } catch (e) { console.warn(e); } } };
 }
 
