@@ -321,3 +321,80 @@ def test_connections_are_polled_faster_than_pynetdicom_default(listener):
         assert server_side.dul._run_loop_delay == _DUL_POLL < 0.001
     finally:
         assoc.release()
+
+
+# Benchmark mutants (bench/bench_fuzz.py) that the listener acknowledged although the stored instance
+# did not read back: a damaged length inside a sequence of an implicit-VR file (the US Region
+# Calibration Module of gdcm-US-ALOKA-16.dcm), which the quick check skipped as opaque bytes.
+STORED_UNREADABLE = [("pydicom-data:gdcm-US-ALOKA-16.dcm", "bad_length", 4292223782),  # (0018,601E) 4 -> 5
+                     ("pydicom-data:gdcm-US-ALOKA-16.dcm", "bad_length", 2342325071),  # (0018,6024) 2 -> 1
+                     ("pydicom-data:gdcm-US-ALOKA-16.dcm", "bad_length", 1581820866)]  # item length undefined
+
+
+def test_what_the_listener_acknowledges_reads_back_completely(tmp_path):
+    """Success only for an instance that reads back with a full pydicom read (every element, inside
+    sequences too); anything else gets a failure status and nothing is kept. On the benchmark's
+    mutants and on damaged lengths and VRs of real files with sequences (implicit and explicit VR)."""
+    import warnings
+
+    from pynetdicom import AE
+    from pynetdicom.dsutils import split_dataset
+
+    from fuzz import mutants as M
+
+    keys = ["pydicom-data:gdcm-US-ALOKA-16.dcm", "pydicom:rtdose.dcm", "pydicom-data:emri_small.dcm",
+            "pydicom:examples_ybr_color.dcm"]
+    if any(M.source_path(k) is None for k in keys):
+        pytest.skip("sample files are not fetched (sobre samples fetch)")
+    cases = list(STORED_UNREADABLE) + [(k, kind, seed) for k in keys for kind in ("bad_length", "bad_vr")
+                                       for seed in range(12)]
+    lst = Listener(tmp_path / "store", port=free_port(), batch_seconds=0.2)  # stored as received
+    lst.start()
+    ae = AE(ae_title="TESTSCU")
+    sent = acknowledged = refused = 0
+    try:
+        for key, kind, seed in cases:
+            try:
+                m = M.make(key, kind, seed)
+            except M.NotApplicable:
+                continue
+            path = tmp_path / f"{m.name.replace(':', '_')}.dcm"
+            path.write_bytes(m.data)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                try:
+                    meta, _ = split_dataset(path)
+                    sop_class, ts = str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID)
+                    ae.requested_contexts = []
+                    ae.add_requested_context(sop_class, [ts])
+                except Exception:  # noqa: BLE001 - the file meta itself is damaged: not sendable
+                    continue
+                assoc = ae.associate("127.0.0.1", lst.port, ae_title="SOBRE")
+                if not assoc.is_established:
+                    continue
+                before = set(lst.store_dir.rglob("*.dcm"))
+                try:
+                    rsp = assoc.send_c_store(path)
+                except Exception:  # noqa: BLE001 - pynetdicom could not read or send it: nothing to test
+                    assoc.abort()
+                    continue
+                assoc.release()
+                sent += 1
+                new = set(lst.store_dir.rglob("*.dcm")) - before
+                status = int(rsp.Status) if rsp is not None and "Status" in rsp else None
+                if status == 0:
+                    acknowledged += 1
+                    assert len(new) == 1, (m.name, new)
+                    stored = pydicom.dcmread(new.pop())
+                    for _ in stored.iterall():  # a full read, every element decoded
+                        pass
+                    for p in lst.store_dir.rglob("*.dcm"):
+                        p.unlink()
+                else:
+                    refused += 1
+                    assert status in STATUS.values() and not new, (m.name, status, new)
+                    if (key, kind, seed) in STORED_UNREADABLE:
+                        assert status == STATUS["cannot_understand"]
+    finally:
+        lst.stop(grace=2)
+    assert sent > 50 and acknowledged and refused

@@ -1136,7 +1136,7 @@ def _header_metadata(ds: Dataset, get) -> dict:
         return _float(get(kw), None) if kw in ds else None
 
     fm = getattr(ds, "file_meta", None)
-    ts = raw_value(fm, "TransferSyntaxUID") if fm is not None else None
+    ts = raw_value(fm, "TransferSyntaxUID", getattr(ds, "filename", None)) if fm is not None else None
     meta = {
         "modality": s("Modality"),
         "sop_class_uid": s("SOPClassUID"),

@@ -148,7 +148,7 @@ def _read_with_pydicom(path: Path, size: int) -> tuple[Dataset, int]:
         ) from None
     fm = getattr(ds, "file_meta", None)
     buffer = getattr(ds, "buffer", None)
-    if fm is not None and str(raw_value(fm, "TransferSyntaxUID") or "") == DEFLATED and buffer is not None:
+    if fm is not None and str(raw_value(fm, "TransferSyntaxUID", path) or "") == DEFLATED and buffer is not None:
         here = buffer.tell()
         extent = buffer.seek(0, 2)  # pydicom read the inflated dataset from this in-memory buffer
         buffer.seek(here)
@@ -184,7 +184,7 @@ def check_complete(ds: Dataset, path: Path, size: int) -> None:
     name = f"({last.tag >> 16:04X},{last.tag & 0xFFFF:04X}) {keyword_for_tag(last.tag) or 'private element'}"
     fix = "the file was cut short (interrupted transfer or export); re-export or re-send it"
     fm = getattr(ds, "file_meta", None)
-    deflated = fm is not None and str(raw_value(fm, "TransferSyntaxUID") or "") == DEFLATED
+    deflated = fm is not None and str(raw_value(fm, "TransferSyntaxUID", path) or "") == DEFLATED
     the_end = "the end of the inflated dataset" if deflated else "the end of the file"
     if end > size:
         raise InputError("file is truncated inside an element", path=path, tag=name,
@@ -200,13 +200,15 @@ _FAST_BINARY_VRS = {"US": "H", "SS": "h", "UL": "I", "SL": "i"}
 _TAGS: dict[str, int] = {}
 
 
-def raw_value(ds: Dataset, keyword: str) -> Any:
+def raw_value(ds: Dataset, keyword: str, path=None) -> Any:
     """``ds.get(keyword)`` for numbers, code strings and UIDs, parsed straight from the raw bytes.
 
     Returns None when the element is absent or empty, an ``int`` for binary integers, a ``str``
     (or a list of ``str`` for several values) for IS/DS/CS/UI text. About 15× faster than pydicom's
     value conversion, which matters when reading thousands of headers; anything unusual (other VRs,
-    values already converted, odd lengths) goes through pydicom.
+    values already converted, odd lengths) goes through pydicom. A value pydicom cannot convert is an
+    :class:`InputError` naming the tag and ``path`` (default: the dataset's ``filename``; a file meta
+    dataset has none, so callers pass the file).
     """
     tag = _TAGS.get(keyword)
     if tag is None:
@@ -235,13 +237,13 @@ def raw_value(ds: Dataset, keyword: str) -> Any:
     try:
         value = ds.get(keyword)
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types for a value it cannot convert
-        raise _undecodable(ds, keyword, exc) from None
+        raise _undecodable(ds, keyword, exc, path) from None
     return None if value is None or value == "" else value
 
 
-def _undecodable(ds, keyword: str, exc: Exception) -> InputError:
+def _undecodable(ds, keyword: str, exc: Exception, path=None) -> InputError:
     """The error for a header value pydicom cannot convert (unknown VR, bad bytes, ...)."""
-    filename = getattr(ds, "filename", None)
+    filename = path if path is not None else getattr(ds, "filename", None)
     return InputError("header value cannot be decoded", path=filename if isinstance(filename, (str, Path)) else None,
                       tag=tag_name(keyword), expected="a value of the element's VR",
                       found=f"{describe_exception(exc)}", fix=_FIX_HEADER)
@@ -493,15 +495,67 @@ def pixel_module_problem(*, keyword: str, rows: int, cols: int, frames: int, sam
                         found=f"{length} bytes",
                         fix="the (0028,0004) PhotometricInterpretation value 'YBR_FULL_422' is probably "
                             "wrong and should be 'RGB' or 'YBR_FULL'")
+    elif length > expected + expected % 2:
+        # pydicom decodes every whole frame the data holds (its allow_excess_frames): more whole frames
+        # than NumberOfFrames means the header describes another image than the one decoded
+        whole = length * 8 // (rows * cols * samples * bits)
+        if whole > frames:
+            return dict(what="pixel data holds more frames than the image module says", tag=tag_name(keyword),
+                        expected=f"{expected} bytes ({shape()}), plus at most one byte of padding",
+                        found=f"{length} bytes: {whole} whole frames of {rows}×{cols} × {samples} sample(s) "
+                              f"× {bits} bits",
+                        fix="(0028,0008) NumberOfFrames, (0028,0010) Rows or (0028,0011) Columns is wrong or "
+                            "missing; re-export the file")
     return None
 
 
-def fragments_problem(frames: int, offsets: int, fragments: int, empty: int = 0, begun: int | None = None) \
-        -> dict | None:
-    """Encapsulated pixel data with fewer frames than NumberOfFrames (``offsets``: entries of the
-    Basic Offset Table, 0 when empty; ``fragments``: items after it; ``empty``: how many of them
-    hold no byte; ``begun``: how many begin a codestream, when known)."""
+def palette_problem(ds, bits: int) -> dict | None:
+    """Why the palette colour lookup tables of ``ds`` cannot be applied, or None.
+
+    Applies them (pydicom's ``apply_color_lut``, as decoding does) to a single pixel: the
+    descriptors, the LUT data lengths and segmented tables (their segment types) are checked
+    without decoding any pixel data.
+    """
+    import numpy as np
+    from pydicom.pixels import apply_color_lut
+
+    try:
+        apply_color_lut(np.zeros((1, 1), dtype=np.uint8 if bits <= 8 else np.uint16), ds)
+    except (KeyboardInterrupt, SystemExit, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - pydicom raises ValueError, KeyError, TypeError ... on bad tables
+        return dict(what="palette colour lookup table cannot be applied",
+                    tag="(0028,1101-1103) / (0028,1201-1203) / (0028,1221-1223) palette colour lookup tables",
+                    expected="descriptors (entries, first value, 8 or 16 bits) and LUT data of that length, or "
+                             "valid segmented tables (PS3.3 C.7.6.3.1.5-6, C.7.9)",
+                    found=describe_exception(exc), fix=_FIX_HEADER)
+    return None
+
+
+def fragments_problem(frames: int, offsets: int, fragments: int, empty: int = 0, begun: int | None = None,
+                      ts: str = "") -> dict | None:
+    """Encapsulated pixel data with fewer (or more) frames than NumberOfFrames (``offsets``: entries
+    of the Basic Offset Table, 0 when empty; ``fragments``: items after it; ``empty``: how many of
+    them hold no byte; ``begun``: how many begin a codestream, when known; ``ts``: the transfer
+    syntax UID).
+
+    More frames than NumberOfFrames is refused too: pydicom decodes every frame it finds (its
+    ``allow_excess_frames``), so the decoded image would not be the one the header describes. The
+    data tells when the offset table has more entries than frames, when more fragments begin a
+    codestream than there are frames (JPEG family, JPEG 2000), and for RLE, whose frames are one
+    fragment each (PS3.5 A.4.2), when there are more fragments than frames."""
     frames = frames or 1
+    more = None
+    if offsets > frames:
+        more = f"{offsets} Basic Offset Table entries"
+    elif begun is not None and begun > frames:
+        more = f"{fragments} fragment(s), {begun} of them beginning a codestream"
+    elif ts == RLE_LOSSLESS and fragments > frames:
+        more = f"{fragments} RLE fragments (one per frame)"
+    if more is not None:
+        return dict(what="compressed pixel data holds more frames than NumberOfFrames", tag=tag_name("NumberOfFrames"),
+                    expected=f"{frames} frame(s)", found=more,
+                    fix="(0028,0008) NumberOfFrames is wrong or missing; re-export the file")
     if fragments == 0:
         return dict(what="compressed pixel data holds no fragment", tag=tag_name("PixelData"),
                     expected=f"{frames} frame(s)", found="no fragment", fix="re-export or re-send the file")
@@ -583,7 +637,7 @@ def _fragments(ds, elem, stop_after: int, starts: tuple[bytes, ...] | None = Non
             pos[0] += n
             return out
 
-        return _count_fragments(read, stop_after)
+        return _count_fragments(read, stop_after, starts)
     tell = getattr(elem, "value_tell", None)
     filename = getattr(ds, "filename", None)
     if tell is None or not isinstance(filename, (str, os.PathLike)) or not os.path.isfile(filename):
@@ -819,7 +873,7 @@ def check_pixel_length(ds, path=None, *, transfer_syntax=None, strict: bool = Fa
         uid = str(transfer_syntax)
     else:
         fm = getattr(ds, "file_meta", None)
-        uid = str(raw_value(fm, "TransferSyntaxUID") or "") if fm is not None else ""
+        uid = str(raw_value(fm, "TransferSyntaxUID", where) or "") if fm is not None else ""
     encapsulated, undecodable = _transfer_syntax(uid) if uid else (False, None)
     try:
         rows, cols = us(0x00280010, "Rows", None), us(0x00280011, "Columns", None)
@@ -827,7 +881,8 @@ def check_pixel_length(ds, path=None, *, transfer_syntax=None, strict: bool = Fa
         samples = us(0x00280002, "SamplesPerPixel", 1)
         frames = number("NumberOfFrames", 1) if 0x00280008 in elements else 1
         stored, representation = us(0x00280101, "BitsStored", bits), us(0x00280103, "PixelRepresentation", 0)
-        photometric = _text_value(raw_value(ds, "PhotometricInterpretation"))
+        written = raw_value(ds, "PhotometricInterpretation")
+        photometric = _text_value(written)
         planar = us(0x00280006, "PlanarConfiguration", -1) if samples > 1 else -1
     except InputError:
         if strict:
@@ -858,18 +913,36 @@ def check_pixel_length(ds, path=None, *, transfer_syntax=None, strict: bool = Fa
             problem = dict(what="unknown PhotometricInterpretation", tag=tag_name("PhotometricInterpretation"),
                            expected=", ".join(sorted(_PHOTOMETRIC_SAMPLES)), found=repr(photometric),
                            fix=_FIX_HEADER)
+        elif photometric and _text_value(written).strip() != str(
+                "\\".join(written) if isinstance(written, list) else written).strip(" \x00"):
+            problem = dict(what="PhotometricInterpretation is not written in upper case (a code string)",
+                           tag=tag_name("PhotometricInterpretation"), expected=repr(photometric),
+                           found=repr(written), fix=_FIX_HEADER)
         elif photometric == "PALETTE COLOR" and 0x00281101 not in elements:
             problem = dict(what="palette colour image without a palette", tag=tag_name("PhotometricInterpretation"),
                            expected="(0028,1101-1103) palette colour lookup table descriptors and data",
                            found="PALETTE COLOR and no lookup table", fix=_FIX_HEADER)
+        elif photometric == "PALETTE COLOR" and keyword == "PixelData":
+            problem = palette_problem(ds, bits)
+        elif samples > 1 and planar < 0 and 0x00280006 in elements:
+            problem = dict(what="PlanarConfiguration has no value", tag=tag_name("PlanarConfiguration"),
+                           expected="0 (colour-by-pixel) or 1 (colour-by-plane)", found="an empty value",
+                           fix=_FIX_HEADER)
+        elif photometric in ("YBR_FULL", "YBR_FULL_422") and (representation != 0 or bits != 8) \
+                and keyword == "PixelData":
+            # pydicom converts YBR_FULL(_422) to RGB, on unsigned 8-bit samples only
+            problem = dict(what="YBR colour pixels must be unsigned 8-bit samples",
+                           tag=f"{tag_name('PixelRepresentation')} / {tag_name('BitsAllocated')}",
+                           expected=f"PixelRepresentation 0 and BitsAllocated 8 for {photometric}",
+                           found=f"PixelRepresentation {representation}, BitsAllocated {bits}", fix=_FIX_HEADER)
     if problem is None and encapsulated and keyword == "PixelData":
-        counted = _fragments(ds, elem, _MAX_FRAGMENTS, _frame_starts(uid) if frames > 1 else None)  # item headers
+        counted = _fragments(ds, elem, _MAX_FRAGMENTS, _frame_starts(uid))  # item headers
         if counted is False:
             problem = dict(what="compressed pixel data is not a sequence of items", tag=tag_name("PixelData"),
                            expected="a Basic Offset Table item (FFFE,E000), then one item per fragment (PS3.5 A.4)",
                            found="something else", fix="the file is damaged; re-export or re-send it")
         elif counted is not None:
-            problem = fragments_problem(frames, *counted)
+            problem = fragments_problem(frames, *counted, ts=uid)
         if problem is None and strict:
             head = _first_fragment(ds, elem, 1 << 14)
             if head is not None:
@@ -965,8 +1038,8 @@ def received_facts(buf: bytes, ts) -> tuple[str, str, str, str] | None:
                 at[0] += n
                 return out
 
-            counted = _count_fragments(read, _MAX_FRAGMENTS, _frame_starts(str(ts)) if frames > 1 else None)
-            if counted is False or fragments_problem(frames, *counted) is not None:
+            counted = _count_fragments(read, _MAX_FRAGMENTS, _frame_starts(str(ts)))
+            if counted is False or fragments_problem(frames, *counted, ts=str(ts)) is not None:
                 return None
     except (_Odd, ValueError):
         return None
@@ -980,7 +1053,8 @@ _DICT_SIZE: dict[int, int] = {}
 
 
 def _implicit_item_size(tag: int) -> int:
-    """Value size of a standard tag's VR for an implicit-VR stream (0: any length is fine)."""
+    """Value size of a standard tag's VR for an implicit-VR stream (0: any length is fine; -1: a
+    sequence, whose items pydicom parses when the value is read)."""
     size = _DICT_SIZE.get(tag)
     if size is None:
         size = 0
@@ -989,8 +1063,11 @@ def _implicit_item_size(tag: int) -> int:
                 vrs = {v.strip().encode() for v in dictionary_VR(tag).split(" or ")}
             except (KeyError, ValueError):
                 vrs = set()
-            sizes = {_ITEM_SIZE.get(v, 0) for v in vrs}
-            size = sizes.pop() if len(sizes) == 1 else 0
+            if vrs == {b"SQ"}:
+                size = -1
+            else:
+                sizes = {_ITEM_SIZE.get(v, 0) for v in vrs}
+                size = sizes.pop() if len(sizes) == 1 else 0
         _DICT_SIZE[tag] = size
     return size
 
@@ -1034,11 +1111,16 @@ def _quick_dataset(buf: bytes, pos: int, end: int, implicit: bool, in_item: bool
             continue
         if pos + length > end:
             raise _Odd  # truncated
-        size = _implicit_item_size((group << 16) | element) if implicit else _ITEM_SIZE.get(vr, 0)
-        if size and length % size:
+        if implicit or vr == b"UN":  # the dictionary's VR (pydicom reads a standard tag's UN value by it)
+            size = _implicit_item_size((group << 16) | element)
+        else:
+            size = _ITEM_SIZE.get(vr, 0)
+        if size < 0 or vr == b"SQ":
+            # items checked too, as a full read decodes them (an implicit-VR sequence of defined
+            # length, or a standard sequence received as UN, is implicit VR inside)
+            _quick_items(buf, pos, end, pos + length, implicit or vr == b"UN", unpack)
+        elif size and length % size:
             raise _Odd  # a binary value pydicom cannot read back (e.g. US of 3 bytes)
-        if vr == b"SQ":  # items checked too (pydicom reads them later, when the value is used)
-            _quick_items(buf, pos, end, pos + length, implicit, unpack)
         if found is not None:
             name = _QUICK_TAGS.get((group << 16) | element)
             if name is not None:
