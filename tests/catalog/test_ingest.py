@@ -523,3 +523,59 @@ def test_a_cohort_says_which_matching_volumes_it_leaves_out(workspace, cohort_co
     assert ct["left_out"] == {} and ct["note"] is None  # the broken MR series does not match: not mentioned
     sel = workspace.select('subject_id == "G1"')
     assert sel.records == [] and sel.n_left_out == 1
+
+
+# --------------------------------------------------------------------------- series stability (fuzz classes)
+def _series(ws) -> dict:
+    return {r["series_uid"]: (r["shape"], r["n_files"], r["status"]) for r in ws.records()}
+
+
+def test_a_newcomer_cannot_extend_a_volume_without_patient_positions(workspace, tmp_path):
+    """bench_fuzz.py found header flips that changed only a SOP Instance UID (JPEG-LL.dcm, emri_small.dcm):
+    the mutant joined the catalogued series and re-shaped it ([256, 1024, 2] -> 3 files, a 10-frame
+    volume -> 20). Frames without positions are stacked in file order only, so a newcomer there is a
+    conflict: reported by name, not catalogued, the series kept as it was. Rebuilt from the
+    benchmark's seeds, and the same class made here (a second copy of a multi-frame instance, a
+    single-frame image under another SOP Instance UID)."""
+    from fuzz import mutants as M
+
+    keys = ["pydicom:JPEG2000.dcm", "pydicom-data:JPEG-LL.dcm", "pydicom-data:emri_small.dcm"]
+    if any(M.source_path(k) is None for k in keys):
+        pytest.skip("sample files are not fetched (sobre samples fetch)")
+    workspace.ingest([str(M.source_path(k)) for k in keys])
+    before = _series(workspace)
+    assert sorted(v[:2] for v in before.values()) == [([64, 64, 10], 1), ([256, 1024, 2], 2)]
+
+    newcomers = []
+    for key, seed in (("pydicom-data:JPEG-LL.dcm", 3521407139), ("pydicom-data:emri_small.dcm", 741306933)):
+        m = M.make(key, "flip", seed)
+        newcomers.append(tmp_path / f"{m.name}.dcm")
+        newcomers[-1].write_bytes(m.data)
+    for key in ("pydicom-data:emri_small.dcm", "pydicom:JPEG2000.dcm"):
+        ds = pydicom.dcmread(M.source_path(key))
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid(prefix="1.2.826.0.1.3680043.9.7779.")
+        newcomers.append(tmp_path / f"copy-{key.rsplit(':', 1)[-1]}")
+        ds.save_as(newcomers[-1])
+    report = workspace.ingest([str(p) for p in newcomers])
+    assert _series(workspace) == before
+    conflicts = {p.path for p in report.problems if p.code == "series-conflict"}
+    assert conflicts >= {str(p) for p in newcomers[2:]}
+    assert "no patient positions" in next(p.message for p in report.problems if p.code == "series-conflict")
+
+
+def test_a_newcomer_at_new_consistent_positions_extends_a_stack(workspace, tmp_path):
+    """The other side of the rule: slices at new positions on the stack's grid join the catalogued
+    volume; a slice at a position the volume already has does not change it."""
+    files = write_series(tmp_path / "s", {"patient_id": "P1"}, shape=(16, 16, 6), uid_seed="stack")
+    workspace.ingest([str(p) for p in files[:4]])
+    ((shape, n, status),) = _series(workspace).values()
+    assert (shape, n, status) == ([16, 16, 4], 4, "ok")
+    workspace.ingest([str(p) for p in files[4:]])
+    ((shape, n, status),) = _series(workspace).values()
+    assert (shape, n, status) == ([16, 16, 6], 6, "ok")
+    ds = pydicom.dcmread(files[2])  # the same position under another SOP Instance UID
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid(prefix="1.2.826.0.1.3680043.9.7779.")
+    ds.save_as(tmp_path / "dup.dcm")
+    workspace.ingest([str(tmp_path / "dup.dcm")])
+    ((shape, n, status),) = _series(workspace).values()
+    assert (shape, n, status) == ([16, 16, 6], 6, "ok")

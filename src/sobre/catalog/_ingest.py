@@ -408,8 +408,8 @@ class Ingester:
         ft, sr, ot = File.__table__, Series.__table__, DicomObject.__table__
         files = conn.execute(select(ft.c.id, ft.c.path, ft.c.kind, ft.c.frames)
                              .where(ft.c.series_uid == uid).order_by(ft.c.path)).all()
-        old = [(row.id, row.label, row.status, row.shape) for row in conn.execute(
-            select(sr.c.id, sr.c.label, sr.c.status, sr.c.shape).where(sr.c.series_uid == uid))]
+        old = [(row.id, row.label, row.status, row.shape, row.orientation) for row in conn.execute(
+            select(sr.c.id, sr.c.label, sr.c.status, sr.c.shape, sr.c.orientation).where(sr.c.series_uid == uid))]
         members: dict[int, set[int]] = {pk: set() for pk, *_ in old}
         for fid, spk in conn.execute(select(ft.c.id, ft.c.series_pk).where(ft.c.series_uid == uid)):
             if spk in members:
@@ -437,7 +437,7 @@ class Ingester:
         if objects:
             report.objects += len(objects)
         volumes, problem = self._plan_volumes(uid, images, header)
-        kept = {fid for pk, _, status, _ in old if status == "ok" for fid in members[pk]}
+        kept = {fid for pk, _, status, *_ in old if status == "ok" for fid in members[pk]}
         broken = self._broken_volumes(old, members, volumes, problem, {f.id for f in images})
         if broken:  # newcomers would change good volumes: refuse them, rebuild the series as it was
             newcomers = [f for f in images if f.id not in kept]
@@ -511,20 +511,23 @@ class Ingester:
     def _broken_volumes(old: list, members: dict, volumes: list, problem, present: set[int]) -> str:
         """Which catalogued ``ok`` volumes the new assembly would change ("" when none)."""
         if problem is not None:
-            changed = [label for _, label, status, _ in old if status == "ok"]
+            changed = [label for _, label, status, *_ in old if status == "ok"]
             return ", ".join(f"'{x}'" if x else "the volume" for x in changed) + " would become unreadable" \
                 if changed else ""
         new = {row["label"]: (row, {f.id for f in vf}) for row, vf in volumes}
-        out = []
-        for pk, label, status, shape in old:
+        out, unplaced = [], False
+        for pk, label, status, shape, orientation in old:
             if status != "ok":
                 continue
             before = members[pk] & present  # files changed since are gone, not held against the newcomers
             now = new.get(label)
+            positioned = now is not None and _PIXEL_SPACE not in (orientation, now[0]["orientation"])
             if now is None or not before <= now[1] or now[0]["status"] != "ok" \
-                    or not _extends(shape, now[0]["shape"]):
+                    or not _extends(shape, now[0]["shape"], positioned=positioned):
                 out.append(f"'{label}'" if label else "the volume")
-        return ", ".join(out) + " would be split, relabelled or re-shaped" if out else ""
+                unplaced |= now is not None and not positioned and _extends(shape, now[0]["shape"])
+        why = " (its frames have no patient positions: a newcomer cannot be placed among them)" if unplaced else ""
+        return ", ".join(out) + " would be split, relabelled or re-shaped" + why if out else ""
 
     @staticmethod
     def _series_row(uid: str, label: str, kind: str, h: dict, files: list, *, plan=None,
@@ -560,12 +563,20 @@ class Ingester:
         )
 
 
-def _extends(old_shape, new_shape) -> bool:
-    """Whether a volume of ``new_shape`` may replace one of ``old_shape``: the same, or more slices of a stack."""
+_PIXEL_SPACE = "???"  # the orientation of a volume without patient geometry (pixel coordinates)
+
+
+def _extends(old_shape, new_shape, *, positioned: bool = True) -> bool:
+    """Whether a volume of ``new_shape`` may replace one of ``old_shape``: the same, or more slices of a
+    stack placed in patient space (``positioned``): the assembly then put each newcomer at a position
+    of its own on the stack's regular grid (duplicate or irregular positions fail the assembly).
+    Frames without positions (pixel coordinates) are only stacked in file order: a newcomer there
+    (another copy of the same frames, a second multi-frame instance) is no evidence of new slices,
+    so such a volume is never extended."""
     old, new = list(old_shape or ()), list(new_shape or ())
     if old == new:
         return True
-    return len(old) == len(new) == 3 and old[:2] == new[:2] and new[2] >= old[2]
+    return positioned and len(old) == len(new) == 3 and old[:2] == new[:2] and new[2] >= old[2]
 
 
 # --------------------------------------------------------------------------- header-reading processes
