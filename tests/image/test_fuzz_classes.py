@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from fuzz import mutants as M
 
 import sobre
-from fuzz import mutants as M
 from sobre.errors import InputError, Problems
 from sobre.image import read_header
 

@@ -337,10 +337,9 @@ def test_what_the_listener_acknowledges_reads_back_completely(tmp_path):
     mutants and on damaged lengths and VRs of real files with sequences (implicit and explicit VR)."""
     import warnings
 
+    from fuzz import mutants as M
     from pynetdicom import AE
     from pynetdicom.dsutils import split_dataset
-
-    from fuzz import mutants as M
 
     keys = ["pydicom-data:gdcm-US-ALOKA-16.dcm", "pydicom:rtdose.dcm", "pydicom-data:emri_small.dcm",
             "pydicom:examples_ybr_color.dcm"]
@@ -367,7 +366,7 @@ def test_what_the_listener_acknowledges_reads_back_completely(tmp_path):
                     sop_class, ts = str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID)
                     ae.requested_contexts = []
                     ae.add_requested_context(sop_class, [ts])
-                except Exception:  # noqa: BLE001 - the file meta itself is damaged: not sendable
+                except Exception:  # noqa: BLE001, S112 - the file meta itself is damaged: not sendable
                     continue
                 assoc = ae.associate("127.0.0.1", lst.port, ae_title="SOBRE")
                 if not assoc.is_established:

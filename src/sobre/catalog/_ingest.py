@@ -400,7 +400,8 @@ class Ingester:
         """(Re)build the Series (or object) rows of one SeriesInstanceUID from its File rows; clears its mark.
 
         Volumes already catalogued in the ``ok`` state stay as they are when files are added to their
-        series: newcomers may extend a volume (more slices of the same stack) but never split it, turn
+        series: newcomers may extend a volume (more slices of the same stack, at new positions in patient
+        space: a volume without positions is never extended) but never split it, turn
         it into an error, give it another label or another layout. Newcomers that would are refused
         (removed again, reported with code ``series-conflict``), so that a damaged or foreign file
         never changes a good series.
