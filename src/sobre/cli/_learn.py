@@ -1,4 +1,4 @@
-"""``sobre train|pretrain|probe CONFIG.toml``, ``sobre runs list|show`` and ``sobre benchmark label-efficiency``."""
+"""``sobre train|pretrain|probe|fuse CONFIG.toml``, ``sobre runs list|show``, ``sobre benchmark label-efficiency``."""
 
 from __future__ import annotations
 
@@ -29,10 +29,17 @@ def register(sub) -> None:
     _common(p)
     p.set_defaults(func=_probe)
 
+    p = sub.add_parser("fuse", help="image + clinical fusion on a completed binary train/probe run: tabular model, "
+                       "late fusion or feature-level fusion (scikit-learn)")
+    p.add_argument("config", help="TOML config: image_run, method, [tabular] variables (see docs/learning.md)")
+    _common(p)
+    p.set_defaults(func=_fuse)
+
     r = sub.add_parser("runs", help="training, pretraining and benchmark runs recorded in the workspace")
     rs = r.add_subparsers(dest="runs_cmd", metavar="ACTION", required=True)
     p = rs.add_parser("list", help="list runs, oldest first")
-    p.add_argument("--kind", choices=["train", "pretrain", "probe", "benchmark"], help="only runs of this kind")
+    p.add_argument("--kind", choices=["train", "pretrain", "probe", "fusion", "benchmark"],
+                   help="only runs of this kind")
     add_workspace_arg(p)
     add_json_arg(p)
     p.set_defaults(func=_runs_list)
@@ -204,6 +211,16 @@ def _probe(ns) -> int:
     ws = open_workspace(ns)
     with _bars(ns) as progress:
         res = probe(ns.config, workspace=ws, progress=progress, config_path=ns.config)
+    return _report(ns, res.run, res.metrics)
+
+
+def _fuse(ns) -> int:
+    _prepare_torch()
+    from sobre.learn import fuse
+
+    ws = open_workspace(ns)
+    with _bars(ns) as progress:
+        res = fuse(ns.config, workspace=ws, progress=progress, config_path=ns.config)
     return _report(ns, res.run, res.metrics)
 
 

@@ -11,6 +11,12 @@ provenance; ``predict`` and ``features`` on ``sobre.Image`` objects or dataset v
 :func:`explain` gives its saliency maps (integrated gradients, occlusion, Grad-CAM) on a dataset version,
 in each image's own space, with the share of saliency mass per atlas region.
 
+:func:`fuse` combines a completed binary image run with tabular (clinical) variables of its dataset
+version: a tabular model, late fusion (a logistic regression on the out-of-fold image and tabular
+logits) or feature-level fusion (encoder features + tabular columns in one logistic regression);
+missing values are imputed with training statistics and flagged by indicator columns
+(:class:`TabularPrep`).
+
 Nothing here prints: long work reports through ``progress(stage, done, total)`` callbacks
 (:mod:`sobre.base`), epochs through ``on_epoch(record)``, and the ``sobre.learn`` logger.
 
@@ -22,8 +28,8 @@ Nothing here prints: long work reports through ``progress(stage, done, total)`` 
 """
 
 from sobre.learn._config import (
-    DataConfig, LabelEfficiencyConfig, MaskRule, PreprocessConfig, PretrainConfig, TrainConfig, load_config, resolved,
-    validate_config,
+    DataConfig, FusionConfig, LabelEfficiencyConfig, MaskRule, PreprocessConfig, PretrainConfig, TabularConfig,
+    TrainConfig, load_config, resolved, validate_config,
 )
 from sobre.learn._data import Cohort, load_cohort, model_input, preprocess_image
 from sobre.learn._losses import GradientReversal, gather_rows, kernel_matrix, nt_xent, y_aware_infonce
@@ -41,6 +47,8 @@ __all__ = [
     "train", "pretrain", "probe", "label_efficiency", "throughput", "CompactCNN",
     "load_model", "TrainedModel", "ModelTask", "Predictions",
     "explain", "saliency", "region_shares", "Explanation", "SubjectExplanation",
+    "FusionConfig", "TabularConfig", "fuse", "FuseResult", "FusionResult", "TabularPrep", "TabularModel",
+    "fit_tabular", "tabular_only", "late_fusion", "feature_fusion",
 ]
 
 
@@ -69,6 +77,11 @@ def __getattr__(name: str):  # the heavier entry points load on first use
         from sobre.learn import _explain
 
         return getattr(_explain, name)
+    if name in ("fuse", "FuseResult", "FusionResult", "TabularPrep", "TabularModel", "fit_tabular", "tabular_only",
+                "late_fusion", "feature_fusion"):
+        from sobre.learn import _fusion
+
+        return getattr(_fusion, name)
     if name in ("init_parallel", "Parallel", "parallel"):  # data parallel (torch.distributed, gloo)
         from sobre.learn import _engine
 

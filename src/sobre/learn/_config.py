@@ -20,7 +20,7 @@ __all__ = [
     "DataConfig", "PreprocessConfig", "TaskConfig", "SplitConfig", "ModelConfig", "OptimConfig",
     "EarlyStoppingConfig", "RuntimeConfig", "MethodConfig", "NuisanceConfig", "MonitorConfig",
     "TrainConfig", "PretrainConfig", "AugmentConfig", "MaskRule", "load_config", "validate_config",
-    "LabelEfficiencyConfig", "TargetConfig", "BaselineConfig", "resolved",
+    "LabelEfficiencyConfig", "TargetConfig", "BaselineConfig", "resolved", "TabularConfig", "FusionConfig",
 ]
 
 
@@ -418,3 +418,43 @@ class LabelEfficiencyConfig(_Section):
         if len({t.name for t in self.targets}) != len(self.targets):
             raise ValueError("target names must be unique")
         return self
+
+
+# ------------------------------------------------------------------------------------------- fusion
+class TabularConfig(_Section):
+    """Tabular (clinical) variables of the dataset version, and how their missing values are handled.
+
+    Every statistic (imputed value, mean, standard deviation) is computed on the training subjects
+    of each fit only, never on the subjects it scores.
+    """
+
+    variables: list[str] = Field(min_length=1, description="numeric variables of the dataset version "
+                                 "(e.g. [\"nfl\"]); a variable absent from the version is refused")
+    missing: Literal["indicator", "refuse"] = Field(
+        "indicator", description="indicator: impute (training statistic) and add a 0/1 `<var>_missing` column "
+        "per variable; refuse: any missing value is an error naming the subjects")
+    impute: Literal["median", "mean"] = Field("median", description="the training statistic imputed")
+    absent: Literal["refuse", "impute"] = Field(
+        "refuse", description="a variable with no value among two or more subjects being scored (e.g. not "
+        "recorded at a site): refuse, or impute every one of them (indicator 1)")
+
+
+class FusionConfig(_Section):
+    """``sobre fuse CONFIG.toml``: combine a completed image run with tabular variables (binary tasks).
+
+    The dataset version, the label, the subjects and their train/validation/test split are the image
+    run's own (its ``run.json`` and ``split.csv``); the test subjects enter no fit.
+    """
+
+    seed: int = 0
+    name: str | None = None
+    image_run: str = Field(description="a completed binary `train` or `probe` run (id or unique prefix)")
+    method: Literal["late", "feature", "tabular"] = Field(
+        "late", description="late: logistic regression on the image run's out-of-fold logit and a tabular "
+        "model's out-of-fold logit; feature: the run's encoder features + tabular variables in one "
+        "logistic regression; tabular: the tabular model alone")
+    tabular: TabularConfig
+    inner_folds: int = Field(5, ge=2, le=20, description="subject folds for out-of-fold scores and the "
+                             "choice of the penalty, within the development subjects")
+    C: float | None = Field(None, gt=0, description="logistic-regression penalty (inverse); none: chosen by "
+                            "inner cross-validation (AUC) on the development subjects")
