@@ -456,5 +456,9 @@ class FusionConfig(_Section):
     tabular: TabularConfig
     inner_folds: int = Field(5, ge=2, le=20, description="subject folds for out-of-fold scores and the "
                              "choice of the penalty, within the development subjects")
-    C: float | None = Field(None, gt=0, description="logistic-regression penalty (inverse); none: chosen by "
-                            "inner cross-validation (AUC) on the development subjects")
+    C: float | None = Field(None, gt=0, description="penalty (inverse) of the tabular and the feature-fusion "
+                            "logistic regressions; none: chosen by inner cross-validation (AUC) on the development "
+                            "subjects")
+    combiner_C: float = Field(1.0, gt=0, description="late fusion: penalty (inverse) of the combiner on its two "
+                              "standardised logits (not chosen by AUC, which ties across penalties and then "
+                              "takes the strongest, distorting the two weights)")

@@ -5,8 +5,8 @@ Three models over one image run's subjects and split, each fitted on its develop
 * **tabular**: the variables of ``tabular.variables`` (frozen clinical variables of the dataset
   version) through :class:`TabularPrep` (imputation + ``<var>_missing`` indicator columns +
   standardisation, all with training statistics) into an L2 logistic regression.
-* **late**: a logistic regression (the *combiner*) on two columns, the image model's logit and the
-  tabular model's logit. Both are out-of-fold for the subjects the combiner is fitted on: the image
+* **late**: a logistic regression (the *combiner*, penalty ``combiner_C``) on two columns, the image
+  model's logit and the tabular model's logit. Both are out-of-fold for the subjects the combiner is fitted on: the image
   run's ``validation`` rows (every development subject for a probe or a k-fold run, the validation
   subjects of a single split) and the tabular model's own ``inner_folds``-fold predictions. The test
   subjects get the image run's test scores and the tabular model refitted on every development
@@ -240,7 +240,7 @@ def tabular_only(y_dev, table_dev: pd.DataFrame, table_test: pd.DataFrame, cfg: 
 
 def late_fusion(y_dev, image_dev, table_dev: pd.DataFrame, image_test, table_test: pd.DataFrame,
                 cfg: TabularConfig, *, seed: int = 0, inner_folds: int = 5, C: float | None = None,
-                dataset: str = "the dataset version", config_path=None) -> FusionResult:
+                combiner_C: float = 1.0, dataset: str = "the dataset version", config_path=None) -> FusionResult:
     """Late fusion: a logistic regression on the image logit and the tabular model's logit.
 
     Parameters
@@ -255,6 +255,12 @@ def late_fusion(y_dev, image_dev, table_dev: pd.DataFrame, image_test, table_tes
         One row per subject with the tabular variables (and ``subject_id``).
     image_test : array (m,)
         The image model's P(positive) for the subjects scored.
+    C : float, optional
+        Penalty of the tabular model (none: inner cross-validation).
+    combiner_C : float
+        Penalty of the combiner on its two standardised logits: fixed, not chosen by AUC (AUC ties
+        across penalties of a two-column model, and the tie goes to the strongest penalty, which
+        shrinks the weights towards each column's univariate covariance with the label).
 
     Returns
     -------
@@ -273,7 +279,7 @@ def late_fusion(y_dev, image_dev, table_dev: pd.DataFrame, image_test, table_tes
     stack = np.flatnonzero(~np.isnan(image_dev))
     ys = _check_binary(y[stack], "development subjects with an out-of-fold image score")
     Z = np.c_[_logit(image_dev[stack]), _logit(tab_oof[stack])]
-    comb = fit_probe(Z, ys, "binary", seed=seed, max_folds=inner_folds, C=C)
+    comb = fit_probe(Z, ys, "binary", seed=seed, C=combiner_C)
     dev = np.full(len(y), np.nan)
     for tr, va in _folds(ys, inner_folds, seed):
         dev[stack[va]] = fit_probe(Z[tr], ys[tr], "binary", C=comb.info["C"]).predict(Z[va])
@@ -392,7 +398,8 @@ def fuse(config, *, workspace, progress=None, config_path=None, record: bool = T
         if np.isnan(img_test).any():
             raise InputError(f"run {img.run_id}: predictions.csv lacks test scores for "
                              f"{int(np.isnan(img_test).sum())} test subject(s)", path=img.path / "predictions.csv")
-        res = late_fusion(y[dev_i], img_dev, t_dev, img_test, t_test, cfg.tabular, **common)
+        res = late_fusion(y[dev_i], img_dev, t_dev, img_test, t_test, cfg.tabular, combiner_C=cfg.combiner_C,
+                          **common)
     else:
         feats = _subject_features(img, icfg, workspace, table["subject_id"], progress)
         if rec.get("kind") == "train":
