@@ -162,3 +162,15 @@ def test_a_damaged_file_meta_value_is_refused_naming_the_file(tmp_path, key, see
         read_header(path)
     assert str(path) in str(err.value) and "(0002,0010)" in str(err.value)
     assert "(0002,0010)" in _info_then_export(path)
+
+
+def test_a_damaged_transfer_syntax_of_an_object_without_pixels_names_the_file(tmp_path, pydicom_test_files):
+    """Class 4 beyond image files: the transfer syntax is checked whenever a header is read."""
+    ds = pydicom.dcmread(pydicom_test_files / "rtplan.dcm")
+    ds.save_as(tmp_path / "plan.dcm")
+    data = (tmp_path / "plan.dcm").read_bytes()
+    assert data.count(b"\x02\x00\x10\x00UI") == 1
+    (tmp_path / "plan.dcm").write_bytes(data.replace(b"\x02\x00\x10\x00UI", b"\x02\x00\x10\x00FD"))
+    with pytest.raises(InputError) as err:
+        read_header(tmp_path / "plan.dcm")
+    assert str(tmp_path / "plan.dcm") in str(err.value) and "(0002,0010)" in str(err.value)

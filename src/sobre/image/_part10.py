@@ -113,6 +113,9 @@ def read_header(path: str | Path) -> Dataset:
                 fix="the file was cut short (interrupted transfer or export); re-export or re-send it",
             )
     check_complete(ds, path, extent)
+    fm = getattr(ds, "file_meta", None)
+    if fm is not None:  # every later use of the transfer syntax may rely on it: a damaged one is refused here
+        raw_value(fm, "TransferSyntaxUID", path)
     if len(ds) == 0 or "SOPClassUID" not in ds and "Modality" not in ds:
         raise InputError("DICOM dataset has neither a SOP Class UID nor a Modality: not an image object",
                          path=path, tag=tag_name("SOPClassUID"), expected="a DICOM image object",
