@@ -99,7 +99,7 @@ def test_variable_entirely_missing_in_test_is_refused_or_imputed_as_configured()
     # so the fused ranking is the image ranking
     assert _auc(y[test], res.test_scores) == pytest.approx(_auc(y[test], image[test]))
     single = late_fusion(y[dev], image[dev], rows(t, dev), image[test][:1], tt.iloc[:1],
-                         TabularConfig(variables=["lab"]), dataset="t@v1", **FAST)  # one subject: an ordinary missing value
+                         TabularConfig(variables=["lab"]), dataset="t@v1", **FAST)  # one subject: ordinary missing
     assert np.isfinite(single.test_scores).all()
 
 
@@ -251,7 +251,8 @@ def test_sobre_fuse_on_a_train_run(tmp_path, capsys):
     assert (r.path / "split.csv").read_text() == (img.path / "split.csv").read_text()
     pred = pd.read_csv(r.path / "predictions.csv", dtype={"subject_id": str})
     img_pred = pd.read_csv(img.path / "predictions.csv", dtype={"subject_id": str})
-    assert set(pred.loc[pred.split == "test", "subject_id"]) == set(img_pred.loc[img_pred.split == "test", "subject_id"])
+    test_ids = set(img_pred.loc[img_pred.split == "test", "subject_id"])
+    assert set(pred.loc[pred.split == "test", "subject_id"]) == test_ids
     fitted = json.loads((r.path / "fusion.json").read_text())["fitted"]
     assert fitted["tabular"]["_columns"] == ["lab", "sodium", "lab_missing", "sodium_missing"]
     assert json.loads((runs["feature"].path / "fusion.json").read_text())["note"]  # in-sample CNN features
