@@ -27,7 +27,7 @@ split by region: ``share`` = mass in the region / total mass; ``voxel_share`` is
 uniform random values would give (the region's fraction of voxels), ``enrichment`` their ratio.
 
 >>> from sobre.learn import explain                                          # doctest: +SKIP
->>> res = explain("WS/runs/RUN_ID", "target@v1", "ig", workspace=ws,
+>>> res = explain("WS/runs/RUN_ID", "target@v1", "ig", workspace=ws,  # doctest: +SKIP
 ...               atlas="sim/truth/{subject}/{subject}_dseg.nii.gz", regions="sim/truth/regions.tsv")
 >>> res.regions.head()                                                       # doctest: +SKIP
 """
