@@ -6,7 +6,7 @@
 * ``sobre pretrain --nproc 2`` and ``sobre train --nproc 2`` follow the loss curve of one process
   with the same global batch and seed within a relative 1e-3 per epoch, in float32 (reductions split
   across processes and threads accumulate in another order; observed differences are ~1e-6). Under
-  bf16 autocast (the default on CPUs with native bf16) the first step's loss already differs by ~5e-4:
+  bf16 autocast (precision = "bf16") the first step's loss already differs by ~5e-4:
   bf16 rounds each process's block on its own, so the tests pin ``precision = "fp32"``.
 """
 
@@ -84,7 +84,7 @@ val_fraction = 0.2
 regress = ["age"]
 [runtime]
 progress = false
-precision = "fp32"  # bf16 autocast (auto on CPUs with native bf16) rounds per block: compare the maths in fp32
+precision = "fp32"  # bf16 autocast rounds per block: compare the maths in fp32
 """
 
 TRAIN = """
@@ -107,7 +107,7 @@ batch_size = 9
 kind = "flip"
 [runtime]
 progress = false
-precision = "fp32"  # bf16 autocast (auto on CPUs with native bf16) rounds per block: compare the maths in fp32
+precision = "fp32"  # bf16 autocast rounds per block: compare the maths in fp32
 """
 
 

@@ -166,7 +166,8 @@ class OptimConfig(_Section):
 
 class RuntimeConfig(_Section):
     precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="auto: bf16 autocast where the CPU has native bf16 (AMX or AVX-512 BF16), else fp32")
+        "auto", description="auto: fp32 on every CPU (bf16 autocast changed results where measured); bf16: autocast, "
+        "fast where the CPU has native bf16 (AMX or AVX-512 BF16)")
     threads: int = Field(0, ge=0, description="torch threads (0: the cores this process may use)")
     progress: bool = True
     prefetch: bool = Field(True, description="prepare (read + augment) the next batch in a background thread "
