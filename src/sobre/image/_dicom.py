@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import warnings
 from collections import defaultdict
 from collections.abc import Iterable
@@ -938,10 +939,25 @@ def _decode_file(path: str, indices: list[int | None], palette: bool = False) ->
         ) from None
 
 
-def _read_native(path: str, entries: list[tuple[int, Frame]]) -> dict[int | None, np.ndarray]:
+_SCRATCH = threading.local()
+
+
+def _scratch_frame(shape: tuple[int, int], dtype) -> np.ndarray:
+    """This thread's reusable frame buffer of ``shape`` and ``dtype`` (one allocation per thread, not per file)."""
+    key = (shape, np.dtype(dtype).str)
+    held = getattr(_SCRATCH, "frame", None)
+    if held is None or held[0] != key:
+        held = (key, np.empty(shape, dtype=dtype))
+        _SCRATCH.frame = held
+    return held[1]
+
+
+def _read_native(path: str, entries: list[tuple[int, Frame]], *, scratch: bool = False) -> dict[int | None, np.ndarray]:
     """Read uncompressed frames straight from the file: {index: array (rows, cols)} in native byte order.
 
     Applies what pydicom would: values beyond BitsStored are masked (unsigned) or sign-extended (signed).
+    With ``scratch`` (one frame, copied by the caller before its next read in this thread), the frame is
+    read into this thread's reusable buffer instead of a new array.
     """
     f0 = entries[0][1]
     tag_offset, _, _ = f0.native
@@ -960,7 +976,10 @@ def _read_native(path: str, entries: list[tuple[int, Frame]]) -> dict[int | None
                 if f.index in out:
                     continue
                 _, offset, dt = f.native
-                a = np.empty((f.rows, f.cols), dtype=dt)
+                if scratch and len(entries) == 1:
+                    a = _scratch_frame((f.rows, f.cols), dt)
+                else:
+                    a = np.empty((f.rows, f.cols), dtype=dt)
                 fh.seek(offset)
                 got = fh.readinto(memoryview(a).cast("B"))
                 if got != a.nbytes:
@@ -1061,7 +1080,7 @@ def load_pixels(plan: VolumePlan) -> np.ndarray:
         if not os.path.exists(path):
             raise InputError("file has disappeared since it was read", path=path)
         if all(f.native is not None for _, f in entries):
-            decoded = _read_native(path, entries)
+            decoded = _read_native(path, entries, scratch=True)  # stored into ``out`` below, before the next read
         else:
             decoded = _decode_file(path, [f.index for _, f in entries],
                                    palette=entries[0][1].photometric == "PALETTE COLOR")
