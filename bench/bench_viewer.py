@@ -46,7 +46,6 @@ import functools
 import http.server
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -63,11 +62,6 @@ WORK = OUT / "viewer"
 PAGES = OUT / "viewer-pages"
 STATIC = ROOT / "src" / "sobre" / "server" / "static"
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [  # as tests/web/conftest.py
-    "--enable-unsafe-swiftshader", "--use-angle=swiftshader",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
-    "--disable-quic", "--disable-default-apps", "--mute-audio",
-]
 VIEWPORT = {"width": 1400, "height": 900}
 USER, PASSWORD, PROJECT = "bench", "bench viewer password 1", "bench"
 VOLUME_BYTES = 300 * 512 * 512 * 2
@@ -82,6 +76,9 @@ type = { value = "52988006", scheme = "SCT", meaning = "Lesion" }
 """
 
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT))  # the browser tests' chromium flags and server start-up (tests/web/serve.py)
+
+from tests.web.serve import CHROMIUM_ARGS, sobre_serve  # noqa: E402
 
 
 def uptime() -> str:
@@ -139,42 +136,6 @@ def peer_site() -> Path:
 
 
 # --------------------------------------------------------------------------- servers
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def sobre_serve(ws: Path):
-    port = free_port()
-    log = WORK / "serve.log"
-    with open(log, "w") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "sobre", "serve", "-w", str(ws), "--port", str(port)],
-                                stdout=fh, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/api/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"sobre serve did not start:\n{log.read_text()}")
-            time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 class _Quiet(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *a):
         pass
@@ -377,7 +338,7 @@ def main(argv=None) -> int:
                  "chromium": subprocess.run([CHROMIUM, "--version"], capture_output=True, text=True, check=False).stdout.strip(),
                  "volume_bytes": VOLUME_BYTES, "targets": TARGETS, "sobre": [], "niivue": []}
     print(res["uptime_before"], flush=True)
-    with sobre_serve(ws) as base, (static_serve(site) if peer else contextlib.nullcontext()) as peer_base:
+    with sobre_serve(ws, WORK / "serve.log") as base, (static_serve(site) if peer else contextlib.nullcontext()) as peer_base:
         key = series_key(base)
         with sync_playwright() as pw:
             for r in range(args.rounds):

@@ -9,22 +9,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from tests.web.serve import CHROMIUM_ARGS, sobre_serve
+
 ROOT = Path(__file__).resolve().parents[2]
 STATIC = ROOT / "src" / "sobre" / "server" / "static"
-CHROMIUM_ARGS = [
-    "--enable-unsafe-swiftshader", "--use-angle=swiftshader",  # WebGL2 without a GPU
-    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
-    "--disable-quic", "--disable-default-apps", "--mute-audio",
-]
 TIMEOUT_S = 60.0  # Playwright's actions and Session.wait (seconds)
 
 
@@ -56,12 +49,6 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(pytest.mark.skip(reason=why))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def web_workspace(tmp_path_factory) -> Path:
     from sobre.base import shutdown_local_pool
@@ -77,33 +64,8 @@ def web_workspace(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(web_workspace, tmp_path_factory):
     """``sobre serve`` in a subprocess on a free port; yields its base URL."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    with open(log, "w") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "sobre", "serve", "-w", str(web_workspace), "--port", str(port)],
-                                stdout=fh, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/api/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"sobre serve did not start:\n{log.read_text()}")
-            time.sleep(0.2)
+    with sobre_serve(web_workspace, tmp_path_factory.mktemp("serve") / "serve.log") as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture(scope="module")
