@@ -50,12 +50,4 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_MODULE_OF))
 
 
-__all__ = [
-    "Config", "config_from", "load_config", "read_toml", "resolved", "validate_config",
-    "canonical_json", "sha256_bytes", "sha256_file", "write_atomic",
-    "Progress", "ProgressRecorder", "no_progress",
-    "AuditLog", "AuditEntry", "AuditVerification", "BadEntry", "verify_audit", "audit_entries", "find_audit",
-    "SiteKey", "verify_signature", "public_key_id", "load_public_key",
-    "Compute", "ComputeSettings", "LocalCompute", "DaskCompute", "open_compute", "opened", "current_compute",
-    "use_compute", "shutdown_local_pool", "code_identity", "task_events", "RETRIED", "FAILED",
-]
+__all__ = list(_MODULE_OF)
