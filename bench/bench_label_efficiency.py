@@ -27,7 +27,6 @@ with ``results.json``, ``results.md``, ``label_efficiency.png``).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import shutil
@@ -54,7 +53,7 @@ def log(msg: str) -> None:
 def sites(k: int, resolution: float):
     from sobre.sim import default_sites
 
-    return [dataclasses.replace(s, age_min=18.0, age_max=90.0) for s in default_sites(k, 7, resolution)]
+    return [s.model_copy(update={"age_min": 18.0, "age_max": 90.0}) for s in default_sites(k, 7, resolution)]
 
 
 def cohort_specs(args) -> list[dict]:
