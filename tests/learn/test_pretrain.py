@@ -68,6 +68,23 @@ def test_simclr_and_nuisance_variants(blobs, runs):
     assert "train_nuisance_ce" in a.run.record["epochs"][0]
 
 
+def test_nuisance_both_is_conditional_contrast_and_adversarial_head(blobs, monkeypatch):
+    import sobre.learn._pretrain as P
+
+    seen = []
+    real = P.y_aware_infonce
+
+    def spy(*a, groups=None, **k):
+        seen.append(groups)
+        return real(*a, groups=groups, **k)
+
+    monkeypatch.setattr(P, "y_aware_infonce", spy)
+    res = pretrain(pre_config(method={"nuisance": {"variable": "site", "method": "both", "weight": 0.5}},
+                              optim={"epochs": 1}, monitor={"classify": []}), cohort=blobs, record=False)
+    assert seen and all(g is not None and len(g) == 16 for g in seen)  # contrast within the site
+    assert res.history[0]["train_nuisance_ce"] > 0  # and the gradient-reversal site classifier
+
+
 def test_finetune_from_the_pretrained_encoder(blobs, runs, yaware_run):
     cfg = tiny_train_config(model={"init_from": yaware_run.run.run_id, "encoder_lr_scale": 0.1},
                             optim={"epochs": 2})

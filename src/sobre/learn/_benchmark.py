@@ -34,6 +34,7 @@ import torch
 from sobre.base import Progress
 from sobre.errors import ConfigError, InputError
 from sobre.learn import _engine as E
+from sobre.learn import _harmonize
 from sobre.learn._config import (
     LabelEfficiencyConfig, PretrainConfig, SplitConfig, TargetConfig, TrainConfig, config_from, resolved,
 )
@@ -52,7 +53,17 @@ _log = logging.getLogger("sobre.learn")
 
 NICE = {"scratch": "from scratch", "simclr_probe": "SimCLR + probe", "yaware_probe": "y-aware + probe",
         "yaware_finetune": "y-aware + fine-tune", "simclr_finetune": "SimCLR + fine-tune",
-        "classical": "classical (ROI + linear)"}
+        "classical": "classical (ROI + linear)", "yaware_site_probe": "y-aware site-nuisance + probe",
+        "yaware_site_finetune": "y-aware site-nuisance + fine-tune",
+        "yaware_combat_probe": "y-aware + ComBat + probe"}
+# the pretrained encoder behind each arm; the representation whose site probe the report shows beside it
+ENCODER_OF = {"simclr_probe": "simclr", "simclr_finetune": "simclr", "yaware_probe": "yaware",
+              "yaware_finetune": "yaware", "yaware_combat_probe": "yaware", "yaware_site_probe": "yaware_site",
+              "yaware_site_finetune": "yaware_site"}
+REPRESENTATION_OF = {"simclr_probe": "simclr", "simclr_finetune": "simclr", "yaware_probe": "yaware",
+                     "yaware_finetune": "yaware", "yaware_combat_probe": "yaware_combat",
+                     "yaware_site_probe": "yaware_site", "yaware_site_finetune": "yaware_site"}
+PROBE_ARMS = ("simclr_probe", "yaware_probe", "yaware_site_probe", "classical")  # features + linear model
 
 
 class BenchmarkResult(dict):
@@ -118,14 +129,123 @@ def _pretrain_or_reuse(cfg: PretrainConfig, ws, cohort: Cohort, rroot: Path | No
                 enc = build_encoder(cfg.model, cohort.spatial_dims, cohort.in_channels)
                 enc.load_state_dict(st["encoder"])
                 secs = sum(e.get("seconds", 0) for e in run.record.get("epochs", []))
+                split = run.path / "split.csv"
+                mon = []
+                if split.exists():
+                    sp = pd.read_csv(split, dtype={"subject_id": str})
+                    mon = sp.loc[sp["split"] == "monitor", "subject_id"].tolist()
                 return enc, {"run_id": run.run_id, "reused": True, "encoder": str(run.path / "encoder.pt"),
-                             "seconds": secs, "metrics": run.record.get("metrics", {})}
+                             "seconds": secs, "metrics": run.record.get("metrics", {}), "monitor_subjects": mon}
     t0 = time.perf_counter()
     res = pretrain(cfg, workspace=ws, cohort=cohort, runs_dir=rroot, progress=progress, record=rroot is not None)
     info = {"run_id": res.run.run_id if res.run else None, "reused": False,
             "encoder": str(res.encoder_path) if res.encoder_path else None,
-            "seconds": round(time.perf_counter() - t0, 1), "metrics": res.metrics}
+            "seconds": round(time.perf_counter() - t0, 1), "metrics": res.metrics,
+            "monitor_subjects": list(res.monitor_subjects)}
     return res.encoder, info
+
+
+# ------------------------------------------------------------------------------------- site probes
+def _balanced_accuracy(true: np.ndarray, pred: np.ndarray, *, n_resamples: int = 1000, seed: int = 0) -> dict:
+    """Balanced accuracy with a percentile bootstrap 95 % CI over subjects, and the per-class recall."""
+    true, pred = np.asarray(true).astype(str), np.asarray(pred).astype(str)
+    classes = np.unique(true)
+
+    def ba(t, p):
+        return float(np.mean([np.mean(p[t == c] == c) for c in np.unique(t)]))
+
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0xBA]))
+    boot = [ba(true[i], pred[i]) for i in rng.integers(0, len(true), size=(n_resamples, len(true)))]
+    return {"balanced_accuracy": ba(true, pred), "ci_low": float(np.percentile(boot, 2.5)),
+            "ci_high": float(np.percentile(boot, 97.5)), "chance": 1.0 / len(classes), "n_sites": len(classes),
+            "n_test": int(len(true)),
+            "per_site_recall": {str(c): float(np.mean(pred[true == c] == c)) for c in classes}}
+
+
+def _site_probe(x_train, s_train, x_test, s_test, seed: int) -> dict:
+    """Logistic site probe (penalty by inner CV, as the pretraining monitor) scored on other subjects."""
+    classes = sorted(set(s_train))
+    idx = {c: i for i, c in enumerate(classes)}
+    keep = np.array([c in idx for c in s_test])
+    pr = fit_probe(x_train, np.array([idx[c] for c in s_train]),
+                   "binary" if len(classes) == 2 else "multiclass", seed=seed).predict(x_test[keep])
+    pred = (pr >= 0.5).astype(int) if len(classes) == 2 else pr.argmax(1)
+    out = _balanced_accuracy(np.asarray(s_test)[keep], np.array(classes)[pred], seed=seed)
+    out["n_train"] = int(len(s_train))
+    return out
+
+
+def _cv_site_probe(x: np.ndarray, site: np.ndarray, seed: int, folds: int = 5) -> dict:
+    """Out-of-fold site probe within one set of subjects (stratified K-fold by site)."""
+    from sklearn.model_selection import StratifiedKFold
+
+    site = np.asarray(site).astype(str)
+    k = int(min(folds, np.unique(site, return_counts=True)[1].min()))
+    if k < 2:
+        return {"balanced_accuracy": None, "reason": "a site has fewer than two subjects"}
+    classes = sorted(set(site))
+    idx = np.array([classes.index(c) for c in site])
+    pred = np.empty(len(site), dtype=object)
+    for tr, te in StratifiedKFold(k, shuffle=True, random_state=seed).split(x, site):
+        pr = fit_probe(x[tr], idx[tr], "binary" if len(classes) == 2 else "multiclass", seed=seed).predict(x[te])
+        pred[te] = np.array(classes)[(pr >= 0.5).astype(int) if len(classes) == 2 else pr.argmax(1)]
+    out = _balanced_accuracy(site, pred.astype(str), seed=seed)
+    out["folds"] = k
+    return out
+
+
+def _combat_covariates(cfg: LabelEfficiencyConfig, t: TargetConfig | None) -> list[str]:
+    if cfg.site_analysis.combat_covariates is not None:
+        return list(cfg.site_analysis.combat_covariates)
+    if t is not None:
+        return list(t.covariates)
+    return list(dict.fromkeys(c for tt in cfg.targets for c in tt.covariates))
+
+
+def _pretraining_site_probes(cfg: LabelEfficiencyConfig, cohort: Cohort, encoders: dict, monitor: dict, rt: dict,
+                             log) -> dict:
+    """Site probe of every pretrained representation on the pretraining subjects held out from pretraining.
+
+    The probe is fitted on the features of the subjects that pretrained the encoder and scored on the
+    held-out ones (the pretraining monitor's split). ``yaware_combat``: the y-aware features after a
+    ComBat fitted on the same training subjects (keeping the covariates), applied to the held-out ones.
+    """
+    var = cfg.site_analysis.variable
+    if var not in cohort.table.columns:
+        log(f"site probe: the pretraining data has no column '{var}'; skipped")
+        return {"skipped": f"no column '{var}' in the pretraining data"}
+    site = cohort.table[var].astype(str).to_numpy()
+    out: dict = {"variable": var, "held_out": "pretraining subjects held out from pretraining (monitor split)"}
+    for kind, enc in encoders.items():
+        mon = monitor.get(kind) or []
+        test_rows = np.sort(cohort.rows_of(mon))
+        if not len(test_rows):
+            out[kind] = {"balanced_accuracy": None, "reason": "no held-out pretraining subjects "
+                                                              "(pretrain_monitor.val_fraction = 0)"}
+            continue
+        train_rows = np.setdiff1d(np.arange(len(cohort)), test_rows)
+        X, _ = extract_features(enc, cohort.images, batch_size=32, bf16=rt["bf16"],
+                                channels_last=cfg.runtime.channels_last)
+        out[kind] = _site_probe(X[train_rows], site[train_rows], X[test_rows], site[test_rows], cfg.seed)
+        log(f"site probe {kind}: balanced accuracy {out[kind]['balanced_accuracy']:.3f} "
+            f"[{out[kind]['ci_low']:.3f}-{out[kind]['ci_high']:.3f}] (chance {out[kind]['chance']:.3f}, "
+            f"{len(test_rows)} held-out subjects)")
+        if kind == "yaware":
+            names = _combat_covariates(cfg, None)
+            missing = [c for c in names if c not in cohort.table.columns]
+            if missing:
+                out["yaware_combat"] = {"balanced_accuracy": None,
+                                        "reason": f"covariate(s) {', '.join(missing)} absent from the pretraining data"}
+                continue
+            cov = metadata_matrix(cohort.table, names, dataset=cohort.source.get("dataset", "pretraining"),
+                                  key="site_analysis.combat_covariates") if names else None
+            h_tr, h_te, _ = _harmonize.combat_train_test(X, site, cov, train_rows, test_rows, names)
+            r = _site_probe(h_tr, site[train_rows], h_te, site[test_rows], cfg.seed)
+            r["combat"] = {"fitted_on": "the pretraining subjects that trained the encoder", "covariates": names}
+            out["yaware_combat"] = r
+            log(f"site probe yaware + ComBat: balanced accuracy {r['balanced_accuracy']:.3f} "
+                f"[{r['ci_low']:.3f}-{r['ci_high']:.3f}]")
+    return out
 
 
 # ---------------------------------------------------------------------------------------- subsets
@@ -259,16 +379,21 @@ def label_efficiency(config, *, workspace=None, pretrain_cohort: Cohort | None =
 
     methods_all = set(cfg.methods) | {m for t in cfg.targets for m in (t.methods or [])}
     encoders: dict[str, torch.nn.Module] = {}
-    for kind in ("simclr", "yaware"):
-        if not any(m.startswith(kind) for m in methods_all):
+    monitor_subjects: dict[str, list[str]] = {}
+    for kind in ("simclr", "yaware", "yaware_site"):
+        if not any(ENCODER_OF.get(m) == kind for m in methods_all):
             continue
-        pcfg = PretrainConfig(seed=cfg.seed, name=f"{cfg.name or 'label-efficiency'}-{kind}", data=cfg.pretrain_data,
-                              preprocess=cfg.preprocess, model=cfg.model.model_copy(update={"init_from": None}),
-                              method=getattr(cfg, kind), optim=cfg.pretrain_optim, augment=cfg.pretrain_augment,
-                              monitor=cfg.pretrain_monitor, runtime=cfg.runtime)
+        method = cfg.yaware.model_copy(update={"nuisance": cfg.yaware_site}) if kind == "yaware_site" \
+            else getattr(cfg, kind)
+        pcfg = PretrainConfig(seed=cfg.seed, name=f"{cfg.name or 'label-efficiency'}-{kind.replace('_', '-')}",
+                              data=cfg.pretrain_data, preprocess=cfg.preprocess,
+                              model=cfg.model.model_copy(update={"init_from": None}), method=method,
+                              optim=cfg.pretrain_optim, augment=cfg.pretrain_augment, monitor=cfg.pretrain_monitor,
+                              runtime=cfg.runtime)
         pcfg = PretrainConfig.model_validate(resolved(pcfg))
         log(f"pretraining {kind} on {len(pretrain_cohort)} images ...")
         enc, info = _pretrain_or_reuse(pcfg, workspace, pretrain_cohort, rroot, progress, reuse_pretraining)
+        monitor_subjects[kind] = info.pop("monitor_subjects", [])
         enc = E.prepare_model(enc, pretrain_cohort.spatial_dims, cfg.runtime.channels_last)
         encoders[kind] = enc
         result["pretraining"][kind] = info
@@ -277,10 +402,15 @@ def label_efficiency(config, *, workspace=None, pretrain_cohort: Cohort | None =
                                               if isinstance(v, float)))
     result["timings"]["pretraining_s"] = round(sum(v["seconds"] for v in result["pretraining"].values()
                                                    if not v["reused"]), 1)
+    if cfg.site_analysis.probe and encoders:
+        t_sp = time.perf_counter()
+        result["site_probe"] = _pretraining_site_probes(cfg, pretrain_cohort, encoders, monitor_subjects, rt, log)
+        result["timings"]["site_probe_s"] = round(time.perf_counter() - t_sp, 1)
 
     for t in cfg.targets:
         result["targets"][t.name] = _run_target(cfg, t, workspace, (target_cohorts or {}).get(t.name), encoders,
-                                                result["pretraining"], rt, progress, config_path, log)
+                                                result["pretraining"], rt, progress, config_path, log,
+                                                external=(target_cohorts or {}).get(f"{t.name}/external"))
         if run is not None:
             run.update(partial_results=_summary_only(result))
     result["timings"]["total_s"] = round(time.perf_counter() - t_start, 1)
@@ -312,7 +442,7 @@ def _headline(result: dict) -> str:
 
 
 def _run_target(cfg: LabelEfficiencyConfig, t: TargetConfig, ws, cohort: Cohort | None, encoders, pre_info, rt,
-                progress, config_path, log) -> dict:
+                progress, config_path, log, external: Cohort | None = None) -> dict:
     t0 = time.perf_counter()
     if cohort is None:
         if ws is None:
@@ -338,7 +468,7 @@ def _run_target(cfg: LabelEfficiencyConfig, t: TargetConfig, ws, cohort: Cohort 
     feats: dict[str, np.ndarray] = {}
     feat_speed = {}
     for kind, enc in encoders.items():
-        if any(m == f"{kind}_probe" for m in methods):
+        if any(ENCODER_OF.get(m) == kind and m.endswith("_probe") for m in methods):
             feats[kind], feat_speed[kind] = extract_features(enc, cohort.images, batch_size=32, bf16=rt["bf16"],
                                                              channels_last=cfg.runtime.channels_last)
     if "classical" in methods:
@@ -348,12 +478,32 @@ def _run_target(cfg: LabelEfficiencyConfig, t: TargetConfig, ws, cohort: Cohort 
             atlas = grid_atlas(cohort.spatial_shape, cfg.baseline.grid[: cohort.spatial_dims])
         vox = float(np.prod(cfg.preprocess.spacing)) if cfg.preprocess.spacing else 1.0
         feats["classical"], roi_names = roi_features(cohort.images, atlas, cfg.baseline, voxel_volume=vox)
+    image_feats = dict(feats)  # without the covariates: what ComBat and the site probes see
     cov_raw = None
     if t.covariates:
         cov_raw = metadata_matrix(cohort.table, t.covariates, dataset=ds, key=f"targets.{t.name}.covariates",
                                   config_path=config_path)
         feats = {k: np.c_[v, cov_raw] for k, v in feats.items()}
+    sa = cfg.site_analysis
+    site = None
+    if sa.variable in cohort.table.columns:
+        site = cohort.table[sa.variable].astype(str).to_numpy()
+    elif "yaware_combat_probe" in methods:
+        raise InputError(f"target '{t.name}': yaware_combat_probe needs the site column '{sa.variable}'",
+                         path=config_path, expected=f"a column '{sa.variable}' in dataset {ds}",
+                         found="no such column", fix="set site_analysis.variable or drop yaware_combat_probe")
+    combat_names, combat_cov = [], None
+    if "yaware_combat_probe" in methods:
+        combat_names = _combat_covariates(cfg, t)
+        if combat_names:
+            combat_cov = metadata_matrix(cohort.table, combat_names, dataset=ds, config_path=config_path,
+                                         key="site_analysis.combat_covariates")
+    loso_on = site is not None and sa.loso_n is not None and sa.loso_n in n_labels
+    loso_records: list[dict] = []
+    combat_test_site: list[dict] = []
     y = task.targets if task.kind != "regression" else task.raw
+    ext = _external_setup(cfg, t, ws, external, encoders, feats, subjects, rt, progress, config_path, log) \
+        if t.external_test else None
     rows_by_subject = {s: cohort.rows_of([s]) for s in subjects["subject_id"].astype(str)}
     records = []
     skipped = []
@@ -373,16 +523,31 @@ def _run_target(cfg: LabelEfficiencyConfig, t: TargetConfig, ws, cohort: Cohort 
             for m in methods:
                 t1 = time.perf_counter()
                 info: dict = {}
-                if m in ("simclr_probe", "yaware_probe", "classical"):
-                    key = m.removesuffix("_probe")
+                if m in PROBE_ARMS:
+                    key = ENCODER_OF.get(m, m)
                     X = feats[key]
-                    p = fit_probe(X[rows_lab], y[rows_lab], task.kind, seed=cfg.seed + r).predict(X[test_rows])
+                    probe = fit_probe(X[rows_lab], y[rows_lab], task.kind, seed=cfg.seed + r)
+                    p = probe.predict(X[test_rows])
                     info = {"n_features": int(X.shape[1])}
+                    if ext is not None:
+                        info.update(_external_score(ext, key, probe))
+                elif m == "yaware_combat_probe":
+                    # ComBat fitted on this repeat's labelled subjects only, applied to the test subjects
+                    h_lab, h_test, cm = _harmonize.combat_train_test(image_feats["yaware"], site, combat_cov,
+                                                                     rows_lab, test_rows, combat_names)
+                    X_lab, X_test = h_lab, h_test
+                    if cov_raw is not None:
+                        X_lab, X_test = np.c_[h_lab, cov_raw[rows_lab]], np.c_[h_test, cov_raw[test_rows]]
+                    p = fit_probe(X_lab, y[rows_lab], task.kind, seed=cfg.seed + r).predict(X_test)
+                    info = {"n_features": int(X_lab.shape[1]), "combat_fit_subjects": int(len(rows_lab)),
+                            "combat_covariates": combat_names, "combat_passed_through": int((~cm.kept).sum())}
+                    if loso_on and n == sa.loso_n:
+                        combat_test_site.append(_cv_site_probe(h_test, site[test_rows], cfg.seed))
                 elif m == "scratch":
                     p, info = _cnn_arm(cohort, task, rows_lab, test_rows, cfg, t, init=None, seed=cfg.seed + r,
                                        rt=rt, progress=progress, cov_raw=cov_raw)
                 else:  # *_finetune
-                    kind = m.removesuffix("_finetune")
+                    kind = ENCODER_OF[m]
                     enc_path = pre_info.get(kind, {}).get("encoder")
                     if not enc_path:
                         raise ConfigError(f"method {m} needs a recorded {kind} encoder (a workspace or runs_dir)",
@@ -394,6 +559,8 @@ def _run_target(cfg: LabelEfficiencyConfig, t: TargetConfig, ws, cohort: Cohort 
                 records.append(rec)
                 line.append(f"{m} {sc[metric]:.3f}" if sc[metric] is not None else f"{m} -")
             log(f"  N={n} repeat {r}: " + ", ".join(line))
+            if loso_on and n == sa.loso_n:
+                loso_records += _loso(task, feats, methods, rows_lab, test_rows, site, y, n, r, cfg.seed + r)
     df = pd.DataFrame(records)
     summary: dict = {}
     if len(df):
@@ -406,15 +573,195 @@ def _run_target(cfg: LabelEfficiencyConfig, t: TargetConfig, ws, cohort: Cohort 
                                            "min": float(v.min()) if len(v) else None,
                                            "max": float(v.max()) if len(v) else None, "repeats": int(len(v))}
     checks = _checks(summary, metric, t)
-    cnn = df[df["method"].isin(["scratch", "yaware_finetune", "simclr_finetune"])] if len(df) else df
+    external_summary = _external_summary(ext, df, metric, summary, methods) if ext is not None else None
+    site_effects = _target_site_effects(cfg, methods, image_feats, site, test_rows, loso_records, combat_test_site,
+                                        summary, metric, loso_on) if site is not None else \
+        {"skipped": f"no column '{sa.variable}' in dataset {ds}"}
+    cnn = df[df["method"].isin(["scratch", "yaware_finetune", "simclr_finetune", "yaware_site_finetune"])] \
+        if len(df) else df
     return {"dataset": ds, "content_hash": cohort.content_hash, "task": task.kind, "metric": metric,
-            "covariates": list(t.covariates),
+            "covariates": list(t.covariates), "external_test": external_summary,
             "label": t.task.label, "n_subjects": len(subjects), "n_test": len(test_subjects), "n_pool": len(pool),
             "test_subjects": test_subjects, "records": records, "summary": summary, "skipped": skipped,
-            "checks": checks, "feature_samples_per_s": feat_speed,
+            "checks": checks, "site_effects": site_effects, "feature_samples_per_s": feat_speed,
             "cnn_train_samples_per_s": float(cnn["train_samples_per_s"].median()) if len(cnn) else None,
             "cnn_inference_samples_per_s": float(cnn["inference_samples_per_s"].median()) if len(cnn) else None,
             "seconds": round(time.perf_counter() - t0, 1), "load_seconds": round(load_s, 1)}
+
+
+def _loso(task, feats: dict, methods, rows_lab, test_rows, site, y, n: int, repeat: int, seed: int) -> list[dict]:
+    """Leave-one-site-out for the probe arms: for each site, the labelled subjects of the other sites train
+    the probe and the test subjects of that site are scored; pooled over the whole test set."""
+    out = []
+    test_sites = np.unique(site[test_rows])
+    for m in methods:
+        if m not in PROBE_ARMS:
+            continue
+        X = feats[ENCODER_OF.get(m, m)]
+        pred = np.full(len(test_rows), np.nan)
+        per_site, skipped = {}, []
+        for s_ in test_sites:
+            tr = rows_lab[site[rows_lab] != s_]
+            te = site[test_rows] == s_
+            if task.kind == "binary" and len(np.unique(y[tr])) < 2:
+                skipped.append(str(s_))
+                continue
+            pred[te] = fit_probe(X[tr], y[tr], task.kind, seed=seed).predict(X[test_rows[te]])
+            per_site[str(s_)] = _score(task, pred[te], test_rows[te])
+        ok = np.isfinite(pred)
+        sc = _score(task, pred[ok], test_rows[ok]) if ok.any() else {}
+        out.append({"n": n, "repeat": repeat, "method": m, **sc, "per_site": per_site, "sites_skipped": skipped,
+                    "n_scored": int(ok.sum())})
+    return out
+
+
+def _target_site_effects(cfg, methods, image_feats: dict, site, test_rows, loso_records: list, combat_test_site: list,
+                         summary: dict, metric: str, loso_on: bool) -> dict:
+    """Per arm: the site probe on the target's test subjects (5-fold CV over them), LOSO summary at ``loso_n``."""
+    out: dict = {"variable": cfg.site_analysis.variable, "loso_n": cfg.site_analysis.loso_n if loso_on else None,
+                 "test_site_probe": {}, "loso": {}, "loso_records": loso_records, "not_computed": {}}
+    s_test = site[test_rows]
+    for m in methods:
+        key = ENCODER_OF.get(m, m) if m in PROBE_ARMS else None
+        if key is not None and key in image_feats:
+            out["test_site_probe"][m] = _cv_site_probe(image_feats[key][test_rows], s_test, cfg.seed)
+        elif m == "yaware_combat_probe" and combat_test_site:
+            vals = [c["balanced_accuracy"] for c in combat_test_site if c.get("balanced_accuracy") is not None]
+            out["test_site_probe"][m] = {"balanced_accuracy": float(np.mean(vals)) if vals else None,
+                                         "min": float(np.min(vals)) if vals else None,
+                                         "max": float(np.max(vals)) if vals else None,
+                                         "chance": combat_test_site[0].get("chance"), "repeats": len(vals),
+                                         "features": "ComBat-harmonised test features of each repeat at N = "
+                                                     f"{cfg.site_analysis.loso_n}"}
+    if loso_on:
+        df = pd.DataFrame(loso_records)
+        for m in methods:
+            if len(df) and m in set(df["method"]):
+                v = df.loc[df["method"] == m, metric].dropna().to_numpy(float)
+                ref = (summary.get(m, {}).get(str(cfg.site_analysis.loso_n)) or {}).get("mean")
+                out["loso"][m] = {"mean": float(v.mean()) if len(v) else None,
+                                  "sd": float(v.std(ddof=1)) if len(v) > 1 else None,
+                                  "min": float(v.min()) if len(v) else None, "max": float(v.max()) if len(v) else None,
+                                  "repeats": int(len(v)), "in_distribution_mean": ref}
+            elif m == "yaware_combat_probe":
+                out["not_computed"][m] = "ComBat cannot harmonise a site absent from its fit"
+            elif m not in PROBE_ARMS:
+                out["not_computed"][m] = "CNN arms: one training per left-out site and repeat was not run"
+    return out
+
+
+# ------------------------------------------------------------------------------ external test set
+def _external_setup(cfg: LabelEfficiencyConfig, t: TargetConfig, ws, cohort: Cohort | None, encoders: dict,
+                    feats: dict, subjects: pd.DataFrame, rt, progress, config_path, log) -> dict:
+    """Load the target's external test set and compute, for it, every feature set the probe arms use.
+
+    The features are made exactly as for the target (same encoders, same atlas on the same grid, the
+    same covariates appended); no subject of the external set may also be in the target.
+    """
+    e = t.external_test
+    key = f"targets.{t.name}.external_test"
+    if cohort is None:
+        if ws is None:
+            raise ConfigError(f"no data for the external test set of target '{t.name}'", path=config_path)
+        cohort = load_cohort(ws, e.data, cfg.preprocess, progress=progress, config_path=config_path,
+                             threads=rt["threads"])
+    ds = cohort.source.get("dataset", e.name)
+    task = build_task(t.task, cohort.table, dataset=ds, config_path=config_path)
+    ext_subjects = set(subject_table(cohort, task, config_path=config_path)["subject_id"].astype(str))
+    shared = sorted(ext_subjects & set(subjects["subject_id"].astype(str)))
+    if shared:
+        raise InputError(f"{key}: {len(shared)} subject(s) of {ds} are also in the target's dataset "
+                         f"(e.g. {shared[0]}); an external test set must be disjoint from it", path=config_path,
+                         expected="no shared subject", found=f"{len(shared)} shared",
+                         fix="point external_test.data at another dataset version")
+    xf: dict[str, np.ndarray] = {}
+    for k in feats:
+        if k in encoders:
+            xf[k], _ = extract_features(encoders[k], cohort.images, batch_size=32, bf16=rt["bf16"],
+                                        channels_last=cfg.runtime.channels_last)
+        elif k == "classical":
+            if cfg.baseline.atlas:
+                atlas = atlas_on_grid(cfg.baseline.atlas, cfg.preprocess, cohort.spatial_shape)
+            else:
+                atlas = grid_atlas(cohort.spatial_shape, cfg.baseline.grid[: cohort.spatial_dims])
+            vox = float(np.prod(cfg.preprocess.spacing)) if cfg.preprocess.spacing else 1.0
+            xf[k], _ = roi_features(cohort.images, atlas, cfg.baseline, voxel_volume=vox)
+    if t.covariates:
+        cov = metadata_matrix(cohort.table, t.covariates, dataset=ds, key=f"{key}.covariates",
+                              config_path=config_path)
+        xf = {k: np.c_[v, cov] for k, v in xf.items()}
+    for k, v in xf.items():
+        if v.shape[1] != feats[k].shape[1]:
+            raise InputError(f"{key}: the {k} features of {ds} have {v.shape[1]} columns, the target's "
+                             f"{feats[k].shape[1]}", path=config_path, expected=str(feats[k].shape[1]),
+                             found=str(v.shape[1]), fix="use the same preprocessing grid for both datasets")
+    log(f"target {t.name}: external test set '{e.name}' ({ds}), {len(ext_subjects)} subjects, "
+        f"scored for {', '.join(sorted(xf))}")
+    return {"name": e.name, "dataset": ds, "content_hash": cohort.content_hash, "task": task, "feats": xf,
+            "rows": np.arange(len(cohort)), "n_subjects": len(ext_subjects)}
+
+
+def _external_score(ext: dict, key: str, probe) -> dict:
+    """The fitted probe of one arm scored on the external test set: ``{"external_<metric>": value}``."""
+    if key not in ext["feats"]:
+        return {}
+    sc = _score(ext["task"], probe.predict(ext["feats"][key]), ext["rows"])
+    return {f"external_{k}": v for k, v in sc.items()}
+
+
+def _external_summary(ext: dict, df: pd.DataFrame, metric: str, summary: dict, methods) -> dict:
+    """Mean metric on the external set per arm and N, and its loss against the internal test set.
+
+    The loss is computed per (N, repeat) on the same fitted model (internal minus external AUC, or
+    external minus internal MAE), then averaged: positive means worse on the external set.
+    """
+    col = f"external_{metric}"
+    out: dict = {"name": ext["name"], "dataset": ext["dataset"], "content_hash": ext["content_hash"],
+                 "n_subjects": ext["n_subjects"], "metric": metric, "summary": {},
+                 "not_computed": {m: "only the probe and baseline arms are scored there" for m in methods
+                                  if col not in df or df.loc[df["method"] == m, col].isna().all()}}
+    if col not in df:
+        return out
+    for m, g in df[df[col].notna()].groupby("method"):
+        out["summary"][m] = {}
+        for n, gg in g.groupby("n"):
+            v = gg[col].to_numpy(float)
+            loss = (gg[metric] - gg[col] if metric == "auc" else gg[col] - gg[metric]).to_numpy(float)
+            out["summary"][m][str(int(n))] = {
+                "mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else None,
+                "internal_mean": (summary.get(m, {}).get(str(int(n))) or {}).get("mean"),
+                "loss_mean": float(loss.mean()), "loss_sd": float(loss.std(ddof=1)) if len(loss) > 1 else None,
+                "repeats": int(len(v))}
+    return out
+
+
+def _external_markdown(t: dict) -> list[str]:
+    e = t.get("external_test")
+    if not e or not e.get("summary"):
+        return []
+    metric = e["metric"].upper()
+    ns = sorted({int(n) for per in e["summary"].values() for n in per})
+    lines = ["", f"External test set '{e['name']}' (`{e['dataset']}`, {e['n_subjects']} subjects, never trained "
+                 f"on): {metric} there, and the loss against the internal test set (same fitted models; "
+                 f"{'internal minus external' if metric == 'AUC' else 'external minus internal'}, mean ± SD over "
+                 "repeats).", "",
+             "| method | " + " | ".join(f"N = {n}: internal | external | loss" for n in ns) + " |",
+             "|---|" + "---|---|---|" * len(ns)]
+    for m, per in e["summary"].items():
+        cells = []
+        for n in ns:
+            c = per.get(str(n))
+            if not c:
+                cells += ["–", "–", "–"]
+                continue
+            sd = f" ± {c['loss_sd']:.3f}" if c.get("loss_sd") is not None else ""
+            cells += [f"{c['internal_mean']:.3f}" if c.get("internal_mean") is not None else "–",
+                      f"{c['mean']:.3f}", f"{c['loss_mean']:+.3f}{sd}"]
+        lines.append(f"| {NICE.get(m, m)} | " + " | ".join(cells) + " |")
+    if e.get("not_computed"):
+        lines += ["", "Not scored on the external set: " + ", ".join(
+            f"{NICE.get(m, m)} ({why})" for m, why in e["not_computed"].items())]
+    return lines
 
 
 def _checks(summary: dict, metric: str, t: TargetConfig) -> dict:
@@ -427,6 +774,10 @@ def _checks(summary: dict, metric: str, t: TargetConfig) -> dict:
             out["yaware_probe_minus_scratch_at_100"] = ya - sc
         if ya is not None and si is not None:
             out["yaware_probe_minus_simclr_probe_at_100"] = ya - si
+        for m in ("yaware_site_probe", "yaware_combat_probe"):
+            v = get(m, 100)
+            if ya is not None and v is not None:
+                out[f"{m}_minus_yaware_probe_at_100"] = v - ya
         s400 = get("scratch", 400)
         if s400 is not None:
             out["scratch_at_400"] = s400
@@ -501,8 +852,10 @@ def markdown(result: dict) -> str:
         if t.get("checks"):
             lines += ["", "Checks (differences of means):", ""]
             lines += [f"- {k}: {v:+.3f}" if "minus" in k else f"- {k}: {v:.3f}" for k, v in t["checks"].items()]
+        lines += _site_markdown(result, t, ns)
         if t.get("skipped"):
             lines += ["", "Skipped: " + "; ".join(f"N={s['n']}: {s['reason']}" for s in t["skipped"])]
+        lines += _external_markdown(t)
         sp = t.get("cnn_train_samples_per_s")
         if sp:
             lines += ["", f"CNN arms: median {sp:.1f} training samples/s, "
@@ -512,6 +865,65 @@ def markdown(result: dict) -> str:
     tm = result.get("timings", {})
     lines.append("Wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in tm.items() if isinstance(v, (int, float))))
     return "\n".join(lines) + "\n"
+
+
+def _fmt_ba(c: dict | None) -> str:
+    if not c or c.get("balanced_accuracy") is None:
+        return "–" if not c else f"– ({c.get('reason', 'not computed')})"
+    if "ci_low" in c:
+        return f"{c['balanced_accuracy']:.3f} [{c['ci_low']:.3f}–{c['ci_high']:.3f}]"
+    if c.get("min") is not None and c.get("repeats", 0) > 1:
+        return f"{c['balanced_accuracy']:.3f} [{c['min']:.3f}–{c['max']:.3f}] ({c['repeats']})"
+    return f"{c['balanced_accuracy']:.3f}"
+
+
+def _site_markdown(result: dict, t: dict, ns: list) -> list[str]:
+    """Per arm: site probe of its representation (held-out pretraining subjects; target test subjects), the
+    metric at each N and the leave-one-site-out metric at ``loso_n``."""
+    se = t.get("site_effects") or {}
+    if not se or se.get("skipped"):
+        return []
+    sp = result.get("site_probe") or {}
+    chance = next((v.get("chance") for v in sp.values() if isinstance(v, dict) and v.get("chance")), None)
+    chance = chance or next((v.get("chance") for v in se.get("test_site_probe", {}).values() if v.get("chance")),
+                            None)
+    metric = t["metric"].upper()
+    ln = se.get("loso_n")
+    head = ["", f"Site effects ({se.get('variable')}; chance balanced accuracy "
+                f"{chance:.3f}):" if chance else f"Site effects ({se.get('variable')}):", "",
+            "| arm | site BA, held-out pretraining subjects [95% CI] | site BA, target test subjects (5-fold CV) | "
+            + " | ".join(f"{metric} N = {n}" for n in ns)
+            + (f" | LOSO {metric} at N = {ln} [min–max] | same arm in-distribution |" if ln else " |"),
+            "|---|---|---|" + "---|" * len(ns) + ("---|---|" if ln else "")]
+    for m, per in t["summary"].items():
+        rep = REPRESENTATION_OF.get(m)
+        pre = _fmt_ba(sp.get(rep)) if rep else "–"
+        if rep and m.endswith("_finetune") and pre != "–":
+            pre += " (before fine-tuning)"
+        cells = [f"{per[str(n)]['mean']:.3f}" if per.get(str(n)) and per[str(n)]["mean"] is not None else "–"
+                 for n in ns]
+        row = f"| {NICE.get(m, m)} | {pre} | {_fmt_ba(se.get('test_site_probe', {}).get(m))} | " + " | ".join(cells)
+        if ln:
+            lo = se.get("loso", {}).get(m)
+            if lo and lo.get("mean") is not None:
+                rng = f" [{lo['min']:.3f}–{lo['max']:.3f}]" if lo["repeats"] > 1 else ""
+                ref = lo.get("in_distribution_mean")
+                row += f" | {lo['mean']:.3f}{rng} ({lo['repeats']}) | {ref:.3f}" if ref is not None else \
+                    f" | {lo['mean']:.3f}{rng} ({lo['repeats']}) | –"
+            else:
+                row += f" | – ({se.get('not_computed', {}).get(m, 'not computed')}) | –"
+        head.append(row + " |")
+    head += ["", "Site BA on held-out pretraining subjects: a logistic probe fitted on the features of the subjects "
+                 "that pretrained the encoder, scored on those held out from pretraining (95% bootstrap CI). "
+                 "y-aware + ComBat: ComBat fitted on the same pretraining subjects. Target test subjects: 5-fold "
+                 "CV over the held-out test set (for ComBat: the harmonised test features of each repeat at "
+                 f"N = {ln}, mean [min–max])."]
+    if ln:
+        head += [f"LOSO: in each repeat at N = {ln}, the labelled subjects of the other sites train the probe "
+                 "(about 4/5 of N with five sites) and the test subjects of the left-out site are scored; "
+                 f"{metric} pooled over the whole test set; the last column is the same arm at N = {ln} with "
+                 "every site in training."]
+    return head
 
 
 def plot(result: dict, path: Path) -> None:

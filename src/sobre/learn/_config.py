@@ -20,7 +20,8 @@ __all__ = [
     "DataConfig", "PreprocessConfig", "TaskConfig", "SplitConfig", "ModelConfig", "OptimConfig",
     "EarlyStoppingConfig", "RuntimeConfig", "MethodConfig", "NuisanceConfig", "MonitorConfig",
     "TrainConfig", "PretrainConfig", "AugmentConfig", "MaskRule", "load_config", "validate_config",
-    "LabelEfficiencyConfig", "TargetConfig", "BaselineConfig", "resolved", "TabularConfig", "FusionConfig",
+    "LabelEfficiencyConfig", "TargetConfig", "BaselineConfig", "SiteAnalysisConfig", "resolved", "TabularConfig",
+    "FusionConfig",
 ]
 
 
@@ -268,9 +269,9 @@ class NuisanceConfig(_Section):
     """A variable (e.g. site) whose information the representation should not carry."""
 
     variable: str
-    method: Literal["conditional", "adversarial"] = Field(
+    method: Literal["conditional", "adversarial", "both"] = Field(
         "conditional", description="conditional: contrast only within the anchor's nuisance group; "
-        "adversarial: gradient-reversal classifier on the representation")
+        "adversarial: gradient-reversal classifier on the representation; both: the two together")
     weight: float = Field(1.0, ge=0, description="adversarial loss weight")
 
 
@@ -343,6 +344,17 @@ class PretrainConfig(_Section):
 
 
 # ---------------------------------------------------------------------------------------- benchmark
+class ExternalTestConfig(_Section):
+    """A second test set from another dataset version (e.g. another anatomy or hospital), used only for testing.
+
+    The models of every (N, repeat) are trained on the target's labelled subjects as usual, and also
+    scored on every subject of this dataset version (its label and covariates named as in the target).
+    """
+
+    name: str = Field("external", min_length=1, description="how the report calls it (e.g. itk-head)")
+    data: DataConfig
+
+
 class TargetConfig(_Section):
     """One labelled cohort of the label-efficiency benchmark."""
 
@@ -356,11 +368,16 @@ class TargetConfig(_Section):
     methods: list[str] | None = Field(None, description="overrides the benchmark list")
     covariates: list[str] = Field([], description="numeric metadata given to every arm with the images: appended "
                                   "to the CNN features before the head, and to the probe and baseline features")
+    external_test: ExternalTestConfig | None = Field(
+        None, description="also score the probe and baseline arms on this dataset version (test only: no subject of "
+        "it is ever trained on); the report gives the metric there and the loss against the internal test set")
 
     @model_validator(mode="after")
     def _rules(self):
         if self.task.kind not in ("binary", "regression"):
             raise ValueError(f"label-efficiency targets are binary or regression tasks, not {self.task.kind}")
+        if self.methods:
+            _known_methods(self.methods)
         return self
 
 
@@ -375,7 +392,22 @@ class BaselineConfig(_Section):
     min_voxels: int = Field(8, ge=1, description="ROIs with fewer voxels on the grid are dropped")
 
 
-METHODS = ("scratch", "simclr_probe", "yaware_probe", "yaware_finetune", "simclr_finetune", "classical")
+METHODS = ("scratch", "simclr_probe", "yaware_probe", "yaware_finetune", "simclr_finetune", "classical",
+           "yaware_site_probe", "yaware_site_finetune", "yaware_combat_probe")
+
+
+class SiteAnalysisConfig(_Section):
+    """Site effects in the label-efficiency benchmark: site probes, leave-one-site-out, ComBat settings."""
+
+    variable: str = Field("site", description="the nuisance (acquisition site) column of the dataset versions")
+    probe: bool = Field(True, description="site probe (logistic, balanced accuracy) on the features of the "
+                        "pretraining subjects held out from pretraining, for every pretrained representation")
+    loso_n: int | None = Field(100, ge=4, description="leave-one-site-out AUC of the probe arms at this N (each "
+                               "repeat's labelled subjects of the other sites train, the test subjects of the "
+                               "left-out site are scored); none: off")
+    combat_covariates: list[str] | None = Field(
+        None, description="effects ComBat keeps (yaware_combat_probe); none: the target's covariates (e.g. age). "
+        "The label is never one: the test subjects' labels are unknown when ComBat is applied to them")
 
 
 class LabelEfficiencyConfig(_Section):
@@ -388,6 +420,10 @@ class LabelEfficiencyConfig(_Section):
     model: ModelConfig = ModelConfig()
     simclr: MethodConfig = MethodConfig(kind="simclr", temperature=0.1)
     yaware: MethodConfig = MethodConfig(kind="yaware", temperature=0.1, variables=["age"], bandwidth=[5.0])
+    yaware_site: NuisanceConfig = Field(
+        NuisanceConfig(variable="site", method="adversarial", weight=1.0),
+        description="yaware_site_*: the y-aware pretraining of `yaware` with this nuisance (site) added")
+    site_analysis: SiteAnalysisConfig = SiteAnalysisConfig()
     pretrain_optim: OptimConfig = OptimConfig(batch_size=32, epochs=20, early_stopping=EarlyStoppingConfig(
         patience=None))
     pretrain_augment: list[AugmentConfig] = PretrainConfig.model_fields["augment"].default
@@ -413,12 +449,24 @@ class LabelEfficiencyConfig(_Section):
 
     @model_validator(mode="after")
     def _rules(self):
-        bad = [m for m in self.methods + [m for t in self.targets for m in (t.methods or [])] if m not in METHODS]
-        if bad:
-            raise ValueError(f"unknown method {bad[0]!r}; choose among {', '.join(METHODS)}")
+        _known_methods(self.methods)
+        if self.yaware.nuisance is not None and any(
+                m.startswith("yaware_site") for m in self.methods + [m for t in self.targets for m in t.methods or []]):
+            raise ValueError("`yaware.nuisance` is set: yaware_* arms would already be site-aware; put the "
+                             "nuisance in the [yaware_site] section and compare yaware_* with yaware_site_*")
         if len({t.name for t in self.targets}) != len(self.targets):
             raise ValueError("target names must be unique")
         return self
+
+
+def _known_methods(methods) -> None:
+    from difflib import get_close_matches
+
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        near = get_close_matches(bad[0], METHODS, n=1)
+        raise ValueError(f"unknown method {bad[0]!r}" + (f" (did you mean {near[0]!r}?)" if near else "")
+                         + f"; choose among {', '.join(METHODS)}")
 
 
 # ------------------------------------------------------------------------------------------- fusion

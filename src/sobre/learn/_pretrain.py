@@ -159,9 +159,10 @@ def pretrain(config, *, workspace=None, cohort: Cohort | None = None, runs_dir=N
 
     torch.manual_seed(cfg.seed)
     dims, cin = cohort.spatial_dims, cohort.in_channels
-    adversarial = m.nuisance is not None and m.nuisance.method == "adversarial"
+    adversarial = m.nuisance is not None and m.nuisance.method in ("adversarial", "both")
     if adversarial and par.active:
-        raise ConfigError("method.nuisance.method = \"adversarial\" is not available in data-parallel pretraining",
+        raise ConfigError(f"method.nuisance.method = \"{m.nuisance.method}\" (adversarial) is not available in "
+                          "data-parallel pretraining",
                           path=config_path, expected="one process, or nuisance.method = \"conditional\"",
                           found=f"{par.world} processes", fix="run it in one process (drop --nproc)")
     model = ContrastiveModel(build_encoder(cfg.model, dims, cin), cfg.model.projection_hidden,
@@ -181,7 +182,7 @@ def pretrain(config, *, workspace=None, cohort: Cohort | None = None, runs_dir=N
 
     def loss_of(z1, z2, rows):
         groups = None
-        if m.nuisance is not None and m.nuisance.method == "conditional":
+        if m.nuisance is not None and m.nuisance.method in ("conditional", "both"):
             groups = torch.from_numpy(g_all[rows])
         if m.kind == "simclr":
             return nt_xent(z1, z2, m.temperature, groups=groups)
