@@ -281,6 +281,59 @@ class Workspace:
             return [f.path for f in s.execute(select(File).where(File.series_pk == ser.id)
                                                .order_by(File.path)).scalars()]
 
+    def volume_layout(self, series_uid: str, label: str = "") -> dict:
+        """How a catalogued volume is laid out, from the catalog alone (no file is opened).
+
+        ``shape``, ``dtype``, ``affine`` (4×4, LPS), ``spatial_ndim``, ``extra_axes``,
+        ``coordinate_system`` and ``orientation``: what :meth:`load` would give as the image's
+        ``shape``, ``dtype``, ... DICOM volumes are assembled again from the frame geometry stored at
+        ingest (the assembly ingest and reading use); other formats from their stored header.
+        Raises :class:`~sobre.errors.CatalogError` for an unknown series, one in the error state, or
+        stored frames that no longer assemble into this volume.
+        """
+        import numpy as np
+
+        from sobre.image import Frame, assemble, orientation_code
+
+        with self.session() as s:
+            ser = s.execute(select(Series).where(Series.series_uid == series_uid,
+                                                 Series.label == label)).scalar_one_or_none()
+            if ser is None:
+                raise CatalogError(f"no series '{series_uid}' in the catalog", found=repr(series_uid))
+            if ser.status != "ok":
+                raise CatalogError(f"series {series_uid} could not be assembled at ingest", found=ser.problem)
+            rows = s.execute(select(File.path, File.kind, File.frames, File.header).where(File.series_pk == ser.id)
+                             .order_by(File.path)).all()
+        if not rows:
+            raise CatalogError(f"series {series_uid} has no files in the catalog", fix="run `sobre ingest` again")
+        if rows[0].kind == "dicom":
+            frames = []
+            for path, _, stored, _ in rows:
+                for fj in stored or []:
+                    fr = Frame.from_dict(fj)
+                    fr.path = path
+                    frames.append(fr)
+            try:
+                plans = [p for p in assemble(frames, on_warning=lambda m: None) if p.label == label]
+            except SobreError as exc:
+                raise CatalogError(f"the stored frames of series {series_uid} no longer assemble",
+                                   found=exc.what, fix="run `sobre ingest` again") from None
+            if len(plans) != 1:
+                raise CatalogError(f"the stored frames of series {series_uid} give {len(plans)} volumes labelled "
+                                   f"'{label}'", expected="1", fix="run `sobre ingest` again")
+            p = plans[0]
+            shape, dtype, affine = list(p.shape), str(p.dtype), np.asarray(p.affine, dtype=float)
+            spatial, extra, coords = p.spatial_ndim, list(p.extra_axes), p.coordinate_system
+        else:
+            h = rows[0].header or {}
+            shape, dtype = list(h.get("shape") or ser.shape or []), str(h.get("dtype") or ser.dtype)
+            affine = np.asarray(h.get("affine") or ser.affine, dtype=float)
+            extra, coords = list(h.get("extra_axes") or []), h.get("coordinate_system") or "LPS"
+            spatial = len(shape) - len(extra)
+        orientation = orientation_code(affine)[: max(spatial, 3)] if coords == "LPS" else "???"
+        return {"shape": shape, "dtype": dtype, "affine": affine.tolist(), "spatial_ndim": spatial,
+                "extra_axes": extra, "coordinate_system": coords, "orientation": orientation}
+
     def load(self, uid: str):
         """The :class:`~sobre.image.Image` of a catalogued volume (lazy)."""
         from sobre.image import load_all

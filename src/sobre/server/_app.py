@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
@@ -47,7 +48,7 @@ def create_app(ws, settings: ServerSettings | None = None) -> FastAPI:
 
     settings = settings or ServerSettings()
     app = FastAPI(title="Sobre workstation API", version=_version(), docs_url=None, redoc_url=None,
-                  openapi_url=None, description="See docs/workstation.md. Every route but login and health needs "
+                  openapi_url=None, lifespan=_lifespan(settings), description="See docs/workstation.md. Every route but login and health needs "
                   "a session; state-changing requests need the X-CSRF-Token header.")
     app.state.ctx = Context(ws, settings)
     install_handlers(app)
@@ -72,6 +73,25 @@ def create_app(ws, settings: ServerSettings | None = None) -> FastAPI:
 
     _install_middleware(app, settings)
     return app
+
+
+def _lifespan(settings: ServerSettings):
+    """At start: as many request threads as ``settings.threads``, the decoding process started; at stop: stopped."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        import anyio.to_thread
+
+        from . import _decode
+
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.threads
+        _decode.start(settings.decode_workers)
+        try:
+            yield
+        finally:
+            _decode.shutdown()
+
+    return lifespan
 
 
 def _version() -> str:

@@ -14,93 +14,81 @@ import numpy as np
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
-from sobre.errors import SobreError, describe_exception
+from sobre.errors import CatalogError
 
 from ._context import Caller, CallerDep, authenticated, context
+from ._decode import decode
 from ._errors import ApiError
 from ._routes_browse import find_series, project_info, summary
-from ._view import Volume, affine_geometry, build_volume, out_dtype, series_key
+from ._view import Volume, affine_geometry, out_dtype, series_key
 
 router = APIRouter(prefix="/api", dependencies=[Depends(authenticated)], tags=["series and voxels"])
 
 CHUNK = 1 << 20
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
-_headers_lock = threading.Lock()
-_headers: OrderedDict = OrderedDict()  # (workspace root, key, n_files) -> Image (headers only)
+_layouts_lock = threading.Lock()
+_layouts: OrderedDict = OrderedDict()  # (workspace root, key, n_files) -> geometry dict (from the catalog)
 
 
-def header_image(ctx, rec: dict):
-    """The series' :class:`sobre.Image` with headers read and pixels not decoded (cached)."""
-    from sobre.image import load_all
-
-    key = (str(ctx.ws.root), series_key(rec), rec.get("n_files"))
-    with _headers_lock:
-        img = _headers.get(key)
-        if img is not None:
-            _headers.move_to_end(key)
-            return img
+def _usable(rec: dict) -> None:
     if rec.get("status") != "ok":
         raise ApiError(422, "this series could not be assembled at ingest", found=str(rec.get("problem"))[:300],
                        fix="see `sobre cohort show`; re-ingest after fixing its files")
-    try:
-        images = load_all(ctx.ws.files_of(rec["series_uid"], rec["label"]), on_warning=lambda m: None)
-    except SobreError as exc:
-        raise ApiError.of(exc, 422) from None
-    except Exception as exc:  # noqa: BLE001 - a reader's own error on damaged files
-        raise ApiError(422, "the files of this series cannot be read", found=describe_exception(exc)) from None
-    if len(images) != 1:
-        raise ApiError(422, f"the files of this series read as {len(images)} volumes", expected="1",
-                       found=str(len(images)), fix="its files changed since ingest; run `sobre ingest` again")
-    with _headers_lock:
-        _headers[key] = images[0]
-        while len(_headers) > 512:
-            _headers.popitem(last=False)
-    return images[0]
 
 
 def volume_of(ctx, rec: dict, t: int = 0) -> Volume:
-    img = header_image(ctx, rec)
+    """The decoded volume (cached; one decode per series and ``t`` however many ask at once).
+
+    The decode runs in the decoding process (:mod:`._decode`): headers read and pixels decoded there,
+    never in the server's interpreter.
+    """
+    _usable(rec)
+    key = series_key(rec)
 
     def build() -> Volume:
-        try:
-            vol = build_volume(img, t)
-        except SobreError as exc:
-            raise ApiError.of(exc, 422, extra={"series": series_key(rec)}) from None
-        except MemoryError:
-            raise ApiError(422, "this series is too large to decode in the memory available now",
-                           found=f"{img.nbytes} bytes") from None
-        except Exception as exc:  # noqa: BLE001 - a decoder's own error on damaged pixel data
-            raise ApiError(422, "the pixels of this series cannot be decoded", found=describe_exception(exc),
-                           fix="check the files (sobre info) and re-ingest them") from None
-        finally:
-            img.unload()
-        return vol
+        files = ctx.ws.files_of(rec["series_uid"], rec["label"])
+        return decode((str(ctx.ws.root), key, rec.get("n_files")), files, t, series=key,
+                      workers=ctx.settings.decode_workers)
 
-    return ctx.volumes.get((series_key(rec), t), build)
+    return ctx.volumes.get((key, t), build)
 
 
-def geometry_from_header(img) -> dict:
-    """What the volume will look like, from headers only (nothing decoded)."""
-    shape = list(img.shape[: img.spatial_ndim]) + ([1] if img.spatial_ndim == 2 else [])
-    extra = dict(zip(img.extra_axes, img.shape[img.spatial_ndim:]))
-    comps = 3 if extra.get("channel") in (3, 4) and img.extra_axes[-1] == "channel" else 1
-    dtype = np.dtype("uint8") if comps == 3 else out_dtype(img.dtype)
-    n = int(np.prod(shape)) * comps * dtype.itemsize
-    meta = img.metadata or {}
-    window = None
+def volume_geometry(shape, spatial_ndim: int, extra_axes, dtype, affine, orientation: str,
+                    coordinate_system: str, window: dict | None = None) -> dict:
+    """What the decoded volume will look like (:meth:`Volume.geometry`), from its layout alone."""
+    shape = [int(x) for x in shape]
+    spatial = shape[:spatial_ndim] + ([1] if spatial_ndim == 2 else [])
+    extra = dict(zip(extra_axes, shape[spatial_ndim:]))
+    comps = 3 if extra.get("channel") in (3, 4) and list(extra_axes)[-1] == "channel" else 1
+    out = np.dtype("uint8") if comps == 3 else out_dtype(np.dtype(dtype))
+    n = int(np.prod(spatial)) * comps * out.itemsize
+    return {"dtype": out.name, "byte_order": "little", "layout": "i-fastest", "dimensions": spatial,
+            "components": comps, **affine_geometry(affine), "n_bytes": n, "source_dtype": str(np.dtype(dtype)),
+            "is_2d": spatial_ndim == 2 or spatial[2] == 1, "orientation": orientation, "extra_axes": extra,
+            "window": window, "coordinate_system": coordinate_system}
+
+
+def geometry_of(ctx, rec: dict) -> dict:
+    """The volume's geometry from the catalog (cached): no file opened, nothing decoded."""
+    _usable(rec)
+    key = (str(ctx.ws.root), series_key(rec), rec.get("n_files"))
+    with _layouts_lock:
+        got = _layouts.get(key)
+        if got is not None:
+            _layouts.move_to_end(key)
+            return got
     try:
-        c, w = meta.get("window_center"), meta.get("window_width")
-        if c is not None and w is not None:
-            c = float(c[0] if isinstance(c, (list, tuple)) else c)
-            w = float(w[0] if isinstance(w, (list, tuple)) else w)
-            window = {"center": c, "width": w} if w > 0 else None
-    except (TypeError, ValueError):
-        window = None
-    return {"dtype": dtype.name, "byte_order": "little", "layout": "i-fastest", "dimensions": [int(x) for x in shape],
-            "components": comps, **affine_geometry(img.affine), "n_bytes": n, "source_dtype": str(np.dtype(img.dtype)), "is_2d": img.spatial_ndim == 2 or shape[2] == 1,
-            "orientation": img.orientation, "extra_axes": extra, "window": window,
-            "coordinate_system": img.coordinate_system}
+        lay = ctx.ws.volume_layout(rec["series_uid"], rec["label"])
+    except CatalogError as exc:
+        raise ApiError.of(exc, 422) from None
+    got = volume_geometry(lay["shape"], lay["spatial_ndim"], lay["extra_axes"], lay["dtype"], lay["affine"],
+                          lay["orientation"], lay["coordinate_system"])
+    with _layouts_lock:
+        _layouts[key] = got
+        while len(_layouts) > 4096:
+            _layouts.popitem(last=False)
+    return got
 
 
 def _view(ctx, caller: Caller, project: str, series: str, what: str, **extra) -> dict:
@@ -121,7 +109,7 @@ def series_detail(*, project: str, request: Request, series: str = SeriesKey,
     rec = _view(ctx, caller, project, series, "series")
     out = summary(rec, ctx.view.snapshot().variables)
     out["variables"] = {v: rec.get(v) for v in ctx.view.snapshot().variables}
-    out["volume"] = geometry_from_header(header_image(ctx, rec))
+    out["volume"] = dict(geometry_of(ctx, rec))
     out["annotations"] = [v.to_dict() for v in ctx.ws.annotations.versions(project=project, series=series_key(rec))]
     for v in out["annotations"]:
         v.pop("path", None)

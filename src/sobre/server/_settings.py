@@ -36,6 +36,10 @@ class ServerSettings(Config):
     max_upload_bytes: int = Field(1 << 30, ge=1024, description="largest imported file (SEG, RTSTRUCT, NIfTI) or "
                                   "mask upload (a raw mask may not exceed the series' voxel count in any case)")
     cache_bytes: int = Field(1 << 30, ge=0, description="decoded volumes kept in memory (LRU)")
+    decode_workers: int = Field(1, ge=1, le=64, description="processes that read headers and decode pixels "
+                                "(first come first served; the server's own threads never decode)")
+    threads: int = Field(100, ge=8, le=1000, description="threads that run requests (most of them wait: for a "
+                         "decode, the audit log's fsync, the catalog)")
     catalog_ttl_s: float = Field(5.0, ge=0, description="how long a catalog snapshot (records, cohorts, scopes) "
                                  "is reused; the server's own changes refresh it at once")
     static_dir: Path | None = Field(None, description="front-end build to serve (default: the package's static/)")
