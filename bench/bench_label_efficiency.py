@@ -285,8 +285,10 @@ def main(argv=None) -> int:
                     help="pretrain again even when an identical completed pretraining run exists")
     ap.add_argument("--atlas", type=Path, default=None, help="label image for the classical baseline (default: AAL)")
     ap.add_argument("--suite", action="store_true",
-                    help="also prepare the suite's cohorts (disease patterns x strengths, plus an ITK-head test cohort) "
-                         "and run the suite configuration; results go to suite-summary.md / suite-results.json")
+                    help="the suite: prepare the pretraining cohort and the suite's cohorts (disease patterns x "
+                         "strengths, plus an ITK-head test cohort), run label_efficiency_suite.toml (or --config); "
+                         "results in TAG-summary.md, TAG-tables.json, TAG-results.json (TAG: the config's file name "
+                         "after label_efficiency_, e.g. suite)")
     ap.add_argument("--suite-subjects", type=int, default=300, help="subjects per suite cohort")
     ap.add_argument("--shift-subjects", type=int, default=150, help="subjects of the ITK-head (anatomy shift) cohort")
     ap.add_argument("--only", default=None,
@@ -337,10 +339,11 @@ def main(argv=None) -> int:
     if args.suite:
         suite_md, suite_json = suite_report(res, missing)
         text = "\n".join(head) + "\n" + suite_md + "\n" + (run.path / "results.md").read_text()
-        (args.out / "suite-summary.md").write_text(text)
-        (args.out / "suite-tables.json").write_text(json.dumps(suite_json, indent=1))
+        tag = args.config.stem.removeprefix("label_efficiency_").replace("_", "-")  # suite, suite-wide, ...
+        (args.out / f"{tag}-summary.md").write_text(text)
+        (args.out / f"{tag}-tables.json").write_text(json.dumps(suite_json, indent=1))
         for name in ("results.json", "label_efficiency.png"):
-            shutil.copyfile(run.path / name, args.out / f"suite-{name}")
+            shutil.copyfile(run.path / name, args.out / f"{tag}-{name}")
         print(text)
         return 0
     text = "\n".join(head) + "\n" + (run.path / "results.md").read_text()
@@ -368,6 +371,7 @@ def suite_report(res: dict, missing: list[str]) -> tuple[str, dict]:
 
     rows = []
     for name, t in res["targets"].items():
+        name = name.removesuffix("-scratch")  # the from-scratch arm at N = 100, same test set and subsets
         ps = _pattern_of(name)
         if ps is None or t["metric"] != "auc":
             continue
@@ -398,17 +402,18 @@ def suite_report(res: dict, missing: list[str]) -> tuple[str, dict]:
     for (c, pat, st), g in cell.groupby(["cohort", "pattern", "strength"], sort=False):
         vals = {(m, n): g[(g["method"] == m) & (g["n"] == n)]["auc"].mean() for m in methods for n in ns}
         table[c] = {f"{m}@{n}": float(v) for (m, n), v in vals.items()}
-        lines.append(f"| {c} | " + " | ".join(f"{vals[(m, n)]:.3f}" for n in ns for m in methods) + " |")
+        lines.append(f"| {c} | " + " | ".join(_f3(vals[(m, n)]) for n in ns for m in methods) + " |")
     for label, g in [(f"pattern {p}", cell[cell["pattern"] == p]) for p in SUITE_PATTERNS if p in set(cell["pattern"])] \
             + [("**pooled**", cell)]:
         vals = {(m, n): g[(g["method"] == m) & (g["n"] == n)]["auc"].mean() for m in methods for n in ns}
         table[label.strip("*")] = {f"{m}@{n}": float(v) for (m, n), v in vals.items()}
-        lines.append(f"| {label} | " + " | ".join(f"{vals[(m, n)]:.3f}" for n in ns for m in methods) + " |")
+        lines.append(f"| {label} | " + " | ".join(_f3(vals[(m, n)]) for n in ns for m in methods) + " |")
     out["auc"] = table
     # paired differences: same cohort, N, repeat (same labelled subjects, same test set)
     wide = df.pivot_table(index=["cohort", "pattern", "n", "repeat"], columns="method", values="auc").reset_index()
     pairs = [(a, b) for a, b in (("yaware_probe", "classical"), ("simclr_probe", "classical"),
-                                 ("yaware_probe", "simclr_probe")) if a in wide and b in wide]
+                                 ("yaware_probe", "simclr_probe"), ("yaware_probe", "scratch"))
+             if a in wide and b in wide]
     lines += ["", "Paired differences of AUC (same labelled subjects, same test set), per N: mean over cohorts of "
                   "each cohort's mean over repeats; SD and range across cohorts; cohorts where the difference "
                   "is > 0.", "",
@@ -417,7 +422,9 @@ def suite_report(res: dict, missing: list[str]) -> tuple[str, dict]:
     for a, b in pairs:
         for n in ns:
             w = wide[wide["n"] == n]
-            per = (w[a] - w[b]).groupby(w["cohort"]).mean()
+            per = (w[a] - w[b]).groupby(w["cohort"]).mean().dropna()
+            if not len(per):
+                continue
             out["differences"][f"{a}-{b}@{n}"] = {"mean": float(per.mean()), "sd": float(per.std(ddof=1)),
                                                    "min": float(per.min()), "max": float(per.max()),
                                                    "positive": int((per > 0).sum()), "cohorts": int(len(per)),
@@ -454,6 +461,10 @@ def suite_report(res: dict, missing: list[str]) -> tuple[str, dict]:
                     lines.append(f"| {n_} | {e['name']} ({e['n_subjects']}) | {NICE_S.get(m, m)} | {n} | "
                                  f"{c['internal_mean']:.3f} | {c['mean']:.3f} | {c['loss_mean']:+.3f}{sd} |")
     return "\n".join(lines) + "\n", out
+
+
+def _f3(v) -> str:
+    return "–" if v is None or v != v else f"{v:.3f}"
 
 
 NICE_S = {"yaware_probe": "y-aware + probe", "simclr_probe": "SimCLR + probe", "classical": "classical",
