@@ -202,17 +202,34 @@ def test_import_sobre_and_the_parser_stay_light():
     assert _run(code) == "[]"
 
 
+# Not imported by `sobre export` of an uncompressed series: pydicom (and what its import pulls in: its pixel
+# decoders, `requests` through pydicom.data, Pillow through pydicom.pixels) is needed only for other files.
+NOT_FOR_EXPORT = ('torch', 'pandas', 'sqlalchemy', 'nibabel', 'SimpleITK', 'scipy', 'monai', 'pydantic',
+                  'pydicom', 'requests', 'urllib3', 'PIL', 'sobre.image._dicom_objects', 'sobre.image._dicom_write')
+
+
 def test_export_imports_only_what_it_uses(tmp_path):
     img = Image(np.arange(4 * 4 * 3, dtype=np.uint16).reshape(4, 4, 3), AXIAL, modality="CT")
     series = tmp_path / "series"
-    sobre.write_dicom_series(img, series)
+    sobre.write_dicom_series(img, series, extra={"BitsStored": 12, "RescaleIntercept": "-1024", "RescaleSlope": "1"})
     out = tmp_path / "out.nii"
     code = ("import sys; from sobre.cli import main; "
             f"assert main(['export', {str(series)!r}, '--to', {str(out)!r}]) == 0; "
-            "print(sorted(m for m in ('torch', 'pandas', 'sqlalchemy', 'nibabel', 'SimpleITK', 'scipy', 'monai') "
-            "if m in sys.modules))")
+            f"print(sorted(m for m in {NOT_FOR_EXPORT!r} if m in sys.modules))")
     assert _run(code).splitlines()[-1] == "[]"
-    np.testing.assert_array_equal(np.asanyarray(nib.load(str(out)).dataobj), img.array)
+    np.testing.assert_array_equal(np.asanyarray(nib.load(str(out)).dataobj), img.array.astype(np.int32) - 1024)
+
+
+def test_export_of_compressed_data_still_imports_pydicom_and_decodes(tmp_path, pydicom_test_files):
+    src = pydicom_test_files / "MR_small_RLE.dcm"  # RLE lossless: pydicom's decoder, not the lite path
+    out = tmp_path / "rle.nii"
+    code = ("import sys; from sobre.cli import main; "
+            f"assert main(['export', {str(src)!r}, '--to', {str(out)!r}]) == 0; print('pydicom' in sys.modules)")
+    assert _run(code).splitlines()[-1] == "True"
+    plain = sobre.save(sobre.load(pydicom_test_files / "MR_small.dcm"), tmp_path / "plain.nii")  # the same, uncompressed
+    a, b = nib.load(str(out)), nib.load(str(plain))
+    np.testing.assert_array_equal(np.asanyarray(a.dataobj), np.asanyarray(b.dataobj))
+    np.testing.assert_array_equal(a.affine, b.affine)
 
 
 def test_public_names_resolve_lazily():

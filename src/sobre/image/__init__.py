@@ -18,13 +18,11 @@ File discovery
     and listen.
 """
 
+import importlib
+from typing import TYPE_CHECKING
+
 from sobre.base import write_atomic
 from sobre.image._dicom import Frame, SeriesWarning, VolumePlan, assemble, check_image, frames_of, header_metadata
-from sobre.image._dicom_objects import (
-    GRID_TOLERANCE_VOXELS, WINDOWS, Algorithm, DicomOutput, Finding, Measurement, Segment, SourceFrame, new_uid,
-    render_overlay, source_frames, write_secondary_capture, write_seg, write_sr,
-)
-from sobre.image._dicom_write import write_dicom_series
 from sobre.image._discover import Discovery, discover
 from sobre.image._formats import sniff as file_kind
 from sobre.image._encode import (
@@ -41,6 +39,37 @@ from sobre.image._part10 import (
     raw_value, read_header, read_instance, received_facts, tag_name, verify_pixels,
 )
 from sobre.image._part10 import expected_pixel_bytes, header_value, pixel_module_problem
+
+# The DICOM writers (and result objects) load on first use: they import pydicom, which reading and
+# exporting a simple uncompressed series does without (``sobre export`` starts faster).
+_LAZY = {
+    "write_dicom_series": "_dicom_write",
+    **{name: "_dicom_objects" for name in (
+        "GRID_TOLERANCE_VOXELS", "WINDOWS", "Algorithm", "DicomOutput", "Finding", "Measurement", "Segment",
+        "SourceFrame", "new_uid", "render_overlay", "source_frames", "write_secondary_capture", "write_seg",
+        "write_sr")},
+}
+
+if TYPE_CHECKING:  # for type checkers and import analysers: the same names, imported eagerly
+    from sobre.image._dicom_objects import (
+        GRID_TOLERANCE_VOXELS, WINDOWS, Algorithm, DicomOutput, Finding, Measurement, Segment, SourceFrame, new_uid,
+        render_overlay, source_frames, write_secondary_capture, write_seg, write_sr,
+    )
+    from sobre.image._dicom_write import write_dicom_series
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sobre.image' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"sobre.image.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "Image", "load", "load_all", "save", "write_dicom_series", "SeriesWarning", "discover", "Discovery", "file_kind",

@@ -28,20 +28,25 @@ import os
 import threading
 import warnings
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, MutableSequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pydicom
-from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset
 
 from sobre.errors import GeometryError, InputError, SobreError, describe_exception
 from sobre.image._image import Image
-from sobre.image._part10 import decoder_options, header_int, header_value, raw_value, read_header, tag_name
+from sobre.image._lite import LiteDataset, NeedPydicom
+from sobre.image._part10 import (decoder_options, header_int, header_value, raw_value, read_header, read_header_lite,
+                                 tag_name)
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+# pydicom is imported where it is used: a series of simple uncompressed files (the lite path of
+# :func:`read_dicom`) is read, checked and loaded without it.
 
 # Geometry tolerances (mm, unitless cosines, or fractions of a voxel); docs/ARCHITECTURE.md explains them.
 ORIENTATION_TOL = 1e-4  # cosines that differ by less are the same orientation (grouping frames)
@@ -217,7 +222,7 @@ def _native_layout(ds: Dataset, path: Path, base: dict) -> tuple[int, int, str, 
     if not isinstance(fn, (str, os.PathLike)) or os.fspath(fn) != os.fspath(path):
         return None
     raw = ds.get_item("PixelData", keep_deferred=True)
-    if not isinstance(raw, RawDataElement) or raw.value_tell is None:
+    if not isinstance(raw, tuple) or raw.value_tell is None:  # a raw element (pydicom's, or the lite reader's)
         return None
     little = bool(raw.is_little_endian)
     if little != _NATIVE_SYNTAXES[ts] or (not little and base["bits_allocated"] == 8):
@@ -883,6 +888,8 @@ def _full_dataset(path: str) -> Dataset:
     stricter than its file reader: a transfer syntax for files without file meta, and the image
     pixel module defaults Sobre's header reading assumes (so that what ``info`` shows, ``export``
     decodes)."""
+    import pydicom
+
     ds = pydicom.dcmread(path, force=True)
     if not str(ds.file_meta.get("TransferSyntaxUID") or "").strip():
         ds.file_meta.TransferSyntaxUID = (
@@ -900,6 +907,7 @@ def _full_dataset(path: str) -> Dataset:
 
 def _decode_file(path: str, indices: list[int | None], palette: bool = False) -> dict[int | None, np.ndarray]:
     """Decode the requested frames of one file; returns {index: array (rows, cols[, samples])}."""
+    import pydicom
     from pydicom.pixels import apply_color_lut, pixel_array
 
     try:
@@ -1147,7 +1155,7 @@ def _header_metadata(ds: Dataset, get) -> dict:
         v = get(kw)
         if v is None or v == "":
             return None
-        if isinstance(v, pydicom.multival.MultiValue):
+        if isinstance(v, MutableSequence):  # pydicom's MultiValue (or the lite reader's list) of several values
             return "\\".join(str(x) for x in v)
         return str(v)
 
@@ -1200,6 +1208,8 @@ def check_image(ds: Dataset, path: str | Path) -> None:
     """Raise :class:`InputError` unless ``ds`` holds pixel data."""
     if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         sop = raw_value(ds, "SOPClassUID")
+        import pydicom.uid
+
         sop = pydicom.uid.UID(str(sop)) if sop else None
         name = getattr(sop, "name", None) or str(sop or "?")
         fix = "reports, structure sets and plans are not images"
@@ -1207,6 +1217,38 @@ def check_image(ds: Dataset, path: str | Path) -> None:
             fix = "an image object without pixel data is usually a file cut short; re-export or re-send it"
         raise InputError("DICOM object holds no pixel data", path=path, tag=tag_name("PixelData"),
                          expected="an image", found=f"SOP class {name}", fix=fix)
+
+
+def _read_simple(path: str | Path) -> tuple[LiteDataset, list[Frame]] | None:
+    """Header and frames of a simple file read without pydicom: one whose header
+    :func:`~sobre.image._part10.read_header_lite` reads and checks, and whose frames are all read
+    straight from the file (grey levels, 8/16/32 bits, not a mosaic). None for any other file, and
+    wherever a value needs pydicom: the caller reads it the usual way (the same frames, or its error)."""
+    ds = read_header_lite(path)
+    if ds is None:
+        return None
+    try:
+        if "MOSAIC" in _text(raw_value(ds, "ImageType"), "\\").upper():
+            return None  # nibabel's CSA reader wants a pydicom dataset
+        check_image(ds, path)
+        found = frames_of(ds, Path(path))
+    except (NeedPydicom, Exception):  # noqa: BLE001 - the usual reading says what is wrong, as usual
+        return None
+    if not found or any(f.native is None for f in found):
+        return None  # pixels that pydicom decodes: its reading of the header too
+    return ds, found
+
+
+def _metadata(headers: dict, path: str) -> dict:
+    """:func:`header_metadata` of the header read from ``path``; a value the lite reader does not
+    convert as pydicom would has the file read again with pydicom (kept in ``headers``)."""
+    ds = headers[path]
+    if isinstance(ds, LiteDataset):
+        try:
+            return header_metadata(ds)
+        except NeedPydicom:
+            ds = headers[path] = read_header(path)
+    return header_metadata(ds)
 
 
 def read_dicom(paths: Iterable[str | Path], *, on_warning=None, problems=None) -> list[Image]:
@@ -1229,8 +1271,13 @@ def read_dicom(paths: Iterable[str | Path], *, on_warning=None, problems=None) -
     else:
         warn = on_warning
     frames: list[Frame] = []
-    headers: dict[str, Dataset] = {}
+    headers: dict[str, Dataset | LiteDataset] = {}
     for p in paths:
+        simple = _read_simple(p)
+        if simple is not None:
+            headers[str(Path(p))], found = simple
+            frames.extend(found)
+            continue
         try:
             ds = read_header(p)
             check_image(ds, p)
@@ -1244,7 +1291,7 @@ def read_dicom(paths: Iterable[str | Path], *, on_warning=None, problems=None) -
         frames.extend(found)
     if not lenient:
         plans = assemble(frames, headers, on_warning=warn)
-        return [plan.image(header_metadata(headers[plan.frames[0].path])) for plan in plans]
+        return [plan.image(_metadata(headers, plan.frames[0].path)) for plan in plans]
     by_series: dict[str, list[Frame]] = defaultdict(list)
     for f in frames:
         by_series[f.series_uid].append(f)
@@ -1252,7 +1299,7 @@ def read_dicom(paths: Iterable[str | Path], *, on_warning=None, problems=None) -
     for uid, fr in by_series.items():
         try:
             for plan in assemble(fr, headers, on_warning=warn):
-                images.append(plan.image(header_metadata(headers[plan.frames[0].path])))
+                images.append(plan.image(_metadata(headers, plan.frames[0].path)))
         except SobreError as exc:
             problem = Problem.from_error(exc)
             problems.add(Problem(problem.level, f"series {uid} cannot be shown: {problem.message}", path=problem.path,

@@ -11,27 +11,45 @@ Anything else returns None and the caller uses ``pydicom.dcmread``: no preamble,
 data, undefined-length elements other than sequences, implicit-VR switches, a header longer than the
 buffer, odd lengths that run past the end. ``tests/image/test_dicom_fast.py`` checks, on every real
 sample file, that the dataset equals pydicom's element by element.
+
+The walk itself does not use pydicom (it is imported only by :func:`read_header_fast`):
+:func:`read_raw_elements` gives the same elements as plain :class:`RawElement` tuples, which is what
+``sobre.image._lite`` reads simple series from without importing pydicom at all.
 """
 
 from __future__ import annotations
 
 import os
 from struct import Struct
+from typing import NamedTuple
 
-from pydicom.dataelem import RawDataElement, empty_value_for_VR
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.datadict import dictionary_VR
-from pydicom.tag import BaseTag
-from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
+__all__ = ["read_header_fast", "read_raw_elements", "RawElement"]
 
-__all__ = ["read_header_fast"]
+
+class RawElement(NamedTuple):
+    """An element as read from the bytes: the fields (and order) of pydicom's ``RawDataElement``."""
+
+    tag: int
+    VR: str | None
+    length: int
+    value: bytes | None
+    value_tell: int
+    is_implicit_VR: bool
+    is_little_endian: bool
+    is_raw: bool = True
+    is_buffered: bool = False
 
 _HEAD = 1 << 16  # bytes read first; more only when the header is longer
 _MAX_HEAD = 1 << 22
 _LE_EXPLICIT = Struct("<HH2sH")
 _LE_IMPLICIT = Struct("<HHL")
 _U32 = Struct("<L")
-_EXPLICIT_32 = frozenset(v.encode() for v in EXPLICIT_VR_LENGTH_32)
+# pydicom.valuerep.EXPLICIT_VR_LENGTH_32 (tests/image/test_dicom_fast.py checks that they agree)
+_EXPLICIT_32 = frozenset((b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"))
+# VRs whose empty raw value is b"" (pydicom's ``empty_value_for_VR(vr, raw=True)`` with its default settings:
+# SQ, PN and the text VRs but DS and IS); every other VR gives None
+_EMPTY_BYTES_VRS = frozenset(("SQ", "PN", "AE", "AS", "CS", "DA", "DT", "LO", "LT", "SH", "ST", "TM", "UC", "UI",
+                              "UR", "UT"))
 _IMPLICIT_LE = "1.2.840.10008.1.2"  # every other standard transfer syntax but two is explicit VR little endian
 _NOT_HANDLED_TS = {"1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"}  # big endian, deflated
 _VR_STR = {v.encode(): v for v in ("AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "OB", "OD",
@@ -49,7 +67,7 @@ class _NeedMore(Exception):
     """The buffer ended inside the header: read more of the file (or let pydicom explain a truncated file)."""
 
 
-def _skip_sequence(buf: bytes, pos: int, implicit: bool) -> int:
+def _skip_sequence(buf: bytes, pos: int, implicit: bool, ops: tuple) -> int:
     """Position just after the sequence delimiter of an undefined-length sequence starting at ``pos``."""
     n = len(buf)
     while True:
@@ -65,7 +83,7 @@ def _skip_sequence(buf: bytes, pos: int, implicit: bool) -> int:
         if length != 0xFFFFFFFF:
             pos += length
             continue
-        pos = _walk(buf, pos, implicit, None, 0, nested=True)  # an item of undefined length
+        pos = _walk(buf, pos, implicit, None, 0, ops, nested=True)  # an item of undefined length
 
 
 def _skip_encapsulated(buf: bytes, pos: int, size: int, fh) -> tuple[int, int]:
@@ -92,12 +110,16 @@ def _skip_encapsulated(buf: bytes, pos: int, size: int, fh) -> tuple[int, int]:
         pos += 8 + length
 
 
-def _walk(buf: bytes, pos: int, implicit: bool, out: dict | None, defer: int, size: int = 0, fh=None, *,
-          nested: bool = False) -> int:
+def _walk(buf: bytes, pos: int, implicit: bool, out: dict | None, defer: int, ops: tuple, size: int = 0, fh=None,
+          *, nested: bool = False) -> int:
     """Read elements from ``pos``; store top-level ones in ``out``; return the position reached.
 
-    Nested (inside an undefined-length item): stops after the item delimiter.
+    Nested (inside an undefined-length item): stops after the item delimiter. ``ops`` is
+    ``(make, empty, dictionary_vr)``: the element factory ``make(tag, vr, length, value, value_tell,
+    implicit)``, the raw value of an empty element of a VR, and a tag's VR from the dictionary
+    (KeyError when unknown; :class:`_Fallback` where the dictionary is not at hand).
     """
+    make, empty, dictionary_vr = ops
     n = len(buf)
     while pos < n:
         if pos + 8 > n:
@@ -129,7 +151,7 @@ def _walk(buf: bytes, pos: int, implicit: bool, out: dict | None, defer: int, si
         if length == 0xFFFFFFFF:
             if vr is None and group != 0xFFFE:
                 try:
-                    vr = dictionary_VR(tag)
+                    vr = dictionary_vr(tag)
                 except KeyError:
                     vr = None
             if vr != "SQ":
@@ -140,7 +162,7 @@ def _walk(buf: bytes, pos: int, implicit: bool, out: dict | None, defer: int, si
                 if defer > count and pos + count - 4 > n:
                     raise _NeedMore
                 value = None if defer <= count else buf[pos:pos + count - 4]
-                out[tag] = RawDataElement(BaseTag(tag), vr, length, value, pos, implicit, True)
+                out[tag] = make(tag, vr, length, value, pos, implicit)
                 if end >= size:
                     return end
                 if end > n:
@@ -148,15 +170,15 @@ def _walk(buf: bytes, pos: int, implicit: bool, out: dict | None, defer: int, si
                 pos = end
                 continue
             start = pos
-            pos = _skip_sequence(buf, pos, implicit)
+            pos = _skip_sequence(buf, pos, implicit, ops)
             if out is not None:
                 # the sequence's bytes without its delimiter: pydicom parses them when the value is used
-                out[tag] = RawDataElement(BaseTag(tag), vr, 0xFFFFFFFF, buf[start:pos - 8], start, implicit, True)
+                out[tag] = make(tag, vr, 0xFFFFFFFF, buf[start:pos - 8], start, implicit)
             continue
         if pos + length > n:
             if out is not None and tag in _PIXEL_TAGS and not nested and length > defer and pos + length >= size:
                 # pixel data runs to (or past) the end of the file: deferred, as pydicom defers it
-                out[tag] = RawDataElement(BaseTag(tag), vr, length, None, pos, implicit, True)
+                out[tag] = make(tag, vr, length, None, pos, implicit)
                 return n
             raise _NeedMore
         if out is not None:
@@ -165,16 +187,63 @@ def _walk(buf: bytes, pos: int, implicit: bool, out: dict | None, defer: int, si
             elif length:
                 value = buf[pos:pos + length]
             else:
-                value = empty_value_for_VR(vr, raw=True)
-            out[tag] = RawDataElement(BaseTag(tag), vr, length, value, pos, implicit, True)
+                value = empty(vr)
+            out[tag] = make(tag, vr, length, value, pos, implicit)
         pos += length
     if nested or n < size:
         raise _NeedMore  # the buffer ended, not the item or the file
     return pos
 
 
-def read_header_fast(path: str | os.PathLike, *, defer_size: int = 1024) -> FileDataset | None:
-    """The header of a little-endian Part 10 file as pydicom would read it; None when pydicom must read it."""
+def read_header_fast(path: str | os.PathLike, *, defer_size: int = 1024):
+    """The header of a little-endian Part 10 file as pydicom would read it (a ``FileDataset``); None when
+    pydicom must read it."""
+    from pydicom.datadict import dictionary_VR
+    from pydicom.dataelem import RawDataElement, empty_value_for_VR
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.tag import BaseTag
+
+    def make(tag, vr, length, value, tell, implicit):
+        return RawDataElement(BaseTag(tag), vr, length, value, tell, implicit, True)
+
+    read = _read(path, defer_size, (make, lambda vr: empty_value_for_VR(vr, raw=True), dictionary_VR))
+    if read is None:
+        return None
+    fn, preamble, meta, elements, implicit = read
+    ds = FileDataset(fn, elements, preamble=preamble, file_meta=FileMetaDataset(meta),
+                     is_implicit_VR=implicit, is_little_endian=True)
+    ds.set_original_encoding(implicit, True, ds._character_set)
+    return ds
+
+
+def _lite_make(tag, vr, length, value, tell, implicit):
+    return RawElement(tag, vr, length, value, tell, implicit, True)
+
+
+def _lite_empty(vr):
+    return b"" if vr in _EMPTY_BYTES_VRS else None
+
+
+def _no_dictionary(tag):
+    raise _Fallback  # an undefined length in implicit VR: only the dictionary tells a sequence
+
+
+_LITE_OPS = (_lite_make, _lite_empty, _no_dictionary)
+
+
+def read_raw_elements(path: str | os.PathLike, *, defer_size: int = 1024) -> tuple[dict, dict, bool] | None:
+    """``(file meta elements, dataset elements, implicit VR)`` of a little-endian Part 10 file, as
+    :class:`RawElement` s keyed by tag, without pydicom: the elements :func:`read_header_fast` gives
+    pydicom. None where pydicom must read the file, and also for an element of undefined length
+    other than pixel data in an implicit-VR dataset (whether it is a sequence is the dictionary's say)."""
+    read = _read(path, defer_size, _LITE_OPS)
+    if read is None:
+        return None
+    _, _, meta, elements, implicit = read
+    return meta, elements, implicit
+
+
+def _read(path: str | os.PathLike, defer_size: int, ops: tuple):
     fn = os.fspath(path)
     try:
         with open(fn, "rb") as fh:
@@ -182,7 +251,7 @@ def read_header_fast(path: str | os.PathLike, *, defer_size: int = 1024) -> File
             buf = fh.read(_HEAD)
             while True:
                 try:
-                    return _parse(fn, buf, size, defer_size, fh)
+                    return _parse(fn, buf, size, defer_size, fh, ops)
                 except _NeedMore:
                     if len(buf) >= size or len(buf) >= _MAX_HEAD:
                         return None  # truncated (pydicom explains), or a huge header
@@ -194,7 +263,8 @@ def read_header_fast(path: str | os.PathLike, *, defer_size: int = 1024) -> File
         return None
 
 
-def _parse(fn: str, buf: bytes, size: int, defer: int, fh) -> FileDataset:
+def _parse(fn: str, buf: bytes, size: int, defer: int, fh, ops: tuple) -> tuple:
+    make, empty, _ = ops
     if len(buf) < 132 or buf[128:132] != b"DICM":
         raise _Fallback  # no Part 10 preamble: pydicom guesses the encoding
     meta: dict = {}
@@ -217,8 +287,7 @@ def _parse(fn: str, buf: bytes, size: int, defer: int, fh) -> FileDataset:
             raise _NeedMore
         tag = group << 16 | elem
         vr = vrb.decode("ascii")
-        meta[tag] = RawDataElement(BaseTag(tag), vr, length,
-                                   buf[p:p + length] if length else empty_value_for_VR(vr, raw=True), p, False, True)
+        meta[tag] = make(tag, vr, length, buf[p:p + length] if length else empty(vr), p, False)
         pos = p + length
     ts_raw = meta.get(0x00020010)
     if ts_raw is None or not ts_raw.value:
@@ -228,8 +297,5 @@ def _parse(fn: str, buf: bytes, size: int, defer: int, fh) -> FileDataset:
         raise _Fallback
     implicit = ts == _IMPLICIT_LE
     elements: dict = {}
-    _walk(buf, pos, implicit, elements, defer, size, fh)
-    ds = FileDataset(fn, elements, preamble=buf[:128], file_meta=FileMetaDataset(meta),
-                     is_implicit_VR=implicit, is_little_endian=True)
-    ds.set_original_encoding(implicit, True, ds._character_set)
-    return ds
+    _walk(buf, pos, implicit, elements, defer, ops, size, fh)
+    return fn, buf[:128], meta, elements, implicit

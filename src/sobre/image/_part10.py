@@ -22,16 +22,17 @@ from __future__ import annotations
 import os
 import struct
 from pathlib import Path
-from typing import Any
-
-import pydicom
-from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
+from typing import TYPE_CHECKING, Any
 
 from sobre.errors import InputError, SobreError, describe_exception
 from sobre.image._dicom_fast import read_header_fast
+from sobre.image._lite import KEYWORDS, LiteDataset, NeedPydicom, read_lite
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+# pydicom is imported where it is used (its import costs more than reading a series of 300 headers):
+# a simple uncompressed file goes through :func:`read_header_lite` and never needs it.
 
 __all__ = [
     "tag_name", "looks_like_dicom", "read_header", "read_instance", "check_complete", "check_raw_lengths",
@@ -44,11 +45,24 @@ _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
 
 
-def tag_name(keyword: str) -> str:
-    """``"ImagePositionPatient"`` → ``"(0020,0032) ImagePositionPatient"``."""
+def _tag_for_keyword(keyword: str) -> int | None:
+    known = KEYWORDS.get(keyword)
+    if known is not None:
+        return known[0]
     from pydicom.datadict import tag_for_keyword
 
-    t = tag_for_keyword(keyword)
+    return tag_for_keyword(keyword)
+
+
+def _dictionary_vr(tag: int) -> str:
+    from pydicom.datadict import dictionary_VR
+
+    return dictionary_VR(tag)
+
+
+def tag_name(keyword: str) -> str:
+    """``"ImagePositionPatient"`` → ``"(0020,0032) ImagePositionPatient"``."""
+    t = _tag_for_keyword(keyword)
     if t is None:
         return keyword
     return f"({t >> 16:04X},{t & 0xFFFF:04X}) {keyword}"
@@ -100,6 +114,8 @@ def read_header(path: str | Path) -> Dataset:
     if len(ds) == 0:
         # pydicom returns an empty dataset (and warns) when an element of undefined length runs to
         # the end of the file; that element is nearly always encapsulated (compressed) pixel data
+        import pydicom
+
         try:
             head = pydicom.dcmread(path, stop_before_pixels=True, force=True)
         except Exception:  # noqa: BLE001 - any failure here means "no usable header" below
@@ -126,6 +142,28 @@ def read_header(path: str | Path) -> Dataset:
     return ds
 
 
+def read_header_lite(path: str | Path) -> LiteDataset | None:
+    """:func:`read_header` without pydicom, for a simple file: a little-endian Part 10 file in a native
+    (uncompressed) transfer syntax whose elements the fast reader walks. The same checks run on the
+    same raw elements (:func:`check_complete`, the transfer syntax, :func:`check_pixel_length`);
+    returns None where the file is not that simple, or where any check fails or needs a value only
+    pydicom converts: :func:`read_header` then reads the file and raises its usual error."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        ds = read_lite(path) if size else None
+        if ds is None or str(raw_value(ds.file_meta, "TransferSyntaxUID", path) or "") not in _NATIVE_LITTLE_ENDIAN:
+            return None
+        check_complete(ds, path, size)
+        if len(ds) == 0 or "SOPClassUID" not in ds and "Modality" not in ds:
+            return None
+        if any(t in ds for t in _PIXEL_TAGS):
+            check_pixel_length(ds, path, strict=True)
+        return ds
+    except (NeedPydicom, Exception):  # noqa: BLE001 - whatever it is, read_header says it as usual
+        return None
+
+
 DEFLATED = "1.2.840.10008.1.2.1.99"
 
 
@@ -133,6 +171,8 @@ def _read_with_pydicom(path: Path, size: int) -> tuple[Dataset, int]:
     """``pydicom.dcmread`` with its failures as :class:`InputError`; returns the dataset and the byte
     count its element offsets refer to (for a deflated file: the inflated dataset's length)."""
     import zlib
+
+    import pydicom
 
     try:
         ds = pydicom.dcmread(path, defer_size=1024, force=True)
@@ -215,7 +255,7 @@ def raw_value(ds: Dataset, keyword: str, path=None) -> Any:
     """
     tag = _TAGS.get(keyword)
     if tag is None:
-        tag = _TAGS[keyword] = tag_for_keyword(keyword)
+        tag = _TAGS[keyword] = _tag_for_keyword(keyword)
     elements = getattr(ds, "_dict", None)  # pydicom's element store: a plain dict keyed by tag
     if isinstance(elements, dict):
         elem = elements.get(tag)
@@ -225,8 +265,8 @@ def raw_value(ds: Dataset, keyword: str, path=None) -> Any:
         if tag not in ds:
             return None
         elem = ds.get_item(tag, keep_deferred=True)
-    if type(elem) is RawDataElement and elem.value is not None:
-        vr = elem.VR or dictionary_VR(tag)
+    if isinstance(elem, tuple) and elem.value is not None:  # a raw element (pydicom's, or the lite reader's)
+        vr = elem.VR or _dictionary_vr(tag)
         raw = elem.value
         if vr in _FAST_TEXT_VRS:
             text = raw.decode("latin-1").strip(" \x00")
@@ -274,6 +314,7 @@ def read_instance(src, *, force_no_meta: bool = True, decode_all: bool = True):
     it cannot decode.
     """
     import pydicom
+    from pydicom.errors import InvalidDicomError
 
     path = src if isinstance(src, (str, Path)) else None
     try:
@@ -657,6 +698,7 @@ def _fragments(ds, elem, stop_after: int, starts: tuple[bytes, ...] | None = Non
 
 
 _TRANSFER_SYNTAXES: dict[str, tuple[bool, dict | None]] = {}
+_NATIVE_LITTLE_ENDIAN = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")  # implicit and explicit VR little endian
 _MAX_FRAGMENTS = 1 << 20  # items walked at most (a frame of a cine loop per item: far fewer)
 
 
@@ -664,6 +706,10 @@ def _transfer_syntax(uid: str) -> tuple[bool, dict | None]:
     """``(encapsulated, why no installed decoder handles it or None)`` for a transfer syntax UID (cached)."""
     known = _TRANSFER_SYNTAXES.get(uid)
     if known is None:
+        if uid in _NATIVE_LITTLE_ENDIAN:  # pydicom's native decoder needs only numpy: always available
+            known = _TRANSFER_SYNTAXES[uid] = (False, None)
+            return known
+        import pydicom.uid
         from pydicom.pixels.decoders.base import get_decoder
 
         ts = pydicom.uid.UID(uid)
@@ -728,6 +774,12 @@ _CODESTREAM_OF = {  # transfer syntax (prefix) -> the codestream its fragments m
 }
 
 
+def _uid_name(uid: str) -> str:
+    import pydicom.uid
+
+    return pydicom.uid.UID(uid).name
+
+
 def codestream_problem(ts, head: bytes, *, rows: int, cols: int, samples: int, bits: int) -> dict | None:
     """The first frame's codestream header against the transfer syntax and the image module.
 
@@ -757,14 +809,14 @@ def codestream_problem(ts, head: bytes, *, rows: int, cols: int, samples: int, b
         starts = _frame_starts(uid)
         if starts and not head.startswith(starts):
             return dict(what="compressed frame is not the codestream its transfer syntax names",
-                        tag=tag_name("PixelData"), expected=f"a {want} codestream ({pydicom.uid.UID(uid).name})",
+                        tag=tag_name("PixelData"), expected=f"a {want} codestream ({_uid_name(uid)})",
                         found=f"data beginning {head[:4].hex(' ')}",
                         fix="the (0002,0010) TransferSyntaxUID is wrong or the data is damaged; re-export the file")
         return None  # a frame header beyond what was read: the decoder decides
     kind, c_rows, c_cols, comps = found
     if kind != want:
         return dict(what="compressed frame is not the codestream its transfer syntax names", tag=tag_name("PixelData"),
-                    expected=f"a {want} codestream ({pydicom.uid.UID(uid).name})", found=f"a {kind} codestream",
+                    expected=f"a {want} codestream ({_uid_name(uid)})", found=f"a {kind} codestream",
                     fix="the (0002,0010) TransferSyntaxUID is wrong; re-export the file")
     if (c_rows and c_rows != rows) or c_cols != cols:
         return dict(what="compressed frame size differs from Rows and Columns",
@@ -867,7 +919,7 @@ def check_pixel_length(ds, path=None, *, transfer_syntax=None, strict: bool = Fa
 
     def us(t: int, kw: str, default: int | None) -> int:  # the common case inline: 2 raw bytes of a US
         elem = elements.get(t)
-        if type(elem) is RawDataElement and elem.VR in ("US", None) and elem.value is not None \
+        if isinstance(elem, tuple) and elem.VR in ("US", None) and elem.value is not None \
                 and len(elem.value) == 2:
             return int.from_bytes(elem.value, "little" if elem.is_little_endian else "big")
         return number(kw, default)
@@ -1063,7 +1115,7 @@ def _implicit_item_size(tag: int) -> int:
         size = 0
         if tag >> 16 & 1 == 0:  # private tags are UN: bytes
             try:
-                vrs = {v.strip().encode() for v in dictionary_VR(tag).split(" or ")}
+                vrs = {v.strip().encode() for v in _dictionary_vr(tag).split(" or ")}
             except (KeyError, ValueError):
                 vrs = set()
             if vrs == {b"SQ"}:

@@ -106,6 +106,7 @@ def _init(parent: int) -> None:  # pragma: no cover - runs in the worker
 def _ready() -> bool:  # pragma: no cover - runs in the worker
     from . import _view  # noqa: F401 - import the readers and numpy now, not on the first view
     import sobre.image  # noqa: F401
+    import pydicom  # noqa: F401 - and pydicom's decoders, which sobre.image imports only when a file needs them
 
     return True
 
