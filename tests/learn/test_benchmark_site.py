@@ -108,6 +108,21 @@ def test_no_test_subject_reaches_a_combat_fit(cohorts, tmp_path, monkeypatch):
     assert {r["combat_fit_subjects"] for r in recs} <= {11, 12, 13, 23, 24, 25} and len(recs) == 4
 
 
+def test_leace_equalises_the_site_means_of_the_rows_it_was_fitted_on():
+    x, site, _ = _features(150, seed=3)
+    fit = np.arange(120)
+    e = _harmonize.leace_fit(x[fit], site[fit])
+    assert e.rank == 2  # three sites: two directions
+    xe = e(x)
+    means = np.stack([xe[fit][site[fit] == s].mean(0) for s in "abc"])
+    np.testing.assert_allclose(means, np.broadcast_to(means[0], means.shape), atol=1e-9)
+    # the least change: directions without site information are left as they are
+    rest = xe - x
+    assert np.linalg.matrix_rank(rest - rest.mean(0), tol=1e-8) <= 2
+    with pytest.raises(InputError, match="at least two sites"):
+        _harmonize.leace_fit(x[:5], np.array(["a"] * 5))
+
+
 # ------------------------------------------------------------------------------------- end to end
 def test_site_arms_report_site_probe_auc_and_loso(cohorts, tmp_path):
     pre, targets = cohorts
@@ -148,6 +163,22 @@ def test_site_arms_report_site_probe_auc_and_loso(cohorts, tmp_path):
     assert "LOSO AUC at N = 24" in md
 
 
+def test_erasure_of_the_yaware_encoder_needs_no_second_pretraining(cohorts, tmp_path):
+    pre, targets = cohorts
+    res = label_efficiency(site_config(methods=["yaware_probe", "yaware_site_probe"],
+                                       yaware_site={"method": "none", "erase": "leace"}),
+                           pretrain_cohort=pre, target_cohorts=targets, runs_dir=tmp_path, log=None)
+    p = res["pretraining"]
+    assert p["yaware_site"]["run_id"] == p["yaware"]["run_id"] and p["yaware_site"]["seconds"] == 0.0
+    sp = res["site_probe"]
+    assert sp["yaware_site"]["n_test"] == sp["yaware"]["n_test"] > 0  # the same held-out pretraining subjects
+    # fitted on the subjects that pretrained the encoder only, never on the held-out ones the probe scores
+    assert p["yaware_site"]["erase"] == {"method": "leace", "variable": "site", "rank": 2,
+                                         "fitted_on": 64 - sp["yaware"]["n_test"]}
+    md = (res.run.path / "results.md").read_text()
+    assert "LEACE erasure of 2 directions" in md
+
+
 def test_site_arms_are_deterministic_for_a_seed(cohorts, tmp_path):
     pre, targets = cohorts
     cfg = site_config(methods=["yaware_site_probe", "yaware_combat_probe"])
@@ -183,6 +214,12 @@ def test_config_of_the_site_arms(tmp_path):
     cfg = load_config(p, LabelEfficiencyConfig)
     assert cfg.yaware_site.method == "conditional" and cfg.yaware_site.weight == 1.0
     assert cfg.site_analysis.loso_n == 50 and cfg.site_analysis.combat_covariates is None
+    p.write_text(BASE + '[yaware_site]\nmethod = "none"\n')
+    with pytest.raises(ConfigError, match="is the y-aware arm itself"):
+        load_config(p, LabelEfficiencyConfig)
+    p.write_text(BASE.replace('"yaware_combat_probe"]', '"yaware_site_finetune"]') + '[yaware_site]\nerase = "leace"\n')
+    with pytest.raises(ConfigError, match="without the erasure"):
+        load_config(p, LabelEfficiencyConfig)
     p.write_text(BASE + '[yaware_site]\nvariable = "site"\nwieght = 2.0\n')
     with pytest.raises(ConfigError, match=r"unknown key 'yaware_site\.wieght'; did you mean 'weight'\?"):
         load_config(p, LabelEfficiencyConfig)

@@ -145,6 +145,39 @@ def _pretrain_or_reuse(cfg: PretrainConfig, ws, cohort: Cohort, rroot: Path | No
     return res.encoder, info
 
 
+def _pretrain_kind(cfg, kind, method, workspace, cohort, rroot, progress, reuse, encoders, monitor_subjects, result,
+                   log) -> None:
+    pcfg = PretrainConfig(seed=cfg.seed, name=f"{cfg.name or 'label-efficiency'}-{kind.replace('_', '-')}",
+                          data=cfg.pretrain_data, preprocess=cfg.preprocess,
+                          model=cfg.model.model_copy(update={"init_from": None}), method=method,
+                          optim=cfg.pretrain_optim, augment=cfg.pretrain_augment, monitor=cfg.pretrain_monitor,
+                          runtime=cfg.runtime)
+    pcfg = PretrainConfig.model_validate(resolved(pcfg))
+    log(f"pretraining {kind} on {len(cohort)} images ...")
+    enc, info = _pretrain_or_reuse(pcfg, workspace, cohort, rroot, progress, reuse)
+    monitor_subjects[kind] = info.pop("monitor_subjects", [])
+    encoders[kind] = E.prepare_model(enc, cohort.spatial_dims, cfg.runtime.channels_last)
+    result["pretraining"][kind] = info
+    how = f"reused run {info['run_id']}" if info["reused"] else "{:.0f} s".format(info["seconds"])
+    log(f"  {kind}: {how}; " + ", ".join(f"{k} {v:.3f}" for k, v in (info.get("metrics") or {}).items()
+                                          if isinstance(v, float)))
+
+
+def _erase(enc, cohort: Cohort, monitor: list, variable: str, rt: dict, cfg, log):
+    """LEACE fitted on the features of the pretraining subjects that trained the encoder (not the held-out ones)."""
+    require_columns(cohort.table, [variable], dataset=cohort.source.get("dataset", "pretraining"),
+                    key="yaware_site.variable")
+    train_rows = np.setdiff1d(np.arange(len(cohort)), cohort.rows_of(monitor))
+    X, _ = extract_features(enc, cohort.images, train_rows, batch_size=32, bf16=rt["bf16"],
+                            channels_last=cfg.runtime.channels_last)
+    eraser = _harmonize.leace_fit(X, cohort.table[variable].astype(str).to_numpy()[train_rows])
+    log(f"  yaware_site: LEACE erasure of '{variable}' ({eraser.rank} directions) fitted on {len(train_rows)} "
+        "pretraining subjects")
+    out = _harmonize.ErasedEncoder(enc, eraser)
+    out.eval()
+    return out, {"method": "leace", "variable": variable, "rank": eraser.rank, "fitted_on": int(len(train_rows))}
+
+
 # ------------------------------------------------------------------------------------- site probes
 def _balanced_accuracy(true: np.ndarray, pred: np.ndarray, *, n_resamples: int = 1000, seed: int = 0) -> dict:
     """Balanced accuracy with a percentile bootstrap 95 % CI over subjects, and the per-class recall."""
@@ -380,26 +413,24 @@ def label_efficiency(config, *, workspace=None, pretrain_cohort: Cohort | None =
     methods_all = set(cfg.methods) | {m for t in cfg.targets for m in (t.methods or [])}
     encoders: dict[str, torch.nn.Module] = {}
     monitor_subjects: dict[str, list[str]] = {}
+    needed = {ENCODER_OF.get(m) for m in methods_all}
+    ys = cfg.yaware_site
+    if "yaware_site" in needed and ys.method == "none":
+        needed.add("yaware")  # the y-aware encoder itself, erased
     for kind in ("simclr", "yaware", "yaware_site"):
-        if not any(ENCODER_OF.get(m) == kind for m in methods_all):
+        if kind not in needed:
             continue
-        method = cfg.yaware.model_copy(update={"nuisance": cfg.yaware_site}) if kind == "yaware_site" \
-            else getattr(cfg, kind)
-        pcfg = PretrainConfig(seed=cfg.seed, name=f"{cfg.name or 'label-efficiency'}-{kind.replace('_', '-')}",
-                              data=cfg.pretrain_data, preprocess=cfg.preprocess,
-                              model=cfg.model.model_copy(update={"init_from": None}), method=method,
-                              optim=cfg.pretrain_optim, augment=cfg.pretrain_augment, monitor=cfg.pretrain_monitor,
-                              runtime=cfg.runtime)
-        pcfg = PretrainConfig.model_validate(resolved(pcfg))
-        log(f"pretraining {kind} on {len(pretrain_cohort)} images ...")
-        enc, info = _pretrain_or_reuse(pcfg, workspace, pretrain_cohort, rroot, progress, reuse_pretraining)
-        monitor_subjects[kind] = info.pop("monitor_subjects", [])
-        enc = E.prepare_model(enc, pretrain_cohort.spatial_dims, cfg.runtime.channels_last)
-        encoders[kind] = enc
-        result["pretraining"][kind] = info
-        how = f"reused run {info['run_id']}" if info["reused"] else "{:.0f} s".format(info["seconds"])
-        log(f"  {kind}: {how}; " + ", ".join(f"{k} {v:.3f}" for k, v in (info.get("metrics") or {}).items()
-                                              if isinstance(v, float)))
+        if kind == "yaware_site" and ys.method == "none":
+            encoders[kind], monitor_subjects[kind] = encoders["yaware"], monitor_subjects["yaware"]
+            result["pretraining"][kind] = dict(result["pretraining"]["yaware"], reused=True, seconds=0.0)
+        else:
+            method = cfg.yaware.model_copy(update={"nuisance": ys.nuisance()}) if kind == "yaware_site" \
+                else getattr(cfg, kind)
+            _pretrain_kind(cfg, kind, method, workspace, pretrain_cohort, rroot, progress, reuse_pretraining,
+                           encoders, monitor_subjects, result, log)
+        if kind == "yaware_site" and ys.erase == "leace":
+            encoders[kind], result["pretraining"][kind]["erase"] = _erase(
+                encoders[kind], pretrain_cohort, monitor_subjects[kind], ys.variable, rt, cfg, log)
     result["timings"]["pretraining_s"] = round(sum(v["seconds"] for v in result["pretraining"].values()
                                                    if not v["reused"]), 1)
     if cfg.site_analysis.probe and encoders:
@@ -821,8 +852,16 @@ def markdown(result: dict) -> str:
     for kind, info in (result.get("pretraining") or {}).items():
         met = ", ".join(f"{k.removeprefix('monitor_')} {v:.3f}" for k, v in (info.get("metrics") or {}).items()
                         if isinstance(v, float))
+        extra = ""
+        if kind == "yaware_site":
+            ys = (result.get("config") or {}).get("yaware_site") or {}
+            extra = (f" [site: nuisance method {ys.get('method')}"
+                     + (f", weight {ys.get('weight')}" if ys.get("method") in ("adversarial", "both") else "")
+                     + (f"; then LEACE erasure of {info['erase']['rank']} directions fitted on "
+                        f"{info['erase']['fitted_on']} pretraining subjects (monitor metrics before it)"
+                        if info.get("erase") else "") + "]")
         lines.append(f"- pretraining {kind}: run `{info.get('run_id')}`"
-                     f"{' (reused)' if info.get('reused') else ''}, {info.get('seconds', 0):.0f} s; {met}")
+                     f"{' (reused)' if info.get('reused') else ''}, {info.get('seconds', 0):.0f} s; {met}{extra}")
     lines.append("")
     for name, t in (result.get("targets") or {}).items():
         metric = t["metric"].upper()

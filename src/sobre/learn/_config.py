@@ -20,7 +20,7 @@ __all__ = [
     "DataConfig", "PreprocessConfig", "TaskConfig", "SplitConfig", "ModelConfig", "OptimConfig",
     "EarlyStoppingConfig", "RuntimeConfig", "MethodConfig", "NuisanceConfig", "MonitorConfig",
     "TrainConfig", "PretrainConfig", "AugmentConfig", "MaskRule", "load_config", "validate_config",
-    "LabelEfficiencyConfig", "TargetConfig", "BaselineConfig", "SiteAnalysisConfig", "resolved", "TabularConfig",
+    "LabelEfficiencyConfig", "TargetConfig", "BaselineConfig", "SiteAnalysisConfig", "SiteArmConfig", "resolved", "TabularConfig",
     "FusionConfig",
 ]
 
@@ -396,6 +396,33 @@ METHODS = ("scratch", "simclr_probe", "yaware_probe", "yaware_finetune", "simclr
            "yaware_site_probe", "yaware_site_finetune", "yaware_combat_probe")
 
 
+class SiteArmConfig(_Section):
+    """``[yaware_site]``: how the yaware_site_* arms treat the site (a nuisance in pretraining, and/or erasure)."""
+
+    variable: str = Field("site", description="the nuisance column (acquisition site)")
+    method: Literal["none", "conditional", "adversarial", "both"] = Field(
+        "adversarial", description="the nuisance in the y-aware pretraining (method.nuisance): conditional "
+        "contrast within the site, adversarial gradient-reversal site classifier, both; none: the y-aware "
+        "encoder itself (with erase)")
+    weight: float = Field(1.0, ge=0, description="adversarial loss weight")
+    erase: Literal["none", "leace"] = Field(
+        "none", description="leace: a fixed linear map after the encoder, fitted on the pretraining subjects that "
+        "trained it, after which every site has the same mean feature vector (no linear site probe beats chance "
+        "on them); needs no site at inference")
+
+    @model_validator(mode="after")
+    def _rules(self):
+        if self.method == "none" and self.erase == "none":
+            raise ValueError("method = \"none\" with erase = \"none\" is the y-aware arm itself; set a method "
+                             "(conditional, adversarial, both) or erase = \"leace\"")
+        return self
+
+    def nuisance(self) -> NuisanceConfig | None:
+        if self.method == "none":
+            return None
+        return NuisanceConfig(variable=self.variable, method=self.method, weight=self.weight)
+
+
 class SiteAnalysisConfig(_Section):
     """Site effects in the label-efficiency benchmark: site probes, leave-one-site-out, ComBat settings."""
 
@@ -420,9 +447,9 @@ class LabelEfficiencyConfig(_Section):
     model: ModelConfig = ModelConfig()
     simclr: MethodConfig = MethodConfig(kind="simclr", temperature=0.1)
     yaware: MethodConfig = MethodConfig(kind="yaware", temperature=0.1, variables=["age"], bandwidth=[5.0])
-    yaware_site: NuisanceConfig = Field(
-        NuisanceConfig(variable="site", method="adversarial", weight=1.0),
-        description="yaware_site_*: the y-aware pretraining of `yaware` with this nuisance (site) added")
+    yaware_site: SiteArmConfig = Field(
+        SiteArmConfig(), description="yaware_site_*: the y-aware pretraining of `yaware` with the site as a nuisance "
+        "and/or a linear site erasure")
     site_analysis: SiteAnalysisConfig = SiteAnalysisConfig()
     pretrain_optim: OptimConfig = OptimConfig(batch_size=32, epochs=20, early_stopping=EarlyStoppingConfig(
         patience=None))
@@ -454,6 +481,10 @@ class LabelEfficiencyConfig(_Section):
                 m.startswith("yaware_site") for m in self.methods + [m for t in self.targets for m in t.methods or []]):
             raise ValueError("`yaware.nuisance` is set: yaware_* arms would already be site-aware; put the "
                              "nuisance in the [yaware_site] section and compare yaware_* with yaware_site_*")
+        if self.yaware_site.erase != "none" and "yaware_site_finetune" in self.methods + [
+                m for t in self.targets for m in t.methods or []]:
+            raise ValueError("yaware_site_finetune fine-tunes the pretrained encoder without the erasure of "
+                             "yaware_site.erase; use yaware_site_probe, or erase = \"none\"")
         if len({t.name for t in self.targets}) != len(self.targets):
             raise ValueError("target names must be unique")
         return self

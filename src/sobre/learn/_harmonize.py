@@ -1,10 +1,16 @@
-"""ComBat on learned features, fitted on training rows only (the label-efficiency benchmark's ComBat arm).
+"""Site removal on learned features, fitted on training rows only: ComBat and linear erasure (LEACE).
 
 ComBat (Johnson et al. 2007; neuroHarmonize, Pomponio et al. 2020) removes additive and
 multiplicative site effects per feature while keeping the effects of covariates (e.g. age).
 :func:`combat_train_test` fits it on the *training* rows (their features, sites and covariates)
 and only *applies* it to the rows it scores: nothing of a scored row reaches the fit. The
 label is never a covariate (the scored subjects' labels are unknown when it is applied).
+
+:func:`leace_fit` (Belrose et al., NeurIPS 2023, "LEACE: perfect linear concept erasure in closed
+form") finds the smallest (least-squares, in the whitened space) affine change of the features after
+which every site has the same feature mean, so that no linear classifier does better than chance on
+the rows it was fitted on. It needs no site at inference (a fixed affine map, :class:`ErasedEncoder`),
+unlike ComBat. It removes only what is linear: a non-linear probe may still find the site.
 
 ``sobre.validate`` wraps the same library for its cross-validated site analysis; the layers keep
 the two packages apart (``learn`` and ``validate`` do not import each other), so each holds its
@@ -19,10 +25,11 @@ import warnings
 
 import numpy as np
 import pandas as pd
+import torch
 
 from sobre.errors import InputError
 
-__all__ = ["combat_fit", "combat_apply", "combat_train_test", "CombatModel"]
+__all__ = ["combat_fit", "combat_apply", "combat_train_test", "CombatModel", "leace_fit", "Eraser", "ErasedEncoder"]
 
 
 class CombatModel:
@@ -130,3 +137,61 @@ def combat_train_test(x: np.ndarray, site: np.ndarray, covariates: np.ndarray | 
     h_fit = combat_apply(x[fit_rows], site[fit_rows], model, None if cov is None else cov[fit_rows])
     h_apply = combat_apply(x[apply_rows], site[apply_rows], model, None if cov is None else cov[apply_rows])
     return h_fit, h_apply, model
+
+
+# ------------------------------------------------------------------------------------------ LEACE
+class Eraser:
+    """``x -> x - (x - mean) @ M.T``: the LEACE map fitted by :func:`leace_fit` (``rank`` directions)."""
+
+    def __init__(self, mean: np.ndarray, M: np.ndarray, rank: int) -> None:
+        self.mean, self.M, self.rank = mean, M, rank
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=float)
+        return x - (x - self.mean) @ self.M.T
+
+
+def leace_fit(x: np.ndarray, groups: np.ndarray, *, tol: float = 1e-8) -> Eraser:
+    """LEACE for a categorical concept (e.g. site) on features ``x`` (n, d), fitted on these rows only.
+
+    With ``W = (Σ_xx^{1/2})^+`` (whitening) and ``P`` the orthogonal projection onto the column
+    space of ``W Σ_xz`` (``z`` the one-hot groups), the eraser is
+    ``r(x) = x − W^+ P W (x − μ)``: afterwards every group has the same mean feature vector
+    (within rounding) on the fitted rows.
+    """
+    x = np.asarray(x, dtype=float)
+    g = np.asarray(groups).astype(str)
+    levels = np.unique(g)
+    if len(levels) < 2:
+        raise InputError("linear site erasure needs at least two sites", expected="two or more sites",
+                         found=", ".join(levels), fix="use a cohort from several sites")
+    mu = x.mean(0)
+    xc = x - mu
+    z = (g[:, None] == levels[None, :]).astype(float)
+    zc = z - z.mean(0)
+    cov = xc.T @ xc / len(x)
+    lam, V = np.linalg.eigh(cov)
+    keep = lam > tol * max(lam.max(), 1e-300)
+    W = (V[:, keep] / np.sqrt(lam[keep])) @ V[:, keep].T
+    W_pinv = (V[:, keep] * np.sqrt(lam[keep])) @ V[:, keep].T
+    A = W @ (xc.T @ zc / len(x))
+    U, sv, _ = np.linalg.svd(A, full_matrices=False)
+    r = int((sv > tol * max(sv.max(), 1e-300)).sum()) if len(sv) else 0
+    U = U[:, :r]
+    M = W_pinv @ (U @ U.T) @ W
+    return Eraser(mu, M, r)
+
+
+class ErasedEncoder(torch.nn.Module):
+    """An encoder followed by a fixed LEACE map: the features of a site-erased representation."""
+
+    def __init__(self, encoder: torch.nn.Module, eraser: Eraser) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.out_features = getattr(encoder, "out_features", eraser.M.shape[0])
+        self.register_buffer("mean", torch.as_tensor(eraser.mean, dtype=torch.float32))
+        self.register_buffer("M", torch.as_tensor(eraser.M, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.encoder(x).float()
+        return h - (h - self.mean) @ self.M.T
