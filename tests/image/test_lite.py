@@ -227,3 +227,39 @@ def test_damaged_series_are_refused_as_before(tmp_path):
     with pytest.raises(InputError, match="shorter than the image module") as err:
         sobre.load(series)
     assert "(0028,0010)" in str(err.value) or "PixelData" in str(err.value.tag)
+
+
+@pytest.mark.parametrize("bits, stored, signed, intercept, into_place", [
+    (16, 12, False, -1024, True), (16, 12, True, -1024, True), (16, 16, True, 0, True), (16, 16, False, 0, True),
+    (16, 10, False, 5, True), (8, 7, False, 0, True), (32, 20, True, -7, True),
+    (8, 8, True, 3, False),  # int16 out of 8-bit values: converted
+    (16, 12, False, 0.5, False), (16, 16, False, -1024, False),  # float32, int32 out
+])
+def test_frames_read_into_place_equal_pydicom(tmp_path, monkeypatch, bits, stored, signed, intercept, into_place):
+    """Frames read straight into the volume (``_direct``) hold what pydicom decodes and rescales, with
+    garbage above BitsStored masked or sign-extended, as the copying path gives."""
+    series = _series(tmp_path / "s", n=5)
+    rng = np.random.default_rng(7)
+    truth = []
+    for p in sorted(series.glob("*.dcm")):
+        ds = pydicom.dcmread(p)
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, stored, stored - 1, int(signed)
+        ds.RescaleIntercept, ds.RescaleSlope = str(intercept), "1"
+        ds.PixelData = rng.integers(0, 256, ds.Rows * ds.Columns * bits // 8, dtype=np.uint8).tobytes()
+        ds.save_as(p)
+        truth.append(pydicom.dcmread(p).pixel_array.astype(np.float64) + intercept)  # (rows, cols), pydicom's
+    import sobre.image._dicom as d
+
+    reads = []
+    real = d._read_native
+    monkeypatch.setattr(d, "_read_native", lambda *a, **k: reads.append(k.get("into") is not None) or real(*a, **k))
+    direct = sobre.load(series)
+    direct.array  # noqa: B018 - read
+    assert reads == [into_place] * 5
+    expected = np.stack([t.T for t in truth], axis=-1)  # (cols, rows, k) in file order = slice order here
+    with monkeypatch.context() as m:
+        m.setattr(d, "_direct", lambda f, dtype: False)
+        copied = sobre.load(series).array
+    assert direct.dtype == copied.dtype
+    np.testing.assert_array_equal(direct.array, copied)
+    np.testing.assert_array_equal(direct.array.astype(np.float64), expected)

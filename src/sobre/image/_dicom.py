@@ -960,12 +960,14 @@ def _scratch_frame(shape: tuple[int, int], dtype) -> np.ndarray:
     return held[1]
 
 
-def _read_native(path: str, entries: list[tuple[int, Frame]], *, scratch: bool = False) -> dict[int | None, np.ndarray]:
+def _read_native(path: str, entries: list[tuple[int, Frame]], *, scratch: bool = False,
+                 into: np.ndarray | None = None) -> dict[int | None, np.ndarray]:
     """Read uncompressed frames straight from the file: {index: array (rows, cols)} in native byte order.
 
     Applies what pydicom would: values beyond BitsStored are masked (unsigned) or sign-extended (signed).
     With ``scratch`` (one frame, copied by the caller before its next read in this thread), the frame is
-    read into this thread's reusable buffer instead of a new array.
+    read into this thread's reusable buffer instead of a new array; with ``into`` (one frame: a
+    C-contiguous (rows, cols) array of the stored values' item size, see :func:`_direct`), into that.
     """
     f0 = entries[0][1]
     tag_offset, _, _ = f0.native
@@ -984,7 +986,9 @@ def _read_native(path: str, entries: list[tuple[int, Frame]], *, scratch: bool =
                 if f.index in out:
                     continue
                 _, offset, dt = f.native
-                if scratch and len(entries) == 1:
+                if into is not None and len(entries) == 1:
+                    a = into.view(dt)
+                elif scratch and len(entries) == 1:
                     a = _scratch_frame((f.rows, f.cols), dt)
                 else:
                     a = np.empty((f.rows, f.cols), dtype=dt)
@@ -1000,13 +1004,32 @@ def _read_native(path: str, entries: list[tuple[int, Frame]], *, scratch: bool =
                 if not a.dtype.isnative:
                     a = a.byteswap().view(a.dtype.newbyteorder())
                 shift = f.bits_allocated - f.bits_stored
-                if 0 < shift < f.bits_allocated:
-                    np.left_shift(a, shift, out=a)
+                if 0 < shift < f.bits_allocated and a.dtype.kind == "u":
+                    np.bitwise_and(a, (1 << f.bits_stored) - 1, out=a)  # what the two shifts below do, in one pass
+                elif 0 < shift < f.bits_allocated:
+                    np.left_shift(a, shift, out=a)  # sign extension
                     np.right_shift(a, shift, out=a)
                 out[f.index] = a
     except OSError as exc:
         raise InputError(f"cannot read pixel data: {exc.strerror}", path=path, tag=tag_name("PixelData")) from None
     return out
+
+
+def _direct(f: Frame, dtype: np.dtype) -> bool:
+    """Whether frame ``f`` can be read straight into its place in an output array of ``dtype``: native
+    pixels of the same item size in this machine's byte order, slope 1, an integer intercept, and every
+    stored value plus the intercept representable (so that the stored bits, masked, read as ``dtype``
+    are the stored values, and adding the intercept in place gives what :func:`_store` gives)."""
+    if f.native is None or f.slope != 1.0 or not float(f.intercept).is_integer() or dtype.kind not in "iu" \
+            or "mosaic" in f.soft:
+        return False
+    stored = np.dtype(f.native[2])
+    if not stored.isnative or stored.itemsize != dtype.itemsize or f.samples != 1:
+        return False
+    bs = max(1, min(f.bits_stored, f.bits_allocated))
+    lo, hi = (-(2 ** (bs - 1)), 2 ** (bs - 1) - 1) if f.signed else (0, 2**bs - 1)
+    info, c = np.iinfo(dtype), int(f.intercept)
+    return all(info.min <= v <= info.max for v in (lo, hi, lo + c, hi + c))
 
 
 def _store(dst: np.ndarray, a: np.ndarray, f: Frame) -> None:
@@ -1082,11 +1105,20 @@ def load_pixels(plan: VolumePlan) -> np.ndarray:
     stack = plan.spatial_ndim == 3
     framed = "frame" in plan.extra_axes
     n_frames = len(plan.frames)
+    direct = out.ndim == (3 if stack or framed or n_frames > 1 else 2) and all(_direct(f, out.dtype) for f in plan.frames)
 
     def put(item):
         path, entries = item
         if not os.path.exists(path):
             raise InputError("file has disappeared since it was read", path=path)
+        if direct and len(entries) == 1:  # one frame, read into its place in ``out``: no copy, no conversion
+            k, f = entries[0]
+            slot = (out[:, :, k] if stack or framed or n_frames > 1 else out).T  # (rows, cols), C-contiguous
+            if slot.flags.c_contiguous and slot.shape == (f.rows, f.cols):
+                _read_native(path, entries, into=slot)
+                if f.intercept:
+                    slot += slot.dtype.type(int(f.intercept))
+                return
         if all(f.native is not None for _, f in entries):
             decoded = _read_native(path, entries, scratch=True)  # stored into ``out`` below, before the next read
         else:
