@@ -140,6 +140,7 @@ def test_site_arms_report_site_probe_auc_and_loso(cohorts, tmp_path):
     for rep in ("yaware", "yaware_site", "yaware_combat"):
         assert 0 <= sp[rep]["ci_low"] <= sp[rep]["balanced_accuracy"] <= sp[rep]["ci_high"] <= 1, rep
         assert sp[rep]["chance"] == pytest.approx(1 / 3) and sp[rep]["n_sites"] == 3
+        assert 0 <= sp[rep]["knn"]["balanced_accuracy"] <= 1 and sp[rep]["knn"]["k"] == 15, rep
     assert "simclr" not in res["pretraining"]  # no arm needs it
     # the nuisance reached the pretraining run's config
     run = json.loads((tmp_path / res["pretraining"]["yaware_site"]["run_id"] / "run.json").read_text())
@@ -160,7 +161,7 @@ def test_site_arms_report_site_probe_auc_and_loso(cohorts, tmp_path):
     md = (res.run.path / "results.md").read_text()
     assert "Site effects (site; chance balanced accuracy 0.333)" in md
     assert "| y-aware + ComBat + probe |" in md and "ComBat cannot harmonise a site absent from its fit" in md
-    assert "LOSO AUC at N = 24" in md
+    assert "LOSO AUC at N = 24" in md and "same, kNN probe (non-linear)" in md
 
 
 def test_erasure_of_the_yaware_encoder_needs_no_second_pretraining(cohorts, tmp_path):

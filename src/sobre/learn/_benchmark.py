@@ -205,7 +205,25 @@ def _site_probe(x_train, s_train, x_test, s_test, seed: int) -> dict:
     pred = (pr >= 0.5).astype(int) if len(classes) == 2 else pr.argmax(1)
     out = _balanced_accuracy(np.asarray(s_test)[keep], np.array(classes)[pred], seed=seed)
     out["n_train"] = int(len(s_train))
+    out["knn"] = _knn_site_probe(x_train, s_train, x_test[keep], np.asarray(s_test)[keep], seed)
     return out
+
+
+def _knn_site_probe(x_train, s_train, x_test, s_test, seed: int, k: int = 15) -> dict:
+    """A non-linear site probe beside the linear one: k nearest neighbours on standardised features.
+
+    A linear erasure (LEACE) leaves the linear probe at chance by construction; this one says whether
+    the site is still there in another form.
+    """
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    model = make_pipeline(StandardScaler(), KNeighborsClassifier(n_neighbors=min(k, len(s_train))))
+    pred = model.fit(x_train, np.asarray(s_train).astype(str)).predict(x_test)
+    out = _balanced_accuracy(np.asarray(s_test).astype(str), pred, seed=seed)
+    return {"balanced_accuracy": out["balanced_accuracy"], "ci_low": out["ci_low"], "ci_high": out["ci_high"],
+            "k": int(min(k, len(s_train)))}
 
 
 def _cv_site_probe(x: np.ndarray, site: np.ndarray, seed: int, folds: int = 5) -> dict:
@@ -930,10 +948,11 @@ def _site_markdown(result: dict, t: dict, ns: list) -> list[str]:
     ln = se.get("loso_n")
     head = ["", f"Site effects ({se.get('variable')}; chance balanced accuracy "
                 f"{chance:.3f}):" if chance else f"Site effects ({se.get('variable')}):", "",
-            "| arm | site BA, held-out pretraining subjects [95% CI] | site BA, target test subjects (5-fold CV) | "
+            "| arm | site BA, held-out pretraining subjects [95% CI] | same, kNN probe (non-linear) | "
+            "site BA, target test subjects (5-fold CV) | "
             + " | ".join(f"{metric} N = {n}" for n in ns)
             + (f" | LOSO {metric} at N = {ln} [min–max] | same arm in-distribution |" if ln else " |"),
-            "|---|---|---|" + "---|" * len(ns) + ("---|---|" if ln else "")]
+            "|---|---|---|---|" + "---|" * len(ns) + ("---|---|" if ln else "")]
     for m, per in t["summary"].items():
         rep = REPRESENTATION_OF.get(m)
         pre = _fmt_ba(sp.get(rep)) if rep else "–"
@@ -941,7 +960,9 @@ def _site_markdown(result: dict, t: dict, ns: list) -> list[str]:
             pre += " (before fine-tuning)"
         cells = [f"{per[str(n)]['mean']:.3f}" if per.get(str(n)) and per[str(n)]["mean"] is not None else "–"
                  for n in ns]
-        row = f"| {NICE.get(m, m)} | {pre} | {_fmt_ba(se.get('test_site_probe', {}).get(m))} | " + " | ".join(cells)
+        knn = _fmt_ba((sp.get(rep) or {}).get("knn")) if rep else "–"
+        row = (f"| {NICE.get(m, m)} | {pre} | {knn} | {_fmt_ba(se.get('test_site_probe', {}).get(m))} | "
+               + " | ".join(cells))
         if ln:
             lo = se.get("loso", {}).get(m)
             if lo and lo.get("mean") is not None:
@@ -953,7 +974,9 @@ def _site_markdown(result: dict, t: dict, ns: list) -> list[str]:
                 row += f" | – ({se.get('not_computed', {}).get(m, 'not computed')}) | –"
         head.append(row + " |")
     head += ["", "Site BA on held-out pretraining subjects: a logistic probe fitted on the features of the subjects "
-                 "that pretrained the encoder, scored on those held out from pretraining (95% bootstrap CI). "
+                 "that pretrained the encoder, scored on those held out from pretraining (95% bootstrap CI); "
+                 "the kNN probe (15 neighbours, standardised features) is the same test with a non-linear "
+                 "classifier. "
                  "y-aware + ComBat: ComBat fitted on the same pretraining subjects. Target test subjects: 5-fold "
                  "CV over the held-out test set (for ComBat: the harmonised test features of each repeat at "
                  f"N = {ln}, mean [min–max])."]
