@@ -21,13 +21,9 @@ File discovery
 import importlib
 from typing import TYPE_CHECKING
 
-from sobre.base import write_atomic
 from sobre.image._dicom import Frame, SeriesWarning, VolumePlan, assemble, check_image, frames_of, header_metadata
 from sobre.image._discover import Discovery, discover
 from sobre.image._formats import sniff as file_kind
-from sobre.image._encode import (
-    SOBRE_IMPLEMENTATION_UID, SOBRE_IMPLEMENTATION_VERSION, encode_dataset, file_meta_bytes,
-)
 from sobre.image._geometry import direction as affine_direction
 from sobre.image._geometry import is_oblique, lps_to_ras, make_affine, orientation_code, ras_to_lps
 from sobre.image._geometry import spacing as affine_spacing
@@ -41,10 +37,13 @@ from sobre.image._part10 import (
 from sobre.image._part10 import expected_pixel_bytes, header_value, pixel_module_problem
 
 # The DICOM writers (and result objects) load on first use: they import pydicom, which reading and
-# exporting a simple uncompressed series does without (``sobre export`` starts faster).
+# exporting a simple uncompressed series does without (``sobre export`` starts faster); so does write_atomic.
 _LAZY = {
-    "write_dicom_series": "_dicom_write",
-    **{name: "_dicom_objects" for name in (
+    "write_atomic": "sobre.base",  # (sobre.base's file helpers import hashlib, json, tempfile)
+    "write_dicom_series": "sobre.image._dicom_write",
+    **{name: "sobre.image._encode" for name in (
+        "SOBRE_IMPLEMENTATION_UID", "SOBRE_IMPLEMENTATION_VERSION", "encode_dataset", "file_meta_bytes")},
+    **{name: "sobre.image._dicom_objects" for name in (
         "GRID_TOLERANCE_VOXELS", "WINDOWS", "Algorithm", "DicomOutput", "Finding", "Measurement", "Segment",
         "SourceFrame", "new_uid", "render_overlay", "source_frames", "write_secondary_capture", "write_seg",
         "write_sr")},
@@ -55,14 +54,18 @@ if TYPE_CHECKING:  # for type checkers and import analysers: the same names, imp
         GRID_TOLERANCE_VOXELS, WINDOWS, Algorithm, DicomOutput, Finding, Measurement, Segment, SourceFrame, new_uid,
         render_overlay, source_frames, write_secondary_capture, write_seg, write_sr,
     )
+    from sobre.base import write_atomic
     from sobre.image._dicom_write import write_dicom_series
+    from sobre.image._encode import (
+        SOBRE_IMPLEMENTATION_UID, SOBRE_IMPLEMENTATION_VERSION, encode_dataset, file_meta_bytes,
+    )
 
 
 def __getattr__(name: str):
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'sobre.image' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"sobre.image.{module}"), name)
+    value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
 

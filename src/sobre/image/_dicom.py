@@ -29,7 +29,6 @@ import threading
 import warnings
 from collections import defaultdict
 from collections.abc import Iterable, MutableSequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -1147,12 +1146,41 @@ def load_pixels(plan: VolumePlan) -> np.ndarray:
 
     items = list(by_file.items())
     if len(items) > 4:
-        with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-            list(pool.map(put, items))
+        _in_threads(put, items, min(4, os.cpu_count() or 1))
     else:
         for it in items:
             put(it)
     return out
+
+
+def _in_threads(fn, items: list, workers: int) -> None:
+    """``fn(item)`` for every item, in ``workers`` threads (file reads and numpy release the GIL). As
+    ``ThreadPoolExecutor.map`` (whose import, with the logging it pulls in, costs more than reading a
+    series' pixels would gain): every item runs, then the error of the first failing item, in order,
+    is raised."""
+    lock = threading.Lock()
+    todo = iter(range(len(items)))
+    errors: dict[int, BaseException] = {}
+
+    def work() -> None:
+        while True:
+            with lock:
+                i = next(todo, None)
+            if i is None:
+                return
+            try:
+                fn(items[i])
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread below
+                with lock:
+                    errors[i] = exc
+
+    threads = [threading.Thread(target=work, name=f"sobre-pixels-{k}", daemon=True) for k in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[min(errors)]
 
 
 # --------------------------------------------------------------------------- metadata
