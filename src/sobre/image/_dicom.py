@@ -78,16 +78,17 @@ def _floats(value: Any, n: int, path: Path, keyword: str) -> np.ndarray | None:
     if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
         value = [value]  # a single value where several are due: reported below as the wrong count
     try:
-        arr = np.array([float(v) for v in value], dtype=np.float64)
+        floats = [float(v) for v in value]
     except (TypeError, ValueError):
         raise InputError(
             "value is not numeric", path=path, tag=tag_name(keyword), expected=f"{n} numbers", found=repr(value)
         ) from None
-    if arr.size != n or not np.all(np.isfinite(arr)):
+    if len(floats) != n or not all(map(math.isfinite, floats)):  # (plain floats: this runs for every file)
         raise InputError(
             "value has the wrong number of items", path=path, tag=tag_name(keyword),
             expected=f"{n} finite numbers", found=repr(list(value)),
         )
+    arr = np.array(floats, dtype=np.float64)
     return arr
 
 

@@ -229,6 +229,7 @@ def _no_dictionary(tag):
 
 
 _LITE_OPS = (_lite_make, _lite_empty, _no_dictionary)
+_LITE_HEAD = 1 << 14  # a simple file's header is a few KiB: read less first (more is read when needed)
 
 
 def read_raw_elements(path: str | os.PathLike, *, defer_size: int = 1024) -> tuple[dict, dict, bool] | None:
@@ -236,19 +237,19 @@ def read_raw_elements(path: str | os.PathLike, *, defer_size: int = 1024) -> tup
     :class:`RawElement` s keyed by tag, without pydicom: the elements :func:`read_header_fast` gives
     pydicom. None where pydicom must read the file, and also for an element of undefined length
     other than pixel data in an implicit-VR dataset (whether it is a sequence is the dictionary's say)."""
-    read = _read(path, defer_size, _LITE_OPS)
+    read = _read(path, defer_size, _LITE_OPS, _LITE_HEAD)
     if read is None:
         return None
     _, _, meta, elements, implicit = read
     return meta, elements, implicit
 
 
-def _read(path: str | os.PathLike, defer_size: int, ops: tuple):
+def _read(path: str | os.PathLike, defer_size: int, ops: tuple, head: int = _HEAD):
     fn = os.fspath(path)
     try:
         with open(fn, "rb") as fh:
             size = os.fstat(fh.fileno()).st_size
-            buf = fh.read(_HEAD)
+            buf = fh.read(head)
             while True:
                 try:
                     return _parse(fn, buf, size, defer_size, fh, ops)
