@@ -319,7 +319,7 @@ def main(argv=None) -> int:
                            reuse_pretraining=not args.no_reuse)
     t_bench = time.perf_counter() - t1
     run = res.run
-    used = {c["name"] for c in cohort_specs(args)}
+    used = {c["name"] for c in cohort_specs(argparse.Namespace(**{**vars(args), "only": None}))}
     cohorts = {p.stem.removeprefix("cohort-"): json.loads(p.read_text()) for p in args.out.glob("cohort-*.json")
                if p.stem.removeprefix("cohort-") in used}
     head = ["# Label-efficiency benchmark (simulated brain MRI)", "",
