@@ -141,6 +141,7 @@ def test_site_arms_report_site_probe_auc_and_loso(cohorts, tmp_path):
         assert 0 <= sp[rep]["ci_low"] <= sp[rep]["balanced_accuracy"] <= sp[rep]["ci_high"] <= 1, rep
         assert sp[rep]["chance"] == pytest.approx(1 / 3) and sp[rep]["n_sites"] == 3
         assert 0 <= sp[rep]["knn"]["balanced_accuracy"] <= 1 and sp[rep]["knn"]["k"] == 15, rep
+        assert sp[rep]["cv_held_out"]["n_test"] == sp[rep]["n_test"], rep  # every held-out subject, out of fold
     assert "simclr" not in res["pretraining"]  # no arm needs it
     # the nuisance reached the pretraining run's config
     run = json.loads((tmp_path / res["pretraining"]["yaware_site"]["run_id"] / "run.json").read_text())
