@@ -179,7 +179,7 @@ def test_lite_path_equals_the_usual_one_on_fuzz_mutants(sample, tmp_path):
             path = tmp_path / f"{m.name}.dcm"
             path.write_bytes(m.data)
             seen[_check(path)] += 1
-    assert seen["lite"] >= 20, seen  # 37 of the 500 when written
+    assert seen["lite"] >= 20, seen  # 30 of the 500 when written
 
 
 def _series(folder: Path, n: int = 6) -> Path:
