@@ -162,7 +162,7 @@ def test_lite_path_equals_the_usual_one_on_every_sample(sample, pydicom_test_fil
     assert seen["lite"] >= 20 and seen["usual"] > 100, seen
 
 
-def test_lite_path_equals_the_usual_one_on_fuzz_mutants(sample, tmp_path):
+def test_lite_path_equals_the_usual_one_on_fuzz_mutants(sample, tmp_path, monkeypatch):
     """The first 500 mutants of the fuzz campaign (truncations, flipped bytes, bad VRs and lengths, wrong
     values, deleted elements ...): accepted by the lite path only where the usual path accepts them alike."""
     fuzz = pytest.importorskip("fuzz.mutants")
@@ -178,8 +178,44 @@ def test_lite_path_equals_the_usual_one_on_fuzz_mutants(sample, tmp_path):
             m = fuzz.plan(20241125, i, sources)
             path = tmp_path / f"{m.name}.dcm"
             path.write_bytes(m.data)
-            seen[_check(path)] += 1
+            kind = _check(path)
+            seen[kind] += 1
+            if kind == "lite":  # the whole reading too: volumes, their metadata, problems and pixels
+                lite, usual = _load_both(path, monkeypatch)
+                assert isinstance(lite, str) == isinstance(usual, str) and (lite == usual if isinstance(lite, str)
+                                                                             else lite[:2] == usual[:2]), m.name
+                if not isinstance(lite, str):
+                    for a, b in zip(lite[2], usual[2]):
+                        try:
+                            pixels_a = a.array
+                        except SobreError as exc:
+                            with pytest.raises(type(exc)):
+                                b.array  # noqa: B018
+                            continue
+                        np.testing.assert_array_equal(pixels_a, b.array)
     assert seen["lite"] >= 20, seen  # 30 of the 500 when written
+
+
+def _load_both(path: Path, monkeypatch) -> tuple:
+    """``sobre.load_all(path, problems=...)`` by the lite path where it applies, and by the usual path only:
+    (images as (shape, dtype, affine, metadata, sources), problems as text) for each, or the exception."""
+    import sobre.image._dicom as d
+    from sobre.errors import Problems
+
+    def run():
+        found = Problems()
+        try:
+            images = sobre.load_all(path, problems=found, on_warning=lambda m: None)
+        except SobreError as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return ([(im.shape, im.dtype, im.affine.tolist(), im.metadata, im.sources) for im in images],
+                [str(p) for p in found], images)
+
+    lite = run()
+    with monkeypatch.context() as m:
+        m.setattr(d, "_read_simple", lambda p: None)
+        usual = run()
+    return lite, usual
 
 
 def _series(folder: Path, n: int = 6) -> Path:
@@ -199,6 +235,20 @@ def test_series_read_without_pydicom_equals_the_usual_reading(tmp_path, monkeypa
     usual = sobre.load(series)
     assert lite.metadata == usual.metadata and np.array_equal(lite.affine, usual.affine)
     assert lite.dtype == usual.dtype and np.array_equal(lite.array, usual.array)
+
+
+def test_single_slice_with_a_header_value_only_pydicom_converts(tmp_path, monkeypatch):
+    """assemble reads SliceThickness of a single slice's header: a value the lite reader cannot convert
+    (here written with VR UN) sends the file the usual way before assembling."""
+    series = _series(tmp_path / "one", n=1)
+    path = next(series.glob("*.dcm"))
+    ds = pydicom.dcmread(path)
+    ds["SliceThickness"].VR = "UN"
+    ds["SliceThickness"].value = b"2.5 "
+    ds.save_as(path)
+    assert _read_simple(path) is None
+    lite, usual = _load_both(path, monkeypatch)
+    assert lite[:2] == usual[:2] and lite[0][0][2][2][2] == 2.5
 
 
 def test_damaged_series_are_refused_as_before(tmp_path):

@@ -1293,6 +1293,7 @@ def _read_simple(path: str | Path) -> tuple[LiteDataset, list[Frame]] | None:
             return None  # nibabel's CSA reader wants a pydicom dataset
         check_image(ds, path)
         found = frames_of(ds, Path(path))
+        raw_value(ds, "SliceThickness")  # what assemble reads of the header (one slice): answered here, or not at all
     except (NeedPydicom, Exception):  # noqa: BLE001 - the usual reading says what is wrong, as usual
         return None
     if not found or any(f.native is None for f in found):
