@@ -134,6 +134,18 @@ def test_view_paint_save_reload_conflict_review_export(session_of, tmp_path, req
     alice.wait(f"Math.abs(window.__sobre.canvasStats('axial').mean - {before}) > 2", what="the picture to change")
     a.select_option("select[name=preset]", "CT mediastinum")
 
+    # the volume's texture: 2 bytes a voxel (half floats under SwiftShader), and the values it shows are the
+    # voxels' (signed, exact in half floats below 2048 HU): air (-1000 HU, no noise) mid-grey in a window
+    # centred on -1000; the spine (700 HU, noise SD 8) mid-grey in a window centred on 700
+    tex = alice.js("window.__sobre.texture()")
+    assert tex["bytesPerVoxel"] == 2 and tex["bytes"] == CT_SHAPE[0] * CT_SHAPE[1] * CT_SHAPE[2] * 2, tex
+    for ijk, (c, w), tol, what in [((2, 2, 0), (-1000, 200), 3, "air"), ((CT_SHAPE[0] // 2, int(0.72 * CT_SHAPE[1]), 0), (700, 400), 20, "spine")]:
+        alice.js(f"window.__sobre.setWindow({c}, {w})")
+        px, py = alice.js(f"window.__sobre.pagePoint('axial', {list(ijk)})")
+        alice.wait(f"(() => {{ const p = window.__sobre.pixel('axial', {px}, {py}); return Math.abs(p[0] - 127.5) <= {tol} && p[0] === p[1]; }})()",
+                   what=f"the {what} mid-grey in the window {c}, {w}")
+    alice.js("window.__sobre.setWindow(50, 350)")
+
     # paint on two slices, see the mask colour where painted, save
     a.click("button[data-tool=Brush]")
     paint(alice, 0)

@@ -7,6 +7,11 @@ import {
 
 let ready: Promise<void> | null = null;
 
+/** Slices uploaded to the volume's texture per render (web/vite.patches.ts): a render per batch bounds the GPU side's staging. */
+export const TEXTURE_BATCH = 64;
+/** Slices per texSubImage3D call when filling a 16-bit volume's texture (web/vite.patches.ts). */
+export const TEXTURE_CHUNK = 16;
+
 /**
  * Without EXT_texture_norm16 Cornerstone3D would upload 16-bit volumes as 32-bit float textures (twice
  * the volume again); the build patch (web/vite.patches.ts) lets us ask for half floats instead.
@@ -14,7 +19,13 @@ let ready: Promise<void> | null = null;
 export function initCornerstone(): Promise<void> {
   ready ??= (async () => {
     (globalThis as any).__sobreHalfFloatTextures = true;
-    await csInit();
+    // a page may set its own before (benchmarks); web/vite.patches.ts says what they do
+    (globalThis as any).__sobreTextureBatch ??= TEXTURE_BATCH;
+    (globalThis as any).__sobreTextureChunk ??= TEXTURE_CHUNK;
+    (globalThis as any).__sobreBatchedVolumes ??= new Set<string>();
+    // one WebGL context: every viewport of the page renders in it (Cornerstone3D's default pool has 7, each
+    // with its own buffers in the GPU process; the MPR and 3D viewports already share context 0)
+    await csInit({ rendering: { webGlContextCount: 1 } } as any);
     toolsInit();
     for (const T of [WindowLevelTool, PanTool, ZoomTool, StackScrollTool, CrosshairsTool, LengthTool, EllipticalROITool,
       ProbeTool, RectangleROITool, BrushTool, PaintFillTool, TrackballRotateTool, Fill3DTool]) addTool(T as any);

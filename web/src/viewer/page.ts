@@ -19,7 +19,7 @@ import { api, ApiError, type Geometry, type LabelDef, type Project, type SeriesD
 import { download, fmt, h, replace, rgb, type Child } from '../dom';
 import { can, session } from '../state';
 import { choose, errorBox, errorText, simulatedBadge, statusChip, toast } from '../ui';
-import { destroyEngine, Fill3DTool, initCornerstone, softwareWebGL } from './cs';
+import { destroyEngine, Fill3DTool, initCornerstone, softwareWebGL, TEXTURE_BATCH } from './cs';
 import { drawPlane, fetchSlice, streamVolume, windowOf, type Voxels } from './volume';
 
 const MPR = ['axial', 'sagittal', 'coronal'] as const;
@@ -166,10 +166,17 @@ export async function viewerPage(main: HTMLElement, project: string, key: string
     volumeLoader.createLocalVolume(volumeId, {
       scalarData: voxels as any, dimensions: g.dimensions, spacing: g.spacing, origin: g.origin, direction: g.direction as any, metadata: meta as any,
     } as any);
+    // the texture is filled TEXTURE_BATCH slices per render (cs.ts, web/vite.patches.ts)
+    const batched: Set<string> | undefined = (globalThis as any).__sobreBatchedVolumes;
+    batched?.add(volumeId);
+    disposers.push(() => batched?.delete(volumeId));
     await setVolumesForViewports(re, [{ volumeId }], [...MPR]);
     for (const v of MPR) (re.getViewport(v) as any).setProperties({ voiRange: toRange(win0) });
-    // the first frame can reach the screen before the shared texture is filled: render twice
-    for (let pass = 0; pass < 2; pass++) {
+    // the first frame can reach the screen before the shared texture is filled: render until no slice is
+    // left to upload, and at least twice
+    const tex: any = (cache.getVolume(volumeId) as any)?.vtkOpenGLTexture;
+    const passes = 2 + Math.ceil(K / Math.max(1, Number((globalThis as any).__sobreTextureBatch) || TEXTURE_BATCH));
+    for (let pass = 0; pass < passes && (pass < 2 || tex?.hasUpdatedFrames?.()); pass++) {
       const all = Promise.all(MPR.map(rendered));
       re.renderViewports([...MPR]);
       await all;
@@ -800,6 +807,13 @@ export async function viewerPage(main: HTMLElement, project: string, key: string
   hooks.maskCount = () => labelmap ? labelmap.reduce((n, x) => n + (x ? 1 : 0), 0) : 0;
   hooks.voi = (v: string) => (re.getViewport(v) as any)?.getProperties?.().voiRange;
   hooks.engine = re;
+  // the volume's texture as Cornerstone3D allocated it (bytes per voxel: 2 with half floats or norm16, 4 with floats)
+  hooks.texture = () => {
+    const t: any = is2d ? null : (cache.getVolume(volumeId) as any)?.vtkOpenGLTexture;
+    if (!t) return null;
+    const bytes = t.getAllocatedGPUMemoryInBytes();
+    return { bytes, bytesPerVoxel: bytes / (g.dimensions[0] * g.dimensions[1] * g.dimensions[2] * g.components), halfFloat: !!t.useHalfFloat() };
+  };
   // for the browser tests: where a voxel is on the page, what a canvas shows there, which slices hold mask
   hooks.pagePoint = (v: string, ijk: number[]) => {
     const vp: any = re.getViewport(v);

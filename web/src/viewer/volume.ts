@@ -39,18 +39,39 @@ export async function streamVolume(url: string, geometry: Geometry, progress?: (
   onHeaders?.(res);
   const total = Number(res.headers.get('Content-Length')) || geometry.n_bytes;
   if (total !== geometry.n_bytes) throw new Error(`the volume has ${total} bytes, its geometry says ${geometry.n_bytes}`);
-  const buffer = new ArrayBuffer(total);
-  const bytes = new Uint8Array(buffer);
+  let buffer = new ArrayBuffer(total);
   let pos = 0;
-  const reader = res.body!.getReader();
   let last = 0;
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    if (pos + value.byteLength > total) throw new Error('the server sent more bytes than the volume holds');
-    bytes.set(value, pos);
-    pos += value.byteLength;
-    if (progress && pos - last > total / 50) { last = pos; progress(pos / total); }
+  const tick = () => { if (progress && pos - last > total / 50) { last = pos; progress(pos / total); } };
+  const body = res.body!;
+  let byob: ReadableStreamBYOBReader | null = null;
+  try { byob = body.getReader({ mode: 'byob' }); } catch { byob = null; }
+  if (byob) {
+    // bytes go straight into the volume's buffer (transferred to the stream and back on each read, no chunk arrays)
+    while (pos < total) {
+      const { done, value } = await byob.read(new Uint8Array(buffer, pos, total - pos));
+      if (!value) break;
+      buffer = value.buffer as ArrayBuffer;
+      if (done) break;
+      pos += value.byteLength;
+      tick();
+    }
+    if (pos === total) {
+      // the stream must end here: one more byte would be more than the volume holds
+      const { done, value } = await byob.read(new Uint8Array(1));
+      if (!done || (value && value.byteLength)) throw new Error('the server sent more bytes than the volume holds');
+    }
+  } else {
+    const bytes = new Uint8Array(buffer);
+    const reader = body.getReader();
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      if (pos + value.byteLength > total) throw new Error('the server sent more bytes than the volume holds');
+      bytes.set(value, pos);
+      pos += value.byteLength;
+      tick();
+    }
   }
   if (pos !== total) throw new Error(`the volume stream ended after ${pos} of ${total} bytes`);
   progress?.(1);
