@@ -55,6 +55,7 @@ def main(argv=None) -> int:
     ap.add_argument("--yaware-site", default=None, help="JSON merged into [yaware_site]")
     ap.add_argument("--n-labels", default=None, help="comma-separated N (overrides every target's)")
     ap.add_argument("--repeats", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=None, help="another seed: pretraining, test set and subsets anew")
     ap.add_argument("--targets", default=None, help="comma-separated target names to keep")
     ap.add_argument("--methods", default=None, help="comma-separated arms (overrides every target's)")
     args = ap.parse_args(argv)
@@ -95,6 +96,8 @@ def main(argv=None) -> int:
         over["methods"] = cfg["methods"]
     if args.repeats:
         cfg["repeats"] = over["repeats"] = args.repeats
+    if args.seed is not None:
+        cfg["seed"] = over["seed"] = args.seed
     from bench_label_efficiency import default_atlas
 
     atlas = default_atlas()
