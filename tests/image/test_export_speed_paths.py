@@ -213,11 +213,16 @@ def test_export_imports_only_what_it_uses(tmp_path):
     series = tmp_path / "series"
     sobre.write_dicom_series(img, series, extra={"BitsStored": 12, "RescaleIntercept": "-1024", "RescaleSlope": "1"})
     out = tmp_path / "out.nii"
-    code = ("import sys; from sobre.cli import main; "
+    code = ("import os, sys; from sobre.cli import main; "
             f"assert main(['export', {str(series)!r}, '--to', {str(out)!r}]) == 0; "
-            f"print(sorted(m for m in {NOT_FOR_EXPORT!r} if m in sys.modules))")
-    assert _run(code).splitlines()[-1] == "[]"
+            f"print(sorted(m for m in {NOT_FOR_EXPORT!r} if m in sys.modules)); "
+            "print(os.environ.get('OPENBLAS_NUM_THREADS'))")
+    assert _run(code).splitlines()[-2:] == ["[]", "1"]  # no BLAS thread spinning beside the header reading
     np.testing.assert_array_equal(np.asanyarray(nib.load(str(out)).dataobj), img.array.astype(np.int32) - 1024)
+    code = ("import os, sys; os.environ['OPENBLAS_NUM_THREADS'] = '2'; from sobre.cli import main; "
+            f"assert main(['export', {str(series)!r}, '--to', {str(out)!r}]) == 0; "
+            "print(os.environ['OPENBLAS_NUM_THREADS'])")
+    assert _run(code).splitlines()[-1] == "2"  # the user's setting is kept
 
 
 def test_export_of_compressed_data_still_imports_pydicom_and_decodes(tmp_path, pydicom_test_files):
