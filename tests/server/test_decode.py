@@ -106,3 +106,11 @@ def test_a_decoding_process_that_dies_is_replaced(login, ws):
     second = c.get(f"/api/projects/demo/series/{recs[1]['series_uid']}/volume")
     assert second.status_code == 200 and len(second.content) == len(first.content)
     assert not set(_decode._pool[1]._processes) & set(pids)
+
+
+def test_decode_workers_option_is_checked(capsys):
+    from sobre.cli import main
+
+    assert main(["serve", "--decode-workers", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--decode-workers: expected a whole number from 1 to 64, found '0'" in err and "Traceback" not in err

@@ -23,10 +23,24 @@ def register(sub) -> None:
     p.add_argument("--pacs", default=None, metavar="URL", help="DICOMweb base URL that `push` sends to (STOW-RS)")
     p.add_argument("--idle-timeout", type=int, default=1800, metavar="S", help="idle session expiry (default 1800 s)")
     p.add_argument("--cache-mb", type=int, default=1024, help="decoded volumes kept in memory (default 1024 MB)")
+    p.add_argument("--decode-workers", type=_workers, default=1, metavar="N",
+                   help="processes that read and decode series' pixels (1 to 64, default 1)")
     p.add_argument("--static", default=None, metavar="DIR", help="front-end build to serve (default: the package's)")
     p.add_argument("--openapi", default=None, metavar="FILE",
                    help="write the OpenAPI document of the API to FILE ('-': stdout) and exit")
     p.set_defaults(func=_serve)
+
+
+def _workers(text: str) -> int:
+    import argparse
+
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 64:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1 to 64, found {text!r}")
+    return n
 
 
 def _serve(ns) -> int:
@@ -46,7 +60,7 @@ def _serve(ns) -> int:
     settings = ServerSettings(host=ns.host, port=ns.port, tls_cert=ns.tls_cert, tls_key=ns.tls_key,
                               behind_proxy=ns.behind_proxy, allowed_hosts=ns.allowed_host, pacs_url=ns.pacs,
                               idle_timeout_s=ns.idle_timeout, cache_bytes=max(0, ns.cache_mb) << 20,
-                              static_dir=ns.static)
+                              decode_workers=ns.decode_workers, static_dir=ns.static)
     check_bind(settings)
     with open_workspace(ns) as ws:
         scheme = "https" if settings.tls else "http"
