@@ -114,3 +114,16 @@ def test_decode_workers_option_is_checked(capsys):
     assert main(["serve", "--decode-workers", "0"]) == 2
     err = capsys.readouterr().err
     assert "--decode-workers: expected a whole number from 1 to 64, found '0'" in err and "Traceback" not in err
+
+
+def test_server_start_sets_the_request_threads_and_starts_the_decoder(ws):
+    import anyio.to_thread
+    from fastapi.testclient import TestClient
+
+    from sobre.server import ServerSettings, create_app
+
+    app = create_app(ws, ServerSettings(threads=77))
+    with TestClient(app, base_url="http://127.0.0.1") as c:
+        assert c.portal.call(lambda: anyio.to_thread.current_default_thread_limiter().total_tokens) == 77
+        assert _decode._pool is not None
+    assert _decode._pool is None  # stopped with the app

@@ -48,7 +48,8 @@ def create_app(ws, settings: ServerSettings | None = None) -> FastAPI:
 
     settings = settings or ServerSettings()
     app = FastAPI(title="Sobre workstation API", version=_version(), docs_url=None, redoc_url=None,
-                  openapi_url=None, lifespan=_lifespan(settings), description="See docs/workstation.md. Every route but login and health needs "
+                  openapi_url=None, lifespan=_lifespan(settings),
+                  description="See docs/workstation.md. Every route but login and health needs "
                   "a session; state-changing requests need the X-CSRF-Token header.")
     app.state.ctx = Context(ws, settings)
     install_handlers(app)
