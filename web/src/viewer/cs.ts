@@ -8,7 +8,7 @@ import {
 let ready: Promise<void> | null = null;
 
 /** Slices uploaded to the volume's texture per render (web/vite.patches.ts): a render per batch bounds the GPU side's staging. */
-export const TEXTURE_BATCH = 64;
+export const TEXTURE_BATCH = 32;
 /** Slices per texSubImage3D call when filling a 16-bit volume's texture (web/vite.patches.ts). */
 export const TEXTURE_CHUNK = 16;
 
