@@ -30,7 +30,9 @@ pyradiomics lung CT interpolated to 300 slices of 512×512 (int16 once rescaled:
 
 Browser memory (whole, and the growth over the blank page): the sum of the resident set sizes (and of the proportional set sizes, which do not count
 shared pages twice) of chromium's processes (the children of this process, via psutil), on a blank page
-before opening, sampled every 0.1 s while opening (peak) and 2 s after the page is ready.
+before opening, sampled every 0.1 s while opening (peak) and 2 s after the page is ready; for Sobre also
+the PSS by chromium process type (browser, renderer, gpu-process, ...) before and after, and the volume
+texture's bytes as Cornerstone3D allocated them (``window.__sobre.texture()``), in the JSON and printed.
 
 Rounds alternate (Sobre, NiiVue, Sobre, ...), 3 each by default; medians are reported with the load
 average before and after. Targets (the workstation issue): first image < 1.5 s, MPR ready < 8 s, browser
@@ -174,6 +176,23 @@ def browser_memory() -> tuple[int, int]:
     return rss, pss
 
 
+def memory_by_process_type() -> dict[str, int]:
+    """PSS of this process's chromium descendants summed by chromium's process type (browser, renderer,
+    gpu-process, utility, zygote), bytes: where the growth is."""
+    import psutil
+
+    out: dict[str, int] = {}
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if "chrom" not in p.name():
+                continue
+            kind = next((a.split("=", 1)[1] for a in p.cmdline() if a.startswith("--type=")), "browser")
+            out[kind] = out.get(kind, 0) + p.memory_full_info().pss
+        except (psutil.NoSuchProcess, psutil.AccessDenied, AttributeError):
+            pass
+    return out
+
+
 class PeakSampler:
     def __init__(self) -> None:
         self.peak_rss = self.peak_pss = 0
@@ -234,6 +253,7 @@ def sobre_round(pw, base: str, key: str, shot: Path | None) -> dict:
         page.goto("about:blank")
         time.sleep(1.0)
         before = browser_memory()
+        by_type_before = memory_by_process_type()
         page.goto(base + "/")
         page.fill("input[name=username]", USER)
         page.fill("input[name=password]", PASSWORD)
@@ -250,12 +270,15 @@ def sobre_round(pw, base: str, key: str, shot: Path | None) -> dict:
             poll(page, "!!(window.__sobre && window.__sobre.ready)", 120, "the viewer to be ready", errors)
             time.sleep(2.0)
         after = browser_memory()
+        by_type_after = memory_by_process_type()
         timings = page.evaluate("({...window.__sobre.timings})")
+        texture = page.evaluate("window.__sobre.texture ? window.__sobre.texture() : null")
         sd = page.evaluate("window.__sobre.canvasStats('axial').sd")
         if shot:
             page.screenshot(path=str(shot))
         ctx.close()
-        return {"timings": timings, "wall_to_mpr_ms": round(wall), "axial_sd": sd, "errors": errors,
+        return {"timings": timings, "wall_to_mpr_ms": round(wall), "axial_sd": sd, "errors": errors, "texture": texture,
+                "pss_by_type_before": by_type_before, "pss_by_type_after": by_type_after,
                 **_mem(before, sampler, after), "rss_logged_in": logged_in[0], "pss_logged_in": logged_in[1]}
     finally:
         browser.close()
@@ -350,6 +373,9 @@ def main(argv=None) -> int:
                       f"(wall {s['wall_to_mpr_ms']} ms), volumeLoaded {t.get('volumeLoaded')} ms, "
                       f"RSS {s['rss_before'] / 1e6:.0f} -> peak {s['rss_peak'] / 1e6:.0f} / after {s['rss_after'] / 1e6:.0f} MB "
                       f"(PSS {s['pss_before'] / 1e6:.0f} -> {s['pss_after'] / 1e6:.0f} MB), axial sd {s['axial_sd']:.1f}", flush=True)
+                print("        PSS growth by process: " + ", ".join(
+                    f"{k} {(v - s['pss_by_type_before'].get(k, 0)) / 1e6:+.0f} MB" for k, v in sorted(s["pss_by_type_after"].items()))
+                      + (f"; texture {s['texture']['bytes'] / 1e6:.1f} MB ({s['texture']['bytesPerVoxel']} B/voxel)" if s["texture"] else ""), flush=True)
                 if peer:
                     n = niivue_round(pw, peer_base, WORK / "niivue.png" if first else None)
                     res["niivue"].append(n)
