@@ -86,6 +86,8 @@ def test_saves_survive_kill_9(ws):
                     answers["409" if r.status_code == 409 else "other"] += 1
         except httpx.HTTPError:
             pass  # the server was killed
+        finally:
+            c.close()
 
     threads = [threading.Thread(target=saver, args=(n,)) for n in range(6)]
     for t in threads:
@@ -122,6 +124,7 @@ def test_saves_survive_kill_9(ws):
                    content=np.zeros(shape, np.uint8).tobytes(), headers={"Content-Type": "application/octet-stream"})
         assert r.status_code == 201, r.text
         assert len(c.get("/api/projects/demo/annotations").json()) == n_before + 1
+        c.close()
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(20)
