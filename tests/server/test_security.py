@@ -68,6 +68,10 @@ ROUTE_ACTIONS = {
     ("GET", "/api/projects/{project}/annotations/{version}/export"): "annotation.export",
     ("POST", "/api/projects/{project}/series/{series}/annotations/{name}/import"): "annotation.save",
     ("POST", "/api/projects/{project}/annotations/{version}/push"): "annotation.push",
+    ("GET", "/api/projects/{project}/service-results"): "annotation.review",
+    ("GET", "/api/projects/{project}/service-results/{job}"): "annotation.review",
+    ("POST", "/api/projects/{project}/service-results/{job}/accept"): "annotation.review",
+    ("POST", "/api/projects/{project}/service-results/{job}/reject"): "annotation.review",
 }
 
 USERS = {"data_manager": "data-manager", "annotator": "annotator", "reviewer": "reviewer", "viewer": "viewer"}
@@ -89,7 +93,7 @@ def sample(ws):
     rec = min(ws.query('modality == "MR"'), key=lambda r: r["subject_id"])
     v = ws.annotations.save("demo", rec["series_uid"], "labels", "labels", {"pneumonia": 1}, author="annotator")
     return {"project": "demo", "series": rec["series_uid"], "subject_id": rec["subject_id"], "version": str(v.id),
-            "username": "viewer", "index": "0", "name": "labels", "rest": "nothing/here"}
+            "username": "viewer", "index": "0", "name": "labels", "rest": "nothing/here", "job": "1"}
 
 
 def fill(path: str, values: dict) -> str:
@@ -106,6 +110,8 @@ BODIES = {
     "/api/projects/{project}/series/{series}/annotations/{name}": {"kind": "labels", "content": {"pneumonia": 0}},
     "/api/projects/{project}/annotations/{version}/review": {"decision": "accept"},
     "/api/projects/{project}/annotations/{version}/push": {"format": "seg"},
+    "/api/projects/{project}/service-results/{job}/accept": {"comment": "ok"},
+    "/api/projects/{project}/service-results/{job}/reject": {"reason": "wrong side"},
 }
 
 

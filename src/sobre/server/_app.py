@@ -44,7 +44,7 @@ npm run build        # writes ../src/sobre/server/static/</pre>
 
 def create_app(ws, settings: ServerSettings | None = None) -> FastAPI:
     """The workstation app over workspace ``ws`` (a :class:`sobre.catalog.Workspace`)."""
-    from . import _routes_annotations, _routes_auth, _routes_browse, _routes_voxels
+    from . import _routes_annotations, _routes_auth, _routes_browse, _routes_service, _routes_voxels
 
     settings = settings or ServerSettings()
     app = FastAPI(title="Sobre workstation API", version=_version(), docs_url=None, redoc_url=None,
@@ -53,7 +53,7 @@ def create_app(ws, settings: ServerSettings | None = None) -> FastAPI:
                   "a session; state-changing requests need the X-CSRF-Token header.")
     app.state.ctx = Context(ws, settings)
     install_handlers(app)
-    for mod in (_routes_auth, _routes_browse, _routes_voxels, _routes_annotations):
+    for mod in (_routes_auth, _routes_browse, _routes_voxels, _routes_annotations, _routes_service):
         if hasattr(mod, "public"):
             app.include_router(mod.public)
         app.include_router(mod.router)

@@ -90,7 +90,8 @@ class Review:
     def _summary(self, job: dict) -> dict:
         result = Queue.loads(job["result"], {})
         seg = next((o for o in result.get("outputs", []) if o["kind"] == "SEG"), None)
-        return {"job": job["id"], "review": job["review"], "app": job["app"], "study": job["study_uid"],
+        return {"job": job["id"], "review": job["review"], "app": job["app"], "project": self._project(job),
+                "study": job["study_uid"],
                 "series": job["series_uid"], "proposed_at": _iso(job["finished_at"]),
                 "findings": [f"{f['name']['meaning']} = {f['value']['meaning']}" for f in result.get("findings", [])],
                 "seg": seg["sop_instance_uid"] if seg else None, "held": result.get("held"),
