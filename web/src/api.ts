@@ -105,6 +105,17 @@ export interface Version {
   comment: string | null; created_at: string; reviews: Review[];
 }
 export interface SeriesDetail extends SeriesRecord { variables: Record<string, unknown>; volume: Geometry; annotations: Version[] }
+/** A result of the inference service awaiting (or past) review: `sobre review list --json`. */
+export interface ServiceResult {
+  job: number; review: 'pending' | 'accepted' | 'corrected' | 'rejected'; app: string; project: string; study: string; series: string;
+  proposed_at: string | null; findings: string[]; seg: string | null; held: boolean | null; reviewer: string | null; reviewed_at: string | null;
+}
+/** One result in full: `sobre review show --json` (without server paths). */
+export interface ServiceResultDetail extends ServiceResult {
+  state: string; error: string | null; model: { name?: string; version?: string; sha256?: string }[] | null;
+  input: Record<string, any> | null; outputs: Record<string, any>[] | null; measurements: unknown; annotation_version: number | null;
+  comment: string | null; deliveries: { destination: string; kind: string; state: string; sent_at: string | null }[];
+}
 export interface SaveOptions { parent: number | null; new_branch?: boolean; tool?: string; status?: 'draft' | 'submitted'; comment?: string }
 
 function items<T>(x: Page<T> | T[]): T[] { return Array.isArray(x) ? x : x.items; }
@@ -169,5 +180,12 @@ export const api = {
     json<Version>('POST', `${P(p)}/annotations/${id}/review`, { decision, comment }),
   queue: async (p: string) => items(await get<Page<Version> | Version[]>(`${P(p)}/review-queue`)),
   exportUrl: (p: string, id: number, format: 'seg' | 'sr' | 'nifti' | 'csv') => `${P(p)}/annotations/${id}/export?format=${format}`,
+  /** Results of the inference service whose annotation project is `p` (state: pending by default). */
+  serviceResults: (p: string, state = 'pending') => get<ServiceResult[]>(`${P(p)}/service-results${query({ state })}`),
+  serviceResult: (p: string, job: number) => get<ServiceResultDetail>(`${P(p)}/service-results/${job}`),
+  acceptResult: (p: string, job: number, comment: string) =>
+    json<ServiceResultDetail>('POST', `${P(p)}/service-results/${job}/accept`, { comment: comment || null }),
+  rejectResult: (p: string, job: number, reason: string) =>
+    json<ServiceResultDetail>('POST', `${P(p)}/service-results/${job}/reject`, { reason }),
   push: (p: string, id: number, format: 'seg' | 'sr') => json<Record<string, unknown>>('POST', `${P(p)}/annotations/${id}/push`, { format }),
 };
