@@ -149,3 +149,33 @@ def test_a_workspace_without_a_service_queue(app, login):
     assert rev.get("/api/projects/demo/service-results").json() == []
     r = rev.get("/api/projects/demo/service-results/1")
     assert r.status_code == 404 and "no inference service queue" in r.json()["what"]
+
+
+def test_the_annotation_review_route_refuses_an_ai_version(served):
+    """Issue 11/12: the AI version is reviewed through the service results only; the annotation route says so
+    (409 naming the job and the command), changes nothing, and the ordinary queue does not list it."""
+    app, ws = served
+    rev = Client(app, "reviewer")
+    vid = rev.get(f"{BASE}/1").json()["annotation_version"]
+    shown = rev.get(f"/api/projects/{PROJECT}/annotations/{vid}")
+    assert shown.status_code == 200, shown.text
+    assert shown.json()["reviewed_in"]["job"] == 1 and shown.json()["status"] == "submitted"
+    assert vid not in {v["id"] for v in rev.get(f"/api/projects/{PROJECT}/review-queue").json()}
+    before = len(audit(ws))
+    for body in ({"decision": "accept", "comment": "fine"}, {"decision": "reject", "comment": "not a lesion"}):
+        r = rev.post(f"/api/projects/{PROJECT}/annotations/{vid}/review", json=body)
+        assert r.status_code == 409, r.text
+        err = r.json()
+        assert err["error"] == "ReviewedElsewhere" and "job 1" in err["what"] and "job 1" in err["found"]
+        assert "sobre review accept 1" in err["fix"] and "AI results" in err["fix"]
+    assert ws.annotations.version(vid).status == "submitted" and ws.annotations.version(vid).reviews == ()
+    assert rev.get(f"{BASE}/1").json()["review"] == "pending"
+    assert not [e for e in audit(ws)[before:] if e["action"] == "annotation.review"]
+
+    done = rev.post(f"{BASE}/1/accept", json={"comment": "agree"})
+    assert done.status_code == 200, done.text
+    after = rev.get(f"/api/projects/{PROJECT}/annotations/{vid}").json()
+    assert after["status"] == "accepted" and after["reviews"][0]["reviewer"] == "reviewer"
+    r = rev.post(f"/api/projects/{PROJECT}/annotations/{vid}/review", json={"decision": "reject", "comment": "x"})
+    assert r.status_code == 409 and r.json()["error"] == "ReviewedElsewhere"
+    assert ws.annotations.version(vid).status == "accepted"

@@ -165,3 +165,42 @@ def test_review_cli(held, tmp_path):
     assert ok.returncode == 0 and "accepted by dr.martin" in ok.stdout and "queued for delivery" in ok.stdout
     again = cli("review", "accept", "1", "--reviewer", "dr.martin", "-w", ws.root)
     assert again.returncode == 2 and "already accepted" in again.stderr
+
+
+def test_the_ai_version_is_reviewed_only_through_review_and_agrees_with_it(held):
+    """Issue 11/12: a direct annotation review of the AI version is refused (nothing changes); Review's decision
+    is the annotation version's decision too; ordinary versions of the same project are reviewed as before."""
+    from sobre.catalog import ReviewedElsewhere
+    from sobre.service import Review
+
+    ws, cfg = held
+    with Review(ws, cfg) as r:
+        vid = r.show(1)["annotation_version"]
+    ai = ws.annotations.version(vid)
+    assert ai.status == "submitted" and ai.reviewed_in["owner"] == "sobre.service" and ai.reviewed_in["job"] == 1
+    project = ai.project
+    assert vid not in {v.id for v in ws.annotations.review_queue(project)}  # not in the ordinary queue
+    for decision, comment in (("accept", "looks fine"), ("reject", "not a lesion")):
+        with pytest.raises(ReviewedElsewhere) as e:
+            ws.annotations.review(vid, reviewer="dr.martin", decision=decision, comment=comment)
+        assert "job 1" in e.value.what and "inference service" in e.value.what
+        assert "sobre review accept 1" in e.value.fix and "AI results" in e.value.fix
+        assert e.value.expected and "job 1" in e.value.found
+    after = ws.annotations.version(vid)
+    assert after.status == "submitted" and after.reviews == ()  # nothing changed
+    assert queue_rows(ws.root, "SELECT review FROM jobs WHERE id = 1") == [{"review": "pending"}]
+
+    # an ordinary version of the same project and series: in the queue, reviewed directly as before
+    empty = np.zeros(ws.annotations.content(ai).spatial_shape, np.uint8)
+    mine = ws.annotations.save(project, f"{ai.series_uid}#{ai.series_label}" if ai.series_label else ai.series_uid,
+                               "manual", "mask", empty, author="dr.annot", status="submitted")
+    assert mine.reviewed_in is None and mine.id in {v.id for v in ws.annotations.review_queue(project)}
+    assert ws.annotations.review(mine.id, reviewer="dr.martin", decision="accept").status == "accepted"
+
+    with Review(ws, cfg) as r:
+        assert r.accept(1, reviewer="dr.martin", comment="ok")["review"] == "accepted"
+    done = ws.annotations.version(vid)
+    assert done.status == "accepted" and [x["reviewer"] for x in done.reviews] == ["dr.martin"]
+    with pytest.raises(ReviewedElsewhere):  # still owned by the service: no second decision in the queue
+        ws.annotations.review(vid, reviewer="dr.other", decision="reject", comment="changed my mind")
+    assert ws.annotations.version(vid).status == "accepted"

@@ -103,6 +103,8 @@ export interface Version {
   kind: 'mask' | 'points' | 'boxes' | 'labels'; number: number; parent: number | null; branch: string; author: string;
   tool: string | null; status: 'draft' | 'submitted' | 'accepted' | 'rejected'; sha256: string; summary: Record<string, any>;
   comment: string | null; created_at: string; reviews: Review[];
+  /** Set when the version is reviewed elsewhere (an AI result of the inference service: owner, job, how). */
+  reviewed_in?: { owner: string; job?: number; how?: string } | null;
 }
 export interface SeriesDetail extends SeriesRecord { variables: Record<string, unknown>; volume: Geometry; annotations: Version[] }
 /** A result of the inference service awaiting (or past) review: `sobre review list --json`. */

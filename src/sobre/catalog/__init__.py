@@ -21,7 +21,7 @@ Public API
 """
 
 from sobre.catalog._accounts import ROLES, Account, Accounts, LabelDef, LabelSchema, ProjectInfo, SegmentDef
-from sobre.catalog._annotations import AnnotationConflict, Annotations, AnnotationVersionInfo
+from sobre.catalog._annotations import AnnotationConflict, Annotations, AnnotationVersionInfo, ReviewedElsewhere
 from sobre.catalog._cohorts import BASE_FIELDS, QueryResult
 from sobre.catalog._datasets import Dataset, DatasetManifest, DatasetRef, ManifestFile, ManifestSeries
 from sobre.catalog._ingest import IngestReport
@@ -37,6 +37,6 @@ __all__ = [
     "Dataset", "DatasetRef", "DatasetManifest", "ManifestSeries", "ManifestFile", "QueryResult",
     "compile_filter", "BASE_FIELDS",
     "Accounts", "Account", "ProjectInfo", "LabelSchema", "SegmentDef", "LabelDef", "ROLES",
-    "Annotations", "AnnotationVersionInfo", "AnnotationConflict",
+    "Annotations", "AnnotationVersionInfo", "AnnotationConflict", "ReviewedElsewhere",
     "ACTIONS", "ADMIN_ACTIONS", "PERMISSIONS", "can", "require", "actions_of",
 ]

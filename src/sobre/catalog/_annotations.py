@@ -12,6 +12,13 @@ A version is ``draft``, then ``submitted`` by its author, then ``accepted`` or `
 (with a comment). Accepted versions are what cohort filters see (``ann_liver == "accepted"``,
 ``label_pneumonia == 1``) and what freezing puts in a dataset version's manifest (their hashes enter
 its content hash), so training uses exactly the reviewed annotations.
+
+A version can be *reviewed elsewhere*: the inference service saves its AI masks as submitted
+versions with ``reviewed_in={"owner": "sobre.service", "job": N, "how": ...}`` (kept in the
+version's summary). Such a version is not in :meth:`Annotations.review_queue`, and
+:meth:`Annotations.review` refuses it (:class:`ReviewedElsewhere`, nothing changed) unless the
+caller is its owner (``via="sobre.service"``: ``sobre.service.Review``, which records the same
+decision on the version), so the annotation's state and the owner's state cannot part.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ if TYPE_CHECKING:
 
     from ._workspace import Workspace
 
-__all__ = ["Annotations", "AnnotationVersionInfo", "AnnotationConflict", "KINDS", "STATUSES"]
+__all__ = ["Annotations", "AnnotationVersionInfo", "AnnotationConflict", "ReviewedElsewhere", "KINDS", "STATUSES"]
 
 KINDS = ("mask", "points", "boxes", "labels")
 STATUSES = ("draft", "submitted", "accepted", "rejected")
@@ -48,6 +55,15 @@ class AnnotationConflict(CatalogError):
         self.head = head
         self.head_author = author
         super().__init__(what, **kw)
+
+
+class ReviewedElsewhere(CatalogError):
+    """A version whose review belongs to another part of Sobre (an AI result of the inference service)."""
+
+
+def _reviewed_in(summary) -> dict | None:
+    r = (summary or {}).get("reviewed_in") if isinstance(summary, dict) else None
+    return dict(r) if isinstance(r, dict) and r.get("owner") else None
 
 
 @dataclass(frozen=True)
@@ -73,6 +89,8 @@ class AnnotationVersionInfo:
     comment: str | None
     created_at: str
     reviews: tuple = ()
+    #: where this version is reviewed instead of the annotation review queue (``owner``, ``job``, ``how``), or None
+    reviewed_in: dict | None = None
 
     def to_dict(self) -> dict:
         d = dict(self.__dict__)
@@ -93,7 +111,8 @@ class Annotations:
     # ------------------------------------------------------------------ saving
     def save(self, project: str, series: str, name: str, kind: str, content: Any, *, author: str,
              parent: int | None = None, new_branch: bool = False, tool: str | None = None,
-             status: str = "draft", comment: str | None = None) -> AnnotationVersionInfo:
+             status: str = "draft", comment: str | None = None,
+             reviewed_in: dict | None = None) -> AnnotationVersionInfo:
         """Save a new version; the file and the row are written whole or not at all.
 
         Parameters
@@ -109,11 +128,18 @@ class Annotations:
         parent
             The version the author started from (None for the first version). Another newer version
             on that branch raises :class:`AnnotationConflict` unless ``new_branch``.
+        reviewed_in
+            ``{"owner": ..., "job": ..., "how": ...}`` when another part of Sobre reviews this version
+            (the inference service's AI masks): it stays out of the review queue and only its owner
+            reviews it (:meth:`review` with ``via=owner``).
         """
         if kind not in KINDS:
             raise InputError("unknown annotation kind", expected=", ".join(KINDS), found=repr(kind))
         if status not in ("draft", "submitted"):
             raise InputError("a save is a draft or a submission", expected="draft or submitted", found=repr(status))
+        if reviewed_in is not None and (not isinstance(reviewed_in, dict) or not reviewed_in.get("owner")):
+            raise InputError("reviewed_in names who reviews the version", expected='{"owner": ..., "job": ..., "how": ...}',
+                             found=repr(reviewed_in)[:200])
         proj = self._ws.accounts.project(project)
         rec = self._ws.series(series)
         if rec["status"] != "ok":
@@ -123,6 +149,8 @@ class Annotations:
                 Series.series_uid == rec["series_uid"], Series.label == rec["label"])).scalar_one())
         self._precheck(project, rec, name, kind, parent)  # refuse before writing anything
         data, ext, summary = self._encode(kind, name, content, proj.schema, rec)
+        if reviewed_in is not None:
+            summary = {**summary, "reviewed_in": {k: reviewed_in[k] for k in sorted(reviewed_in)}}
         sha = sha256_bytes(data)
         target = self._ws.layout.annotation_payload(sha, ext)
         rel = target.relative_to(self._ws.root)
@@ -281,14 +309,29 @@ class Annotations:
             row.status = "submitted"
         return self.version(version)
 
-    def review(self, version: int, *, reviewer: str, decision: str, comment: str | None = None) -> AnnotationVersionInfo:
-        """Accept or reject a submitted version (with a comment; a rejection needs one)."""
+    def review(self, version: int, *, reviewer: str, decision: str, comment: str | None = None,
+               via: str | None = None) -> AnnotationVersionInfo:
+        """Accept or reject a submitted version (with a comment; a rejection needs one).
+
+        A version reviewed elsewhere (``reviewed_in``, the inference service's AI masks) is refused
+        with :class:`ReviewedElsewhere` unless ``via`` is its owner; nothing is changed then.
+        """
         if decision not in ("accept", "reject"):
             raise InputError("unknown decision", expected="accept or reject", found=repr(decision))
         if decision == "reject" and not (comment or "").strip():
             raise InputError("a rejection needs a comment", fix="say what is wrong, so the annotator can fix it")
         with self._ws.session() as s, s.begin():
             row = self._row(s, version)
+            owner = _reviewed_in(row.summary)
+            if owner is not None and via != owner["owner"]:
+                ann = s.get(Annotation, row.annotation_pk)
+                job = owner.get("job")
+                raise ReviewedElsewhere(
+                    f"version {row.number} of '{ann.name}' is an AI result of the inference service"
+                    + (f" (job {job})" if job is not None else "") + ": it is reviewed there, not in the annotation queue",
+                    expected="a version reviewed in the annotation review queue",
+                    found=f"an AI result of {owner['owner']}" + (f", job {job}" if job is not None else ""),
+                    fix=owner.get("how") or "review it with `sobre review`")
             if row.status != "submitted":
                 raise CatalogError(f"version {row.number} is {row.status}", expected="a submitted version")
             if row.author == reviewer:
@@ -339,7 +382,7 @@ class Annotations:
                 parent=numbers.get(row.parent_pk) if row.parent_pk else None, branch=row.branch, author=row.author,
                 tool=row.tool, status=row.status, sha256=row.sha256, path=row.payload_path,
                 summary=dict(row.summary or {}), comment=row.comment, created_at=row.created_at.isoformat(),
-                reviews=tuple(reviews.get(row.id, ()))))
+                reviews=tuple(reviews.get(row.id, ())), reviewed_in=_reviewed_in(row.summary)))
         return out
 
     def versions(self, *, project: str | None = None, series: str | None = None, name: str | None = None,
@@ -360,7 +403,8 @@ class Annotations:
             return self._infos(s, list(rows))
 
     def review_queue(self, project: str) -> list[AnnotationVersionInfo]:
-        return self.versions(project=project, status="submitted")
+        """Submitted versions waiting for a reviewer (not those reviewed elsewhere: the service's AI results)."""
+        return [v for v in self.versions(project=project, status="submitted") if v.reviewed_in is None]
 
     def content(self, version: int | AnnotationVersionInfo):
         """The content of a version: an :class:`~sobre.image.Image` for masks, the data for the others.

@@ -471,7 +471,10 @@ class Pipeline:
         try:
             info = self.ws.annotations.save(h.project, series, h.app.name, "mask", mask, author=ANNOTATION_AUTHOR,
                                             parent=head.id if head else None, new_branch=True, tool=tool,
-                                            status="submitted", comment=f"AI proposal, service job {job['id']}")
+                                            status="submitted", comment=f"AI proposal, service job {job['id']}",
+                                            reviewed_in={"owner": ACTOR, "job": job["id"], "how": (
+                                                f"review the AI result: `sobre review accept {job['id']}` (or reject, "
+                                                "correct), or the workstation's review page, section AI results")})
         except SobreError as exc:
             log.warning("job %s: the AI mask is not kept as an annotation version: %s", job["id"], exc)
             return None

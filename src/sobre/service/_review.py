@@ -286,8 +286,8 @@ class Review:
             return
         info = self.ws.annotations.version(vid)
         if info.status != "submitted":
-            return  # decided by an earlier try of this review (or in the workstation)
-        self.ws.annotations.review(vid, reviewer=reviewer, decision=decision,
+            return  # decided by an earlier try of this review (or, before reviewed_in, in the annotation queue)
+        self.ws.annotations.review(vid, reviewer=reviewer, decision=decision, via=ACTOR,
                                    comment=comment or ("accepted in the service review" if decision == "accept" else None))
 
     def _record(self, job: dict, result: dict, decision: str, comment, project: str, **more) -> dict:

@@ -585,7 +585,9 @@ export async function viewerPage(main: HTMLElement, project: string, key: string
           mayExport && v.kind !== 'mask' ? h('button', { onclick: () => exportVersion(v, 'csv'), dataset: { action: 'export-csv' } }, 'CSV') : null,
           mayPush && (v.kind === 'mask' || v.kind === 'points' || v.kind === 'boxes') ? h('button', { onclick: () => pushVersion(v), dataset: { action: 'push' }, title: 'Send to the PACS (a mask: its SEG and SR)' }, 'Push to PACS') : null,
           v.status === 'draft' && v.author === me && mayEdit ? h('button', { onclick: () => submitVersion(v), dataset: { action: 'submit' } }, 'Submit') : null),
-        v.status === 'submitted' && mayReview && v.author !== me ? reviewBox(v) : null))));
+        v.status === 'submitted' && v.reviewed_in ? h('div', { class: 'small muted reviewed-in' },
+          `AI result${v.reviewed_in.job != null ? ` of service job ${v.reviewed_in.job}` : ''}: reviewed in the review page, section AI results (or \`sobre review\`).`) :
+          v.status === 'submitted' && mayReview && v.author !== me ? reviewBox(v) : null))));
   }
   function reviewBox(v: Version): HTMLElement {
     const comment = h('textarea', { name: 'review-comment', rows: 2, placeholder: 'Comment (needed to reject)', maxlength: 2000 });
