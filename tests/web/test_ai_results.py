@@ -1,5 +1,6 @@
 """The AI results of the review area in headless chromium: the inference service's pending results listed,
-one accepted, one rejected with a reason (refused in the page without one), the outcome shown as text.
+one accepted, one rejected with a reason (refused in the page without one), the outcome shown as text; their
+annotation versions are not in the ordinary review queue.
 
 The results are real: the service tests' tiny CT lesion segmenter run by ``process_files`` (hold on) on two
 generated CT phantom studies (SIMULATED), in a workspace of its own served by ``sobre serve``.
@@ -39,6 +40,21 @@ def server(tmp_path_factory, seg_run):  # noqa: F811  (this module's own workspa
     shutdown_local_pool(wait=True)  # see web_workspace in conftest.py
     with sobre_serve(root / "ws", root / "serve.log") as url:
         yield url
+
+
+def test_ai_versions_are_not_in_the_ordinary_review_queue(session_of):
+    """Issue 11/12: the AI masks (annotation versions of the service, submitted) are reviewed in the AI results only."""
+    c = session_of("carol")
+    page = c.page
+    page.goto(f"{c.base}/#/p/sobre-service/review")
+    page.wait_for_selector("table.ai-results tbody tr")
+    versions = c.js("fetch('/api/projects/sobre-service/service-results/1').then((r) => r.json())"
+                    ".then((j) => fetch('/api/projects/sobre-service/annotations/' + j.annotation_version))"
+                    ".then((r) => r.json())")
+    assert versions["status"] == "submitted" and versions["reviewed_in"]["job"] == 1  # submitted, yet not listed:
+    assert "Nothing waits for review." in page.inner_text("main")
+    assert page.locator("table.queue").count() == 0
+    assert not c.errors
 
 
 def test_ai_results_accept_and_reject(session_of):
