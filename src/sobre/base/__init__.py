@@ -17,7 +17,8 @@ _WHERE = {
     "_audit": ("AuditEntry", "AuditLog", "AuditVerification", "BadEntry", "audit_entries", "find_audit",
                "verify_audit"),
     "_compute": ("FAILED", "RETRIED", "Compute", "ComputeSettings", "DaskCompute", "LocalCompute", "code_identity",
-                 "current_compute", "open_compute", "opened", "shutdown_local_pool", "task_events", "use_compute"),
+                 "current_compute", "exit_with_parent", "open_compute", "opened", "shutdown_local_pool", "task_events",
+                 "use_compute"),
     "_config": ("Config", "config_from", "load_config", "read_toml", "resolved", "validate_config"),
     "_files": ("canonical_json", "sha256_bytes", "sha256_file", "write_atomic"),
     "_progress": ("Progress", "ProgressRecorder", "no_progress"),
@@ -29,8 +30,8 @@ if TYPE_CHECKING:  # for type checkers and import analysers: the same names, imp
     from sobre.base._audit import (AuditEntry, AuditLog, AuditVerification, BadEntry, audit_entries, find_audit,
                                    verify_audit)
     from sobre.base._compute import (FAILED, RETRIED, Compute, ComputeSettings, DaskCompute, LocalCompute,
-                                     code_identity, current_compute, open_compute, opened, shutdown_local_pool,
-                                     task_events, use_compute)
+                                     code_identity, current_compute, exit_with_parent, open_compute, opened,
+                                     shutdown_local_pool, task_events, use_compute)
     from sobre.base._config import Config, config_from, load_config, read_toml, resolved, validate_config
     from sobre.base._files import canonical_json, sha256_bytes, sha256_file, write_atomic
     from sobre.base._progress import Progress, ProgressRecorder, no_progress

@@ -230,12 +230,12 @@ _POOL: tuple[int, object] | None = None
 _LOCAL_TASK: dict = {}
 
 
-def _worker_init(parent: int, fn=None, shared=_NO_SHARED) -> None:  # pragma: no cover - runs in the workers
-    """Leave when the driver is gone (killed, crashed): never linger as an orphan. Keep the job's function."""
-    import time
+def exit_with_parent(parent: int) -> None:  # pragma: no cover - runs in worker processes
+    """In a worker process: leave as soon as process ``parent`` is gone (killed, crashed), never linger as an orphan.
 
-    if fn is not None:
-        _LOCAL_TASK["job"] = (fn, shared)
+    A daemon thread polls the parent's pid twice a second; use it as (or in) a process pool's initializer.
+    """
+    import time
 
     def watch() -> None:
         while True:
@@ -244,6 +244,13 @@ def _worker_init(parent: int, fn=None, shared=_NO_SHARED) -> None:  # pragma: no
                 os._exit(0)
 
     threading.Thread(target=watch, daemon=True).start()
+
+
+def _worker_init(parent: int, fn=None, shared=_NO_SHARED) -> None:  # pragma: no cover - runs in the workers
+    """Leave when the driver is gone (:func:`exit_with_parent`). Keep the job's function."""
+    if fn is not None:
+        _LOCAL_TASK["job"] = (fn, shared)
+    exit_with_parent(parent)
 
 
 def _local_job(item):  # pragma: no cover - runs in the workers

@@ -19,6 +19,8 @@ import os
 import threading
 from collections import OrderedDict
 
+from sobre.base import exit_with_parent
+
 from ._errors import ApiError
 
 __all__ = ["decode", "shutdown", "start"]
@@ -39,7 +41,7 @@ def _executor(workers: int, *, fresh: bool = False):
             if _pool is not None:
                 _pool[1].shutdown(wait=False, cancel_futures=False)
             ctx = multiprocessing.get_context("spawn")  # never fork a process with threads (uvicorn, sqlite)
-            _pool = (workers, ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init,
+            _pool = (workers, ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=exit_with_parent,
                                                   initargs=(os.getpid(),)))
         return _pool[1]
 
@@ -88,19 +90,6 @@ def decode(cache_key: tuple, files: list[str], t: int, *, series: str, workers: 
 
 # ---------------------------------------------------------------------------------------- in the worker
 _headers: OrderedDict = OrderedDict()  # cache_key -> Image (headers only)
-
-
-def _init(parent: int) -> None:  # pragma: no cover - runs in the worker
-    """Leave when the server is gone (killed, crashed): never linger as an orphan."""
-    import time
-
-    def watch() -> None:
-        while True:
-            time.sleep(0.5)
-            if os.getppid() != parent:
-                os._exit(0)
-
-    threading.Thread(target=watch, daemon=True).start()
 
 
 def _ready() -> bool:  # pragma: no cover - runs in the worker
