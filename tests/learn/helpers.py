@@ -44,6 +44,16 @@ def blob_arrays(n: int, size: int = 16, *, seed: int = SEED, disease: float = 1.
     return np.stack(images), meta, np.stack(masks)
 
 
+def bench_cohorts():
+    """The label-efficiency tests' in-memory cohorts: 64 healthy subjects to pretrain on, 80 target subjects."""
+    from sobre.learn import Cohort
+
+    imgs, meta, _ = blob_arrays(64, seed=1, disease=0.0)
+    pre = Cohort.from_arrays(imgs, meta, name="healthy")
+    imgs, meta, _ = blob_arrays(80, seed=2)
+    return pre, Cohort.from_arrays(imgs, meta, name="target")
+
+
 def tiny_train_config(**over) -> dict:
     cfg = {"seed": 0, "data": {"dataset": "blobs"},
            "task": {"kind": "binary", "label": "diagnosis", "positive": "patient"},

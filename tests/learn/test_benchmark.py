@@ -6,11 +6,10 @@ import json
 
 import pytest
 
-from sobre.learn import Cohort
 from sobre.learn._benchmark import label_efficiency, throughput
 from sobre.learn._config import ModelConfig
 
-from .helpers import blob_arrays
+from .helpers import bench_cohorts
 
 
 def bench_config(**over):
@@ -39,10 +38,7 @@ def bench_config(**over):
 
 @pytest.fixture(scope="module")
 def cohorts():
-    imgs, meta, _ = blob_arrays(64, seed=1, disease=0.0)
-    pre = Cohort.from_arrays(imgs, meta, name="healthy")
-    imgs, meta, _ = blob_arrays(80, seed=2)
-    tgt = Cohort.from_arrays(imgs, meta, name="target")
+    pre, tgt = bench_cohorts()
     return pre, {"disease": tgt, "brain-age": tgt}
 
 

@@ -12,7 +12,7 @@ from sobre.learn import Cohort
 from sobre.learn._benchmark import label_efficiency
 from sobre.learn._config import LabelEfficiencyConfig
 
-from .helpers import blob_arrays
+from .helpers import bench_cohorts, blob_arrays
 from .test_benchmark import bench_config
 
 TASK = {"kind": "binary", "label": "diagnosis", "positive": "patient"}
@@ -27,10 +27,7 @@ def external_config(**over):
 
 @pytest.fixture(scope="module")
 def cohorts():
-    imgs, meta, _ = blob_arrays(64, seed=1, disease=0.0)
-    pre = Cohort.from_arrays(imgs, meta, name="healthy")
-    imgs, meta, _ = blob_arrays(80, seed=2)
-    tgt = Cohort.from_arrays(imgs, meta, name="target")
+    pre, tgt = bench_cohorts()
     # other subjects, every image shifted by 3 voxels and brighter: a distribution the models never saw
     imgs, meta, _ = blob_arrays(40, seed=3)
     imgs = np.roll(imgs, 3, axis=1) * 1.3

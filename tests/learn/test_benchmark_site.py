@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from sobre.errors import ConfigError, InputError
-from sobre.learn import Cohort, LabelEfficiencyConfig, load_config
+from sobre.learn import LabelEfficiencyConfig, load_config
 from sobre.learn import _harmonize
 from sobre.learn._benchmark import label_efficiency
 
-from .helpers import blob_arrays
+from .helpers import bench_cohorts
 from .test_benchmark import bench_config
 
 SITE_ARMS = ["yaware_probe", "yaware_site_probe", "yaware_combat_probe", "classical"]
@@ -31,10 +31,8 @@ def site_config(**over):
 
 @pytest.fixture(scope="module")
 def cohorts():
-    imgs, meta, _ = blob_arrays(64, seed=1, disease=0.0)
-    pre = Cohort.from_arrays(imgs, meta, name="healthy")
-    imgs, meta, _ = blob_arrays(80, seed=2)
-    return pre, {"disease": Cohort.from_arrays(imgs, meta, name="target")}
+    pre, tgt = bench_cohorts()
+    return pre, {"disease": tgt}
 
 
 # ----------------------------------------------------------------------------------------- ComBat
