@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
 
 from sobre.sim import BrainCohortConfig, BrainSimulator, DiseaseModel, simulate_brain_cohort, warp_labels
 
@@ -83,3 +84,38 @@ def test_sites_confound_on_purpose(brain_template, calib_cache):
     assert min(d["age"] for d in old) >= 65 and max(d["age"] for d in young) <= 35
     assert np.mean([d["diagnosis"] != "control" for d in old]) > 0.7
     assert np.mean([d["diagnosis"] != "control" for d in young]) < 0.3
+
+
+def test_healthy_counterpart_is_the_same_subject_without_the_disease(brain_template, calib_cache):
+    cfg = BrainCohortConfig(subjects=6, seed=1, sites=2, resolution=4.0,
+                            disease=DiseaseModel.preset("visual", strength=8.0))
+    sim = BrainSimulator(cfg, cache_dir=calib_cache)
+    affected = [int(v) for v in np.flatnonzero(sim.pattern[1:118]) + 1]
+    assert affected == [43, 44, 45, 46, 47, 48]  # calcarine, cuneus, lingual (left, right)
+    seen = set()
+    for i in range(6):
+        a, h = sim.subject(i), sim.subject(i, healthy=True)
+        la, lh = a.truth.labels.array, h.truth.labels.array
+        assert h.metadata["counterfactual"] == "healthy" and h.metadata["disease_strength"] == 0
+        assert h.metadata["diagnosis"] == a.metadata["diagnosis"] and h.metadata["age"] == a.metadata["age"]
+        assert h.truth.disease_map is None and np.allclose(h.truth.labels.affine, a.truth.labels.affine)
+        if a.metadata["diagnosis"] == "control":  # nothing to remove: the very same subject
+            seen.add("control")
+            assert np.array_equal(la, lh) and np.array_equal(a.image.array, h.image.array)
+            continue
+        seen.add("patient")
+        # the disease's deformation is smooth and global (the CSF takes the lost volume), so labels
+        # move a little everywhere, but outside the affected regions' territory they mostly agree
+        territory = ndi.binary_dilation(np.isin(la, affected) | np.isin(lh, affected), iterations=3)
+        assert np.mean((la == lh)[~territory]) > 0.97 and np.mean(la == lh) > 0.95
+        # the affected regions are larger before the disease by about the simulated effect
+        t_dis = sim.pattern * a.metadata["disease_strength"]
+        names = sim.template.names
+        log_ratio = [np.log(a.truth.volumes[names[r]] / h.truth.volumes[names[r]]) for r in affected]
+        assert abs(np.mean(log_ratio) - np.mean(t_dis[affected])) < 0.1
+        assert all(x < -0.3 for x in log_ratio)
+        # the tissue the disease removed became CSF and neighbours in the patient's own map
+        lost = np.isin(lh, affected) & ~np.isin(la, affected)
+        assert lost.sum() > 0.3 * np.isin(la, affected).sum()
+        assert np.isin(la[lost], [0, *affected]).mean() < 0.05
+    assert seen == {"control", "patient"}

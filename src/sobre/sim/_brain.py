@@ -712,15 +712,24 @@ class BrainSimulator:
             missing[var] = bool(u[j] < prob[var])
         return {"values": values, "missing": missing, "missing_probability": prob}
 
-    def subject(self, index: int, *, image: bool = True) -> SimulatedBrain:
+    def subject(self, index: int, *, image: bool = True, healthy: bool = False) -> SimulatedBrain:
         """Simulate subject ``index`` (0-based): image, metadata and ground truth.
 
         ``image=False`` skips the T1 (``image`` is then None): the anatomy and its truth alone, about
         twice as fast, for validating the anatomy model on large cohorts.
+
+        ``healthy=True`` gives the subject's healthy counterpart: the same draws (site, age, sex, head
+        size, inter-subject anatomy, individual offsets, pose, image noise) with the disease strength
+        set to 0, so that a patient's regions can be seen as they were before the disease (the tissue
+        the disease removed is still labelled by its region). A control is unchanged. The metadata
+        keep the diagnosis, with ``disease_strength`` 0 and ``counterfactual`` = ``"healthy"``.
         """
         cfg = self.config
         core, tpl = self.core, self.template
         demo = self.demographics(index)
+        if healthy:
+            demo["disease_strength"] = 0.0
+            demo["counterfactual"] = "healthy"
         site = self.sites[demo.pop("_site_index")]
         multiplier = demo.pop("_multiplier")
         subtype = demo.pop("_subtype")
@@ -819,6 +828,8 @@ class BrainSimulator:
             "translation_mm": (trans + phase).tolist(), "disease_multiplier": multiplier if strength else None,
             "individual": z_group, "subtype": subtype, "substrate": cfg.substrate,
         }
+        if healthy:
+            latent["counterfactual"] = "healthy (disease strength 0)"
         template_map = None
         if cfg.template_maps:
             template_map = Image(self._template_logjac(u_anat, velocity), core.grid.affine,
