@@ -227,16 +227,24 @@ def _clinical_workspace(root):
     return ws
 
 
-def test_sobre_fuse_on_a_train_run(tmp_path, capsys):
-    from sobre.cli import main
-    from sobre.learn import open_run, runs_root, train
+@pytest.fixture(scope="module")
+def clinical(tmp_path_factory):
+    """(workspace, image run): the clinical workspace and a tiny binary train run on it (one epoch)."""
+    from sobre.learn import train
 
     from .helpers import tiny_train_config
 
-    ws = _clinical_workspace(tmp_path)
+    ws = _clinical_workspace(tmp_path_factory.mktemp("fusion-ws"))
     cfg = tiny_train_config(data={"dataset": "all@v1"}, split={"test_fraction": 0.25},
                             optim={"epochs": 1, "batch_size": 8})
-    img = train(cfg, workspace=ws).run
+    return ws, train(cfg, workspace=ws).run
+
+
+def test_sobre_fuse_on_a_train_run(clinical, tmp_path, capsys):
+    from sobre.cli import main
+    from sobre.learn import open_run, runs_root
+
+    ws, img = clinical
     runs = {}
     for method in ("late", "feature", "tabular"):
         toml = tmp_path / f"{method}.toml"
@@ -265,3 +273,105 @@ def test_sobre_fuse_on_a_train_run(tmp_path, capsys):
     toml.write_text(f'image_run = "{img.run_id}"\n[tabular]\nvariable = ["lab"]\n')
     assert main(["fuse", str(toml), "-w", str(ws.root)]) == 2
     assert "did you mean 'variables'" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------ a fusion run as a model
+def _fused(ws, img, method, **tabular):
+    from sobre.learn import fuse
+
+    cfg = {"image_run": img.run_id, "method": method, "C": 1.0, "inner_folds": 3,
+           "tabular": {"variables": ["lab", "sodium"], **tabular}}
+    return fuse(cfg, workspace=ws).run
+
+
+def _test_rows(ws, run):
+    want = pd.read_csv(run.path / "predictions.csv", dtype={"subject_id": str})
+    want = want[want["split"] == "test"]
+    ds = ws.dataset("all@v1")
+    return ds, [s for s in ds.series if s.subject_id in set(want["subject_id"])], want
+
+
+@pytest.mark.parametrize("method", ["tabular", "late", "feature"])
+def test_loaded_fusion_model_reproduces_the_runs_test_scores(clinical, method):
+    """load_model(fusion run).predict on the run's test subjects gives its predictions.csv scores, with
+    the variables from the dataset version or given as a table or a mapping keyed by subject."""
+    from sobre.learn import FusionModel, load_model
+
+    ws, img = clinical
+    run = _fused(ws, img, method)
+    model = load_model(run.run_id, workspace=ws)
+    assert isinstance(model, FusionModel) and model.method == method and model.variables == ["lab", "sodium"]
+    assert model.provenance["run_id"] == run.run_id and model.provenance["image_run"] == img.run_id
+    assert model.provenance["image"]["run_id"] == img.run_id and model.provenance["image"]["checkpoints"]
+    ds, series, want = _test_rows(ws, run)
+    assert len(want) == 12 and want["subject_id"].isin([s.subject_id for s in series]).all()
+    got = model.predict(ds, series=series)
+    assert got.kind == "binary" and got.classes == ["control", "patient"] and len(got) == len(want)
+    frame = got.frame().set_index("subject_id").loc[want["subject_id"]]
+    np.testing.assert_allclose(frame["score"].to_numpy(), want["score"].to_numpy(), rtol=0, atol=1e-5)
+    table = pd.DataFrame(ds.records())[["subject_id", "lab", "sodium"]]
+    again = model.predict(ds, series=series, variables=table).scores
+    np.testing.assert_array_equal(again, got.scores)
+    by_subject = {r["subject_id"]: {"lab": r["lab"], "sodium": r["sodium"]} for r in table.to_dict("records")}
+    np.testing.assert_array_equal(model.predict(ds, series=series, variables=by_subject).scores, got.scores)
+    if method == "late":  # Images (a generator) with their subject ids and a table of variables
+        def images():
+            for s in series:
+                img = ds.image(s)
+                img.metadata["subject_id"] = s.subject_id  # a loaded file does not know its subject
+                yield img
+
+        with pytest.raises(InputError, match="scores subjects: image image-0 has no subject id"):
+            model.predict([ds.image(series[0])], variables=table)
+        on_images = model.predict(images(), variables=table)
+        assert on_images.subjects == got.subjects
+        np.testing.assert_allclose(on_images.scores, got.scores, rtol=0, atol=1e-12)
+
+
+def test_fusion_model_refusals(clinical, tmp_path, capsys):
+    import shutil
+
+    import sobre
+    from sobre.cli import main
+    from sobre.learn import load_model, open_run
+
+    ws, img = clinical
+    run = _fused(ws, img, "late", missing="refuse", variables=["sodium"])  # sodium: recorded for everyone
+    model = load_model(run.path, workspace=ws)
+    ds, series, _ = _test_rows(ws, run)
+    table = pd.DataFrame(ds.records())[["subject_id", "sodium"]]
+    who = series[3].subject_id
+    holes = table.assign(sodium=np.where(table["subject_id"] == who, np.nan, table["sodium"]))
+    with pytest.raises(InputError, match=f"'sodium' is missing for subject {who}") as e:
+        model.predict(ds, series=series, variables=holes)
+    assert "refuse" in e.value.expected
+    with pytest.raises(InputError, match="needs the variable 'sodium': no such column in the variables given"):
+        model.predict(ds, series=series, variables=table.rename(columns={"sodium": "natrium"}))
+    with pytest.raises(InputError, match="no clinical variables for 1 subject"):
+        model.predict(ds, series=series, variables=table[table["subject_id"] != who])
+    flat = sobre.Image(np.zeros((16, 16), np.float32), np.eye(4), metadata={"subject_id": who, "sodium": 140.0})
+    with pytest.raises(InputError, match="3D images; image-0 is 2D"):  # the image model's own checks
+        model.predict([flat])
+    # `sobre predict` scores series: it says how to use a fusion run instead
+    assert main(["predict", str(run.path), "all@v1", "-w", str(ws.root), "--out", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err
+    assert "fusion run" in err and "load_model" in err
+    # a copy of both runs: the image run's checkpoint changed; a fusion run from before the model format
+    runs = tmp_path / "runs"
+    for r in (img, run):
+        shutil.copytree(r.path, runs / r.run_id)
+    model = load_model(runs / run.run_id)  # the image run is found beside it
+    assert model.provenance["image"]["path"] == str(runs / img.run_id)
+    ckpt = runs / img.run_id / next(iter(model.spec["image_checkpoints"]))
+    ckpt.write_bytes(ckpt.read_bytes() + b"\0")
+    with pytest.raises(InputError, match=f"run {img.run_id}: .* changed since the run recorded it"):
+        load_model(runs / run.run_id)
+    old = open_run(runs, run.run_id)
+    doc = json.loads((old.path / "fusion.json").read_text())
+    doc.pop("model")
+    doc["format"] = "sobre.fusion/1"
+    (old.path / "fusion.json").write_text(json.dumps(doc))
+    old.add_artifact("fusion.json")
+    with pytest.raises(InputError, match="fused before fusion runs became loadable models") as e:
+        load_model(old.path)
+    assert "fuse again" in e.value.fix

@@ -91,6 +91,19 @@ def _registry_available() -> bool:
         return False
 
 
+def _per_series(model):
+    """Applications score series one at a time: a fusion run's model scores subjects from their images
+    *and* clinical variables, which they do not take."""
+    if getattr(model, "kind", None) == "fusion":
+        raise InputError(f"run {model.run_id} is a fusion run: it scores subjects from their images and the "
+                         f"clinical variables {', '.join(model.variables)}, which applications and "
+                         "`sobre predict` do not take", path=model.path,
+                         expected="a train or probe run (one score per series)", found="kind fusion",
+                         fix="in Python: sobre.learn.load_model(RUN, workspace=ws).predict(ws.dataset('NAME@vN')) "
+                             "(variables from the dataset version, or variables=DataFrame with subject_id)")
+    return model
+
+
 def load_model_source(source, *, workspace=None, precision: str = "run") -> LoadedModel:
     """Load a model from any supported source (see the module docstring).
 
@@ -106,6 +119,7 @@ def load_model_source(source, *, workspace=None, precision: str = "run") -> Load
         return source
     if isinstance(source, TrainedModel):
         return LoadedModel(source, model_identity(source))
+    _per_series(source)
     if hasattr(source, "load") and callable(source.load):
         model = source.load()
         return LoadedModel(model, model_identity(model, source), package_codes(source))
@@ -114,14 +128,14 @@ def load_model_source(source, *, workspace=None, precision: str = "run") -> Load
                          "NAME@VERSION of a registered model, or a TrainedModel", found=type(source).__name__)
     text = str(source)
     if Path(text).is_dir():
-        model = load_model(text, precision=precision)
+        model = _per_series(load_model(text, precision=precision))
         return LoadedModel(model, model_identity(model))
     tried = [f"no run folder {text}"]
     if workspace is not None:
         from sobre.errors import CatalogError
 
         try:
-            model = load_model(text, workspace=workspace, precision=precision)
+            model = _per_series(load_model(text, workspace=workspace, precision=precision))
             return LoadedModel(model, model_identity(model))
         except CatalogError:
             tried.append(f"no run '{text}' in workspace {workspace.root}")

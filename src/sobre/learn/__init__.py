@@ -15,7 +15,8 @@ in each image's own space, with the share of saliency mass per atlas region.
 version: a tabular model, late fusion (a logistic regression on the out-of-fold image and tabular
 logits) or feature-level fusion (encoder features + tabular columns in one logistic regression);
 missing values are imputed with training statistics and flagged by indicator columns
-(:class:`TabularPrep`).
+(:class:`TabularPrep`). ``load_model`` of a fusion run gives a :class:`FusionModel`:
+``predict(images, variables=...)`` scores new subjects with what the run fitted.
 
 Nothing here prints: long work reports through ``progress(stage, done, total)`` callbacks
 (:mod:`sobre.base`), epochs through ``on_epoch(record)``, and the ``sobre.learn`` logger.
@@ -48,7 +49,7 @@ __all__ = [
     "load_model", "TrainedModel", "ModelTask", "Predictions",
     "explain", "saliency", "region_shares", "Explanation", "SubjectExplanation",
     "FusionConfig", "TabularConfig", "fuse", "FuseResult", "FusionResult", "TabularPrep", "TabularModel",
-    "fit_tabular", "tabular_only", "late_fusion", "feature_fusion",
+    "fit_tabular", "tabular_only", "late_fusion", "feature_fusion", "FusionModel",
 ]
 
 
@@ -82,6 +83,10 @@ def __getattr__(name: str):  # the heavier entry points load on first use
         from sobre.learn import _fusion
 
         return getattr(_fusion, name)
+    if name == "FusionModel":
+        from sobre.learn._fusion_model import FusionModel
+
+        return FusionModel
     if name in ("init_parallel", "Parallel", "parallel"):  # data parallel (torch.distributed, gloo)
         from sobre.learn import _engine
 

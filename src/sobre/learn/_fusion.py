@@ -44,6 +44,10 @@ __all__ = ["TabularPrep", "TabularModel", "FusionResult", "fit_tabular", "tabula
 
 log = logging.getLogger("sobre.learn")
 
+#: ``fusion.json`` of a fusion run; ``/2`` adds ``model``, what :func:`~sobre.learn.load_model` reads.
+FUSION_FORMAT = "sobre.fusion/2"
+FUSION_MODEL_FORMAT = "sobre.fusion-model/1"
+
 
 # ------------------------------------------------------------------------------------- tabular
 class TabularPrep:
@@ -153,6 +157,24 @@ class TabularPrep:
             "_n_train": int(self.n_fit_), "_columns": self.columns, "_impute": self.cfg.impute,
             "_missing": self.cfg.missing}
 
+    def spec(self) -> dict:
+        """Everything :meth:`transform` needs, as plain JSON (a loadable fusion model's ``tabular``)."""
+        return {"variables": list(self.cfg.variables), "missing": self.cfg.missing, "impute": self.cfg.impute,
+                "absent": self.cfg.absent, "columns": self.columns, "fill": [float(v) for v in self.fill_],
+                "mean": [float(v) for v in self.mean_], "std": [float(v) for v in self.std_],
+                "n_fit": int(self.n_fit_)}
+
+    @classmethod
+    def from_spec(cls, spec: dict, *, dataset: str = "the dataset version", config_path=None) -> TabularPrep:
+        """The fitted preparation of :meth:`spec`, without refitting."""
+        cfg = TabularConfig(variables=spec["variables"], missing=spec["missing"], impute=spec["impute"],
+                            absent=spec["absent"])
+        prep = cls(cfg, dataset=dataset, config_path=config_path)
+        prep.fill_, prep.mean_, prep.std_ = (np.asarray(spec[k], float) for k in ("fill", "mean", "std"))
+        prep.n_fit_ = int(spec["n_fit"])
+        prep.n_missing_ = np.zeros(len(cfg.variables), int)
+        return prep
+
 
 def _subject(table: pd.DataFrame, i: int) -> str:
     return str(table["subject_id"].iloc[i]) if "subject_id" in table.columns else f"row {i}"
@@ -180,12 +202,15 @@ def fit_tabular(table: pd.DataFrame, y: np.ndarray, cfg: TabularConfig, *, seed:
 @dataclass
 class FusionResult:
     """Scores of one method: ``dev_scores`` out-of-fold on the development subjects (NaN where the
-    method has none), ``test_scores`` on the subjects scored, and what was fitted (``info``)."""
+    method has none), ``test_scores`` on the subjects scored, what was fitted (``info``), and the
+    fitted preparation and logistic regressions as plain numbers (``model``: what
+    :func:`~sobre.learn.load_model` of a fusion run applies to new subjects)."""
 
     method: str
     dev_scores: np.ndarray
     test_scores: np.ndarray
     info: dict = field(default_factory=dict)
+    model: dict = field(default_factory=dict)  # what scores new subjects (plain JSON; see :func:`_linear`)
 
 
 def _check_binary(y: np.ndarray, what: str) -> np.ndarray:
@@ -208,8 +233,11 @@ def _rows(table: pd.DataFrame, idx) -> pd.DataFrame:
     return table.iloc[np.asarray(idx)].reset_index(drop=True)
 
 
+_CLIP = 1e-6  # probabilities are clipped to [_CLIP, 1 - _CLIP] before their logit
+
+
 def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(p, float), 1e-6, 1 - 1e-6)
+    p = np.clip(np.asarray(p, float), _CLIP, 1 - _CLIP)
     return np.log(p / (1 - p))
 
 
@@ -235,7 +263,8 @@ def tabular_only(y_dev, table_dev: pd.DataFrame, table_test: pd.DataFrame, cfg: 
     final.prep.check_present(table_test, "test subjects")
     test = final.predict(table_test) if len(table_test) else np.zeros(0)
     return FusionResult("tabular", oof, test, {"tabular": final.prep.state(), "C": final.probe.info["C"],
-                                               "coef": _coef(final.probe, final.prep.columns)})
+                                               "coef": _coef(final.probe, final.prep.columns)},
+                        {"tabular": final.prep.spec(), "tabular_model": _linear(final.probe)})
 
 
 def late_fusion(y_dev, image_dev, table_dev: pd.DataFrame, image_test, table_test: pd.DataFrame,
@@ -292,7 +321,9 @@ def late_fusion(y_dev, image_dev, table_dev: pd.DataFrame, image_test, table_tes
         "combiner": {"image_logit": float(w[0, 0]), "tabular_logit": float(w[0, 1]), "intercept": float(b[0]),
                      "C": comb.info["C"], "n_subjects": len(stack)},
         "tabular": tab.prep.state(), "tabular_C": tab.probe.info["C"],
-        "tabular_coef": _coef(tab.probe, tab.prep.columns)})
+        "tabular_coef": _coef(tab.probe, tab.prep.columns)},
+        {"tabular": tab.prep.spec(), "tabular_model": _linear(tab.probe), "combiner": _linear(comb),
+         "logit_clip": _CLIP})
 
 
 def feature_fusion(y_dev, features_dev, table_dev: pd.DataFrame, features_test, table_test: pd.DataFrame,
@@ -324,12 +355,22 @@ def feature_fusion(y_dev, features_dev, table_dev: pd.DataFrame, features_test, 
     coef = _coef(model, names)
     return FusionResult("feature", dev, test, {
         "C": model.info["C"], "tabular": prep.state(), "n_image_features": int(F_dev.shape[1]),
-        "tabular_coef": {k: v for k, v in coef.items() if not k.startswith("image_")}})
+        "tabular_coef": {k: v for k, v in coef.items() if not k.startswith("image_")}},
+        {"tabular": prep.spec(), "feature_model": _linear(model), "n_image_features": int(F_dev.shape[1])})
 
 
 def _coef(probe: Probe, names: list[str]) -> dict:
     """Coefficients on the standardised columns (comparable across columns)."""
     return {n: float(c) for n, c in zip(names, np.ravel(probe.model.coef_))}
+
+
+def _linear(probe: Probe) -> dict:
+    """A fitted binary logistic :class:`Probe` as plain numbers, computed as it computes:
+    ``z = (x - scaler_mean) / scaler_scale``, ``P = expit(z @ coef + intercept)``."""
+    return {"scaler_mean": [float(v) for v in probe.scaler.mean_],
+            "scaler_scale": [float(v) for v in probe.scaler.scale_],
+            "coef": [float(v) for v in np.ravel(probe.model.coef_)],
+            "intercept": float(np.ravel(probe.model.intercept_)[0]), "C": float(probe.info["C"])}
 
 
 # ------------------------------------------------------------------------------------ the run
@@ -349,7 +390,8 @@ def fuse(config, *, workspace, progress=None, config_path=None, record: bool = T
     ``config``: a :class:`~sobre.learn.FusionConfig`, a dict or a TOML path. The dataset version (its
     content hash checked against the image run's), the label and the split are the image run's;
     the run is recorded as kind ``fusion`` in ``WS/runs`` with ``split.csv``, ``predictions.csv``
-    (``sobre evaluate`` reads it), ``fusion.json`` (what was fitted) and ``run.json``.
+    (``sobre evaluate`` reads it), ``fusion.json`` (what was fitted, and ``model``: what
+    :func:`~sobre.learn.load_model` reads to score new subjects) and ``run.json``.
     """
     from sobre.learn._runs import Run, open_run, runs_root
     from sobre.learn._tasks import build_task, metrics_for
@@ -425,10 +467,18 @@ def fuse(config, *, workspace, progress=None, config_path=None, record: bool = T
         run.add_artifact("split.csv")
         preds.to_csv(run.path / "predictions.csv", index=False)
         run.add_artifact("predictions.csv")
-        fitted = {"format": "sobre.fusion/1", "method": res.method, "image_run": img.run_id,
+        members = (rec.get("model") or {}).get("members") or []
+        artifacts = rec.get("artifacts") or {}
+        model = {"format": FUSION_MODEL_FORMAT, "method": res.method, "image_run": img.run_id,
+                 "image_run_kind": rec.get("kind"),
+                 "image_checkpoints": {m["checkpoint"]: (artifacts.get(m["checkpoint"]) or {}).get("sha256")
+                                       for m in members},
+                 "label": icfg.task.label, "classes": [str(c) for c in task.classes],
+                 "positive": None if task.positive is None else str(task.positive), **res.model}
+        fitted = {"format": FUSION_FORMAT, "method": res.method, "image_run": img.run_id,
                   "image_run_kind": rec.get("kind"), "label": icfg.task.label,
                   "classes": [str(c) for c in task.classes],
-                  "fitted": res.info, "note": note}
+                  "fitted": res.info, "note": note, "model": model}
         (run.path / "fusion.json").write_text(json.dumps(fitted, indent=1, default=float))
         run.add_artifact("fusion.json")
         auc = metrics.get("test", metrics["validation"]).get("auc")

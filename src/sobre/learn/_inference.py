@@ -518,7 +518,9 @@ def load_model(run, *, workspace=None, runs_dir=None, device: str | torch.device
     ----------
     run : Run, path of a run folder, or a run id
         A run id (or unique prefix) needs ``workspace`` (or ``runs_dir``). Train, probe and
-        pretraining runs (the latter give an encoder: :meth:`TrainedModel.features`).
+        pretraining runs (the latter give an encoder: :meth:`TrainedModel.features`). A fusion run
+        gives a :class:`~sobre.learn.FusionModel` (its image run, found in ``workspace`` or beside
+        it, loaded too): ``predict(images, variables=...)`` scores subjects.
     workspace : sobre.catalog.Workspace, optional
     runs_dir : path, optional
         Where runs are, without a workspace.
@@ -532,7 +534,7 @@ def load_model(run, *, workspace=None, runs_dir=None, device: str | torch.device
 
     Returns
     -------
-    TrainedModel
+    TrainedModel (FusionModel for a fusion run)
 
     Raises
     ------
@@ -540,20 +542,26 @@ def load_model(run, *, workspace=None, runs_dir=None, device: str | torch.device
         No such run (the error lists known runs), or an unreadable record.
     InputError
         A run without weights (still running, interrupted, failed, or recorded before
-        ``sobre.model/1``), or a checkpoint changed since the run recorded it.
+        ``sobre.model/1``), or a checkpoint changed since the run recorded it; a fusion run fused
+        before ``sobre.fusion-model/1``, or whose image run's checkpoints changed.
     """
     run = _open(run, workspace, runs_dir)
     r = run.record
     kind = r.get("kind")
-    if kind not in ("train", "probe", "pretrain"):
+    if kind not in ("train", "probe", "pretrain", "fusion"):
         raise InputError(f"run {run.run_id} is a {kind} run, which holds no model", path=run.path,
-                         expected="a train, probe or pretrain run", found=f"kind {kind}",
+                         expected="a train, probe, pretrain or fusion run", found=f"kind {kind}",
                          fix="choose a run from `sobre runs list --kind train`")
     if r.get("status") != "completed":
         raise _no_weights(run, "a completed run", f"status {r.get('status')}"
                           + (f" ({r['error']})" if r.get("error") else ""))
     if precision not in ("run", "fp32", "bf16"):
         raise InputError("unknown precision", expected="run, fp32 or bf16", found=repr(precision))
+    if kind == "fusion":
+        from sobre.learn._fusion_model import load_fusion
+
+        return load_fusion(run, workspace=workspace, runs_dir=runs_dir, device=device, precision=precision,
+                           verify=verify)
     rec = r.get("model")
     if rec is None and kind == "pretrain":
         rec = _pretrain_record(run, verify)
