@@ -333,7 +333,7 @@ def test_fusion_model_refusals(clinical, tmp_path, capsys):
 
     import sobre
     from sobre.cli import main
-    from sobre.learn import load_model, open_run
+    from sobre.learn import explain, load_model, open_run
 
     ws, img = clinical
     run = _fused(ws, img, "late", missing="refuse", variables=["sodium"])  # sodium: recorded for everyone
@@ -352,6 +352,11 @@ def test_fusion_model_refusals(clinical, tmp_path, capsys):
     flat = sobre.Image(np.zeros((16, 16), np.float32), np.eye(4), metadata={"subject_id": who, "sodium": 140.0})
     with pytest.raises(InputError, match="3D images; image-0 is 2D"):  # the image model's own checks
         model.predict([flat])
+    with pytest.raises(InputError, match="fusion run: it has no encoder of its own") as e:
+        model.features(ds)
+    assert img.run_id in e.value.fix
+    with pytest.raises(InputError, match="is a fusion run .*: saliency explains an image network"):
+        explain(run.path, "all@v1", "occlusion", workspace=ws, write=False)
     # `sobre predict` scores series: it says how to use a fusion run instead
     assert main(["predict", str(run.path), "all@v1", "-w", str(ws.root), "--out", str(tmp_path / "p")]) == 2
     err = capsys.readouterr().err

@@ -217,6 +217,11 @@ def _target_index(model, target, logits: np.ndarray) -> tuple[int, str]:
 
 def _check_model(model, dataset: str = "") -> None:
     on = f" (explaining {dataset})" if dataset else ""
+    if getattr(model, "kind", None) == "fusion":
+        raise InputError(f"run {model.run_id} is a fusion run{on}: saliency explains an image network",
+                         path=model.path, expected="a train or probe run", found="kind fusion",
+                         fix=f"explain its image run {model.image_model.run_id}; the clinical variables' weights "
+                             "are in the fusion run's fusion.json")
     if model.task is None:
         raise InputError(f"run {model.run_id} is a pretraining run: an encoder without a task head{on}",
                          path=model.path, expected="a train or probe run with an image classifier or regressor",

@@ -88,6 +88,12 @@ class FusionModel:
         return (f"FusionModel({self.method} fusion run {self.run_id}, image run {self.image_model.run_id}, "
                 f"variables {', '.join(self.variables)})")
 
+    def features(self, *args, **kwargs):
+        """Not for a fusion model: its image features are those of ``image_model`` (``image_model.features``)."""
+        raise InputError(f"run {self.run_id} is a fusion run: it has no encoder of its own",
+                         expected="a train, probe or pretraining run for features", found="kind fusion",
+                         fix=f"use its image run {self.image_model.run_id} (model.image_model.features(images))")
+
     # ------------------------------------------------------------------------------ the table
     def _table(self, subjects: list[str], items: list, variables, source: str) -> tuple[pd.DataFrame, str]:
         """One row per subject (in ``subjects`` order) with ``subject_id`` and the variables."""
