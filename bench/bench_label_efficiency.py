@@ -13,7 +13,8 @@ small smoke run). Two phases, timed separately:
    * ``accelerated``  patients vs controls, disease preset ``accelerated-ageing`` (default 700 subjects)
    * ``visual``       patients vs controls, preset ``visual`` (atrophy of regions that do not age)
 
-   All cohorts share the same five sites (the same hospitals), with distinct subject identifiers.
+   All cohorts share the same five sites (the same hospitals, imaged by the very same scanners: each
+   site's bias field is its own, ``fixed_bias``), with distinct subject identifiers.
 2. **Benchmark**: ``sobre.learn.label_efficiency`` with ``bench/configs/label_efficiency.toml``:
    SimCLR and y-aware pretraining on ``pretrain``, then for N in {25, 50, 100, 200, 400} × 5 repeats:
    from scratch, SimCLR + probe, y-aware + probe, y-aware + fine-tune and the classical baseline (AAL ROI
@@ -71,7 +72,11 @@ def log(msg: str) -> None:
 def sites(k: int, resolution: float):
     from sobre.sim import default_sites
 
-    return [s.model_copy(update={"age_min": 18.0, "age_max": 90.0}) for s in default_sites(k, 7, resolution)]
+    # fixed_bias: a site's bias pattern belongs to its scanner, not to the cohort's seed. Without it (data
+    # format 3) each cohort saw other bias fields on the "same" sites, and a site eraser fitted on the
+    # pretraining cohort could not transfer to the target cohorts (docs/benchmarks/label-efficiency.md).
+    return [s.model_copy(update={"age_min": 18.0, "age_max": 90.0})
+            for s in default_sites(k, 7, resolution, fixed_bias=True)]
 
 
 def cohort_specs(args) -> list[dict]:
@@ -166,7 +171,7 @@ def prepare_data(args) -> tuple[object, dict]:
     ws = Workspace.init(wsdir) if not (wsdir / "sobre.toml").exists() else Workspace.open(wsdir)
     timings = {}
     for spec in cohort_specs(args):
-        stamp = dict(spec, resolution=args.resolution, sites=args.sites, format=3)
+        stamp = dict(spec, resolution=args.resolution, sites=args.sites, format=4)
         marker = args.out / f"cohort-{spec['name']}.json"
         if marker.exists() and json.loads(marker.read_text()).get("spec") == stamp:
             log(f"cohort {spec['name']}: already frozen ({json.loads(marker.read_text())['ref']})")
