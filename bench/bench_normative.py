@@ -232,6 +232,11 @@ def evaluate(data: dict, args) -> dict:
         per_subtype[name] = {"patients": int(members.sum()), "affected_regions": int(affected.sum()),
                              "group_auc": a, "voxel_auc": auc(mvox[vox_aff], mvox[~vox_aff]),
                              "voxels_affected": int(vox_aff.sum())}
+        za, zu = zv[members][:, affected], zv[members][:, ~affected]
+        med = float(np.median(np.abs(za)))
+        per_subtype[name]["affected_median_z"] = float(np.median(za))
+        # how many unaffected regions of a patient out-rank the median affected one (what limits the top 5)
+        per_subtype[name]["unaffected_above_median_affected"] = float(np.mean(np.sum(np.abs(zu) > med, axis=1)))
         for i in np.flatnonzero(members):
             order = np.argsort(-np.abs(zv[i]))[:5]
             top5.append(int(affected[order].sum()))
