@@ -60,7 +60,8 @@ def cohort(args, out: Path) -> Path:
     if (sim / "participants.tsv").exists():
         found = json.loads(stamp.read_text()) if stamp.exists() else None
         if found != made:
-            sys.exit(f"{sim} holds another cohort (cohort.json: {found}; asked for {made}): use --fresh or another --out")
+            sys.exit(f"{sim} holds another cohort (cohort.json: {found}; asked for {made}): "
+                     "use --fresh or another --out")
         return sim
     cfg = BrainCohortConfig(subjects=args.subjects, sites=args.sites, seed=args.seed, resolution=args.resolution,
                             disease=DiseaseModel.preset(args.disease, strength=args.strength))
@@ -328,7 +329,8 @@ def main(argv=None) -> int:
     result["load_end"] = os.getloadavg()
     (out / "results.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
     print(f"SIMULATED data. run {run.run_id}, AUC {summary['auc']} (n {summary['n']}; best epoch "
-          f"{summary['best_epoch']} of {summary['epochs_run']}), {len(patients)} patients, affected: {', '.join(names)}")
+          f"{summary['best_epoch']} of {summary['epochs_run']}), {len(patients)} patients, "
+          f"affected: {', '.join(names)}")
 
     def ci(d, f="{:.2f}"):
         return f"{f.format(d['value'])} [{f.format(d['ci_low'])}, {f.format(d['ci_high'])}]"
