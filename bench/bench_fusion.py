@@ -15,7 +15,9 @@ SimCLR pretraining sees the development subjects' images only (``data.where = 's
 no labels); a linear probe on its frozen features (``sobre.learn.probe``, ``split.test_column``) is
 the image-only model. ``sobre.learn.fuse`` then fits, for each variable, the tabular model, late
 fusion and feature fusion on the development subjects; all arms are scored on the same test
-subjects. AUCs with BCa bootstrap CIs (``sobre.validate.auc_ci``) and paired differences to
+subjects. Each fusion run is then loaded again (``sobre.learn.load_model``: image run + what
+``fusion.json`` holds) and applied to the test subjects' images and variables of the dataset version;
+its scores are compared with the run's ``predictions.csv``. AUCs with BCa bootstrap CIs (``sobre.validate.auc_ci``) and paired differences to
 image-only and to tabular-only (DeLong, ``sobre.validate.delong_test``). Targets: with ``nfl`` fused >= both single
 modalities; with ``sodium`` fused within 0.01 AUC of image-only. Everything here is SIMULATED.
 
@@ -147,7 +149,7 @@ def main(argv=None) -> int:
     sim = cohort(args, out)
     ws = workspace(out, sim)
     run = image_run(args, ws)
-    from sobre.learn import fuse
+    from sobre.learn import fuse, load_model
     from sobre.validate import auc_ci, delong_test
 
     pr = pd.read_csv(run.path / "predictions.csv", dtype={"subject_id": str})
@@ -165,6 +167,16 @@ def main(argv=None) -> int:
             fitted[f"{method}-{var}"] = {"run": res.run.run_id, "seconds": round(time.perf_counter() - t0, 1),
                                          "fitted": json.loads((res.run.path / "fusion.json").read_text())["fitted"]}
             log(f"{method} [{var}]: test auc {res.metrics['test']['auc']:.3f} ({time.perf_counter() - t0:.0f} s)")
+            t0 = time.perf_counter()  # the fused model, loaded and applied to the test subjects again
+            ds = ws.dataset("fusion@v1")
+            again = load_model(res.run.run_id, workspace=ws).predict(
+                ds, series=[s_ for s_ in ds.series if s_.subject_id in set(test.index)])
+            got = again.frame().set_index("subject_id").loc[test.index, "score"].to_numpy(float)
+            fitted[f"{method}-{var}"]["reload"] = {
+                "max_abs_diff": float(np.abs(got - p["score"].to_numpy(float)).max()), "n_subjects": len(got),
+                "n_series": int(sum(len(x.split(";")) for x in again.series)),
+                "seconds": round(time.perf_counter() - t0, 2)}
+            log(f"{method} [{var}] loaded and applied again: {fitted[f'{method}-{var}']['reload']}")
     arms = {}
     for name, s in scores.items():
         arms[name] = {"auc": est(auc_ci(y, s, n_resamples=args.bootstrap, seed=args.seed))}
@@ -206,6 +218,9 @@ def main(argv=None) -> int:
         lines.append(f"| {name} | {a['auc']['value']:.3f} [{a['auc']['ci_low']:.3f}, {a['auc']['ci_high']:.3f}] | "
                      f"{diff(a.get('minus_image_only'))} | {diff(a.get('minus_tabular_only'))} |")
     lines += [f"- {k}: {'met' if v else 'NOT met'}" for k, v in checks.items()]
+    lines += [f"- load_model({k}) on the test subjects: max |score - predictions.csv| "
+              f"{f['reload']['max_abs_diff']:.2g} ({f['reload']['n_subjects']} subjects, {f['reload']['seconds']} s)"
+              for k, f in fitted.items()]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
