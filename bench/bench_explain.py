@@ -244,6 +244,12 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--mask-size", type=int, default=8, help="occlusion box, voxels of the network's grid")
+    ap.add_argument("--ig-baseline", default="0",
+                    help="integrated gradients' baseline: a number (normalised intensity; 0 = the image's mean) "
+                         "or 'min' (each image's own minimum: its air, no signal)")
+    ap.add_argument("--tag", default="",
+                    help="results in OUT/results-TAG.json and OUT/explain-METHOD-TAG (to compare settings on the "
+                         "same cohort and trained network)")
     ap.add_argument("--bootstrap", type=int, default=2000)
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--fresh", action="store_true", help="delete OUT first (else reuse cohort, workspace, run)")
@@ -293,10 +299,12 @@ def main(argv=None) -> int:
               "run": run.run_id, "test_metrics": metrics.get("test"), "affected_regions": names,
               "train_config": train_config(args), "training": summary, "seconds_preparation": round(t_prep, 1),
               "seconds_training": train_seconds, "patients": len(patients), "methods": {}}
-    params = {"occlusion": {"mask_size": args.mask_size}}
+    params = {"occlusion": {"mask_size": args.mask_size},
+              "ig": {"baseline": "min" if args.ig_baseline == "min" else float(args.ig_baseline)}}
+    suffix = f"-{args.tag}" if args.tag else ""
     for method in args.methods.split(","):
         t0 = time.perf_counter()
-        res = explain(model, ds, method, series=patients, out=out / f"explain-{method}", overwrite=True,
+        res = explain(model, ds, method, series=patients, out=out / f"explain-{method}{suffix}", overwrite=True,
                       atlas=str(truth / "{subject}" / "{subject}_dseg.nii.gz"), regions=truth / "regions.tsv",
                       params=params.get(method))
         secs = time.perf_counter() - t0
@@ -327,7 +335,7 @@ def main(argv=None) -> int:
     result["best_method_by"] = "ratio in the affected regions' territory before atrophy (healthy counterpart)"
     result["seconds_total"] = round(time.perf_counter() - t_start, 1)
     result["load_end"] = os.getloadavg()
-    (out / "results.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
+    (out / f"results{suffix}.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
     print(f"SIMULATED data. run {run.run_id}, AUC {summary['auc']} (n {summary['n']}; best epoch "
           f"{summary['best_epoch']} of {summary['epochs_run']}), {len(patients)} patients, "
           f"affected: {', '.join(names)}")

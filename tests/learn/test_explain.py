@@ -101,6 +101,25 @@ def test_a_seed_gives_the_same_maps(ws, model, tmp_path):
     assert a["map_sha256"] == b["map_sha256"] and a["output"] == b["output"]
 
 
+def test_integrated_gradients_from_the_images_air(ws, model):
+    """baseline = "min": each image's own minimum (no signal); still complete, the value recorded."""
+    ds = ws.dataset("all@v1")
+    entry = ds.series[3]
+    img = ds.image(entry)
+    img.metadata["series_uid"] = entry.series_uid
+    x, _ = model.prepare(img)
+    _, info = saliency(model, img, "ig", covariates={"age": entry.metadata["age"]},
+                       params={"steps": 128, "baseline": "min"})
+    assert info["baseline_value"] == pytest.approx(float(x.min()))
+    assert info["params"]["baseline"] == "min"
+    delta = info["output"] - info["output_at_baseline"]
+    assert abs(delta) > 1e-3
+    assert info["grid_sum"] == pytest.approx(delta, rel=0.02, abs=1e-4)
+    for bad in ("max", float("nan"), True):
+        with pytest.raises(InputError, match="unknown baseline"):
+            saliency(model, img, "ig", covariates={"age": entry.metadata["age"]}, params={"baseline": bad})
+
+
 def test_bad_input_names_the_run_and_dataset_and_writes_nothing(ws, run, model, tmp_path):
     out = tmp_path / "never"
     ds = ws.dataset("all@v1")

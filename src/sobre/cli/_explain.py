@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 
 from sobre.cli._common import (
@@ -33,8 +34,9 @@ def register(sub) -> None:
     p.add_argument("--regions", metavar="TSV", help="region names: a TSV/CSV with columns label and name")
     p.add_argument("--target", metavar="CLASS", help="class to explain (multiclass; default the predicted one)")
     p.add_argument("--steps", type=int, help="integrated gradients: steps along the path (default 32)")
-    p.add_argument("--baseline", type=float,
-                   help="ig/occlusion: baseline intensity, in the model's normalised units (default 0)")
+    p.add_argument("--baseline", type=_baseline_arg,
+                   help="ig/occlusion: baseline intensity, in the model's normalised units (default 0), or 'min': "
+                        "each image's own minimum (its air, no signal)")
     p.add_argument("--mask-size", type=int, help="occlusion: box size in voxels of the model's grid (default 8)")
     p.add_argument("--overlap", type=float, help="occlusion: overlap of the boxes (default 0.5)")
     p.add_argument("--layer", help="gradcam: module name (default the last one with a spatial output)")
@@ -66,3 +68,13 @@ def _explain(ns) -> int:
                   f"x{r.enrichment:.2f})")
     print(f"report: {res.path}/explanation.md")
     return 0
+
+
+def _baseline_arg(text: str) -> float | str:
+    """``--baseline``: a number or ``min`` (an unknown word is refused by argparse, exit 2)."""
+    if text.strip().lower() == "min":
+        return "min"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'min', found {text!r}") from None

@@ -108,7 +108,19 @@ def _params(method: str, given: Mapping | None) -> dict:
                              expected="one of: " + ", ".join(p), found=repr(k),
                              fix=f"leave --{k.replace('_', '-')} out with --method {method}")
         p[k] = v
+    if "baseline" in p:
+        b = p["baseline"]
+        ok = b == "min" or (isinstance(b, (int, float)) and not isinstance(b, bool) and np.isfinite(b))
+        if not ok:
+            raise InputError(f"unknown baseline {b!r} for method {method}",
+                             expected="a number (the model's normalised intensity) or \"min\" (each image's "
+                                      "minimum: no signal)", found=repr(b), fix="--baseline 0 or --baseline min")
     return p
+
+
+def _baseline(p: dict, x: torch.Tensor) -> float:
+    """The baseline intensity for input ``x``: a number, or ``"min"``, the image's own minimum (its air)."""
+    return float(x.min()) if p["baseline"] == "min" else float(p["baseline"])
 
 
 # ------------------------------------------------------------------------------ the network as f(x)
@@ -161,7 +173,7 @@ def _attribute(method: str, nets: list[torch.nn.Module], x: torch.Tensor, target
         if method == "ig":
             from captum.attr import IntegratedGradients
 
-            base = torch.full_like(x, float(p["baseline"]))
+            base = torch.full_like(x, _baseline(p, x))
             ig = IntegratedGradients(net)
             attr = ig.attribute(x, baselines=base, target=target, n_steps=int(p["steps"]), method="gausslegendre",
                                 internal_batch_size=int(p["internal_batch_size"]))
@@ -170,7 +182,7 @@ def _attribute(method: str, nets: list[torch.nn.Module], x: torch.Tensor, target
             from monai.visualize import OcclusionSensitivity
 
             occ = OcclusionSensitivity(net, mask_size=int(p["mask_size"]), n_batch=int(p["n_batch"]), verbose=False,
-                                       mode=float(p["baseline"]), overlap=float(p["overlap"]), activate=False)
+                                       mode=_baseline(p, x), overlap=float(p["overlap"]), activate=False)
             with torch.no_grad(), warnings.catch_warnings():
                 # MONAI 1.6.1 indexes tensors with lists inside OcclusionSensitivity (torch deprecation notice)
                 warnings.filterwarnings("ignore", message="Using a non-tuple sequence", category=UserWarning)
@@ -250,7 +262,8 @@ def saliency(model, image, method: str, *, target=None, covariates=None, seed: i
         Seeds torch's generator while the map is computed (the methods here are deterministic on CPU;
         the seed is recorded).
     params : mapping, optional
-        ``ig``: ``steps`` (32), ``baseline`` (0.0, in the network's normalised intensities),
+        ``ig``: ``steps`` (32), ``baseline`` (0.0, in the network's normalised intensities, or
+        ``"min"``: each image's own minimum, i.e. its air, "no signal"),
         ``internal_batch_size`` (8); ``occlusion``: ``mask_size`` (8 voxels of the network's grid),
         ``overlap`` (0.5), ``baseline`` (0.0), ``n_batch`` (16); ``gradcam``: ``layer`` (default the
         last module with a spatial output).
@@ -292,7 +305,8 @@ def _saliency(model, item, method: str, *, target, seed: int, p: dict):
         info = {"target": name, "target_index": k, "output": float(logits[k])}
         if method == "ig":
             with torch.no_grad():
-                base = torch.full_like(x, float(p["baseline"]))
+                base = torch.full_like(x, _baseline(p, x))
+                info["baseline_value"] = float(base.flatten()[0])
                 info["output_at_baseline"] = float(np.mean([n(base)[0, k].item() for n in nets]))
         m = _attribute(method, nets, x, k, p)
     info["params"] = p
