@@ -248,6 +248,20 @@ def bench_config(args) -> dict:
             t.pop("n_labels", None)
     if args.repeats:
         cfg["repeats"] = args.repeats
+    if args.targets:  # overrides for exploratory runs on the same cohorts (recorded in the run's config)
+        keep = args.targets.split(",")
+        unknown = sorted(set(keep) - {t["name"] for t in cfg["targets"]})
+        if unknown:
+            raise SystemExit(f"--targets: no target {', '.join(unknown)} in {args.config}")
+        cfg["targets"] = [t for t in cfg["targets"] if t["name"] in keep]
+    if args.n_labels:
+        cfg["n_labels"] = [int(n) for n in args.n_labels.split(",")]
+        for t in cfg["targets"]:
+            t.pop("n_labels", None)
+    if args.methods:
+        cfg["methods"] = args.methods.split(",")
+        for t in cfg["targets"]:
+            t.pop("methods", None)
     if args.suite:  # targets whose cohort was not prepared (an interrupted preparation) are left out, and said
         ready = {p.stem.removeprefix("cohort-") for p in args.out.glob("cohort-*.json")}
         cfg["missing_targets"] = [t["name"] for t in cfg["targets"] if t["data"]["dataset"] not in ready]
@@ -296,6 +310,10 @@ def main(argv=None) -> int:
                          "after label_efficiency_, e.g. suite)")
     ap.add_argument("--suite-subjects", type=int, default=300, help="subjects per suite cohort")
     ap.add_argument("--shift-subjects", type=int, default=150, help="subjects of the ITK-head (anatomy shift) cohort")
+    ap.add_argument("--targets", default=None, help="comma-separated target names of the config to keep")
+    ap.add_argument("--methods", default=None, help="comma-separated arms (overrides every target's)")
+    ap.add_argument("--n-labels", default=None, help="comma-separated N (overrides every target's)")
+    ap.add_argument("--tag", default=None, help="suite: results in OUT/TAG-*.{md,json} (default: from the config's name)")
     ap.add_argument("--only", default=None,
                     help="comma-separated cohorts to prepare (\"suite\" = all suite cohorts); the others are left alone")
     args = ap.parse_args(argv)
@@ -344,7 +362,7 @@ def main(argv=None) -> int:
     if args.suite:
         suite_md, suite_json = suite_report(res, missing)
         text = "\n".join(head) + "\n" + suite_md + "\n" + (run.path / "results.md").read_text()
-        tag = args.config.stem.removeprefix("label_efficiency_").replace("_", "-")  # suite, suite-wide, ...
+        tag = args.tag or args.config.stem.removeprefix("label_efficiency_").replace("_", "-")  # suite, suite-wide
         (args.out / f"{tag}-summary.md").write_text(text)
         (args.out / f"{tag}-tables.json").write_text(json.dumps(suite_json, indent=1))
         for name in ("results.json", "label_efficiency.png"):
