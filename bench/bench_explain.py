@@ -247,6 +247,9 @@ def main(argv=None) -> int:
     ap.add_argument("--ig-baseline", default="0",
                     help="integrated gradients' baseline: a number (normalised intensity; 0 = the image's mean) "
                          "or 'min' (each image's own minimum: its air, no signal)")
+    ap.add_argument("--ig-smooth", type=int, default=0,
+                    help="integrated gradients: SmoothGrad over this many noisy copies (0: off; noise SD 0.15 of the "
+                         "image's intensity range)")
     ap.add_argument("--gradcam-layer", default=None,
                     help="Grad-CAM's layer (default: the last with a spatial output, 1/8 of the grid for depth 3); "
                          "e.g. net.encoder.body.11, the end of the second stage (1/4)")
@@ -303,7 +306,8 @@ def main(argv=None) -> int:
               "train_config": train_config(args), "training": summary, "seconds_preparation": round(t_prep, 1),
               "seconds_training": train_seconds, "patients": len(patients), "methods": {}}
     params = {"occlusion": {"mask_size": args.mask_size},
-              "ig": {"baseline": "min" if args.ig_baseline == "min" else float(args.ig_baseline)},
+              "ig": {"baseline": "min" if args.ig_baseline == "min" else float(args.ig_baseline),
+                     "smooth_samples": args.ig_smooth},
               "gradcam": {"layer": args.gradcam_layer}}
     suffix = f"-{args.tag}" if args.tag else ""
     for method in args.methods.split(","):

@@ -120,6 +120,28 @@ def test_integrated_gradients_from_the_images_air(ws, model):
             saliency(model, img, "ig", covariates={"age": entry.metadata["age"]}, params={"baseline": bad})
 
 
+def test_smoothgrad_over_integrated_gradients(ws, model):
+    """smooth_samples > 0: Captum's NoiseTunnel over IG; same seed, same map; bad settings refused."""
+    ds = ws.dataset("all@v1")
+    entry = ds.series[3]
+    img = ds.image(entry)
+    img.metadata["series_uid"] = entry.series_uid
+    cov = {"age": entry.metadata["age"]}
+    a, info = saliency(model, img, "ig", covariates=cov, params={"steps": 8, "smooth_samples": 3}, seed=5)
+    b, _ = saliency(model, img, "ig", covariates=cov, params={"steps": 8, "smooth_samples": 3}, seed=5)
+    plain, _ = saliency(model, img, "ig", covariates=cov, params={"steps": 8}, seed=5)
+    assert a.shape == img.shape and np.isfinite(a.array).all() and np.abs(a.array).sum() > 0
+    np.testing.assert_array_equal(a.array, b.array)
+    assert not np.array_equal(a.array, plain.array)
+    assert info["params"]["smooth_samples"] == 3 and info["params"]["smooth_noise"] == 0.15
+    for bad in ({"smooth_samples": -1}, {"smooth_samples": 2.5}, {"smooth_samples": 2, "smooth_noise": 0},
+                {"smooth_samples": 2, "smooth_noise": 3.0}):
+        with pytest.raises(InputError, match="smooth_"):
+            saliency(model, img, "ig", covariates=cov, params=bad)
+    with pytest.raises(InputError, match="does not apply to method gradcam"):
+        saliency(model, img, "gradcam", covariates=cov, params={"smooth_samples": 2})
+
+
 def test_bad_input_names_the_run_and_dataset_and_writes_nothing(ws, run, model, tmp_path):
     out = tmp_path / "never"
     ds = ws.dataset("all@v1")

@@ -37,6 +37,10 @@ def register(sub) -> None:
     p.add_argument("--baseline", type=_baseline_arg,
                    help="ig/occlusion: baseline intensity, in the model's normalised units (default 0), or 'min': "
                         "each image's own minimum (its air, no signal)")
+    p.add_argument("--smooth-samples", type=int,
+                   help="ig: SmoothGrad over integrated gradients with this many noisy copies (default 0: off)")
+    p.add_argument("--smooth-noise", type=float,
+                   help="ig: noise SD as a fraction of the image's intensity range (default 0.15)")
     p.add_argument("--mask-size", type=int, help="occlusion: box size in voxels of the model's grid (default 8)")
     p.add_argument("--overlap", type=float, help="occlusion: overlap of the boxes (default 0.5)")
     p.add_argument("--layer", help="gradcam: module name (default the last one with a spatial output)")
@@ -51,7 +55,7 @@ def _explain(ns) -> int:
     from sobre.learn import explain
 
     params = {"steps": ns.steps, "baseline": ns.baseline, "mask_size": ns.mask_size, "overlap": ns.overlap,
-              "layer": ns.layer}
+              "layer": ns.layer, "smooth_samples": ns.smooth_samples, "smooth_noise": ns.smooth_noise}
     ws = open_workspace(ns)
     with progress_bars(ns) as progress:
         res = explain(ns.run, ns.dataset, ns.method, workspace=ws, out=ns.out, atlas=ns.atlas, regions=ns.regions,

@@ -72,7 +72,7 @@ METHODS = {"ig": ("captum", "captum.attr.IntegratedGradients"),
            "occlusion": ("monai", "monai.visualize.OcclusionSensitivity"),
            "gradcam": ("monai", "monai.visualize.GradCAM")}
 
-_DEFAULTS = {"ig": {"steps": 32, "baseline": 0.0, "internal_batch_size": 8},
+_DEFAULTS = {"ig": {"steps": 32, "baseline": 0.0, "internal_batch_size": 8, "smooth_samples": 0, "smooth_noise": 0.15},
              "occlusion": {"mask_size": 8, "overlap": 0.5, "baseline": 0.0, "n_batch": 16},
              "gradcam": {"layer": None}}
 
@@ -108,6 +108,14 @@ def _params(method: str, given: Mapping | None) -> dict:
                              expected="one of: " + ", ".join(p), found=repr(k),
                              fix=f"leave --{k.replace('_', '-')} out with --method {method}")
         p[k] = v
+    if method == "ig":
+        n, sd = p["smooth_samples"], p["smooth_noise"]
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise InputError("smooth_samples must be a whole number >= 0 (0: plain integrated gradients)",
+                             expected="0, 8, 16 ...", found=repr(n), fix="--smooth-samples 8")
+        if isinstance(sd, bool) or not isinstance(sd, (int, float)) or not (0 < sd <= 1):
+            raise InputError("smooth_noise must be a fraction of the image's intensity range in (0, 1]",
+                             expected="e.g. 0.15", found=repr(sd), fix="--smooth-noise 0.15")
     if "baseline" in p:
         b = p["baseline"]
         ok = b == "min" or (isinstance(b, (int, float)) and not isinstance(b, bool) and np.isfinite(b))
@@ -175,8 +183,16 @@ def _attribute(method: str, nets: list[torch.nn.Module], x: torch.Tensor, target
 
             base = torch.full_like(x, _baseline(p, x))
             ig = IntegratedGradients(net)
-            attr = ig.attribute(x, baselines=base, target=target, n_steps=int(p["steps"]), method="gausslegendre",
-                                internal_batch_size=int(p["internal_batch_size"]))
+            kw = dict(baselines=base, target=target, n_steps=int(p["steps"]), method="gausslegendre",
+                      internal_batch_size=int(p["internal_batch_size"]))
+            if int(p["smooth_samples"]) > 0:  # SmoothGrad over IG: the mean map over noisy copies of the input
+                from captum.attr import NoiseTunnel
+
+                sd = float(p["smooth_noise"]) * float(x.max() - x.min())
+                attr = NoiseTunnel(ig).attribute(x, nt_type="smoothgrad", nt_samples=int(p["smooth_samples"]),
+                                                 nt_samples_batch_size=1, stdevs=sd, **kw)
+            else:
+                attr = ig.attribute(x, **kw)
             maps.append(attr.detach()[0].sum(0).numpy())
         elif method == "occlusion":
             from monai.visualize import OcclusionSensitivity
@@ -263,7 +279,10 @@ def saliency(model, image, method: str, *, target=None, covariates=None, seed: i
         the seed is recorded).
     params : mapping, optional
         ``ig``: ``steps`` (32), ``baseline`` (0.0, in the network's normalised intensities, or
-        ``"min"``: each image's own minimum, i.e. its air, "no signal"),
+        ``"min"``: each image's own minimum, i.e. its air, "no signal"), ``smooth_samples`` (0; n > 0:
+        SmoothGrad over IG, Captum's ``NoiseTunnel``, the mean map over n copies of the input with Gaussian
+        noise of SD ``smooth_noise`` (0.15) × the image's intensity range; the sum of the map is then no
+        longer f(x) − f(baseline)),
         ``internal_batch_size`` (8); ``occlusion``: ``mask_size`` (8 voxels of the network's grid),
         ``overlap`` (0.5), ``baseline`` (0.0), ``n_batch`` (16); ``gradcam``: ``layer`` (default the
         last module with a spatial output).
