@@ -236,8 +236,8 @@ def _rows(table: pd.DataFrame, idx) -> pd.DataFrame:
 _CLIP = 1e-6  # probabilities are clipped to [_CLIP, 1 - _CLIP] before their logit
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(p, float), _CLIP, 1 - _CLIP)
+def _logit(p: np.ndarray, clip: float = _CLIP) -> np.ndarray:
+    p = np.clip(np.asarray(p, float), clip, 1 - clip)
     return np.log(p / (1 - p))
 
 

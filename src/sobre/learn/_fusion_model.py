@@ -37,11 +37,6 @@ def _expit(x: np.ndarray) -> np.ndarray:
     return expit(x)
 
 
-def _logit(p: np.ndarray, clip: float) -> np.ndarray:
-    p = np.clip(np.asarray(p, float), clip, 1 - clip)
-    return np.log(p / (1 - p))
-
-
 def _apply(lin: dict, X: np.ndarray) -> np.ndarray:
     """P(positive) of a saved logistic regression, computed as the fitted one computed it."""
     Z = (np.asarray(X, float) - np.asarray(lin["scaler_mean"], float)) / np.asarray(lin["scaler_scale"], float)
@@ -231,6 +226,8 @@ class FusionModel:
             pr = self.image_model.predict(images, series=series, covariates=covariates, batch_size=batch_size,
                                           progress=progress)
             per = pd.Series(np.asarray(pr.scores, float)).groupby(subj).mean().loc[order].to_numpy()
+            from sobre.learn._fusion import _logit
+
             clip = float(sp["logit_clip"])
             scores = _apply(sp["combiner"], np.c_[_logit(per, clip), _logit(_apply(sp["tabular_model"], T), clip)])
         else:  # feature: the mean encoder features over a subject's images, as fuse computed them
