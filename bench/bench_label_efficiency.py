@@ -232,6 +232,25 @@ def build_caches(ws, cfg: dict, only: set[str] | None = None) -> dict:
 
 
 # ------------------------------------------------------------------------------------ benchmark
+def override(cfg: dict, targets: str | None, n_labels: str | None, methods: str | None) -> dict:
+    """``--targets``, ``--n-labels``, ``--methods`` (comma-separated) applied to a loaded config, for exploratory
+    runs on the same cohorts (recorded in the run's config); returns what was overridden."""
+    over = {}
+    if targets:
+        keep = targets.split(",")
+        cfg["targets"] = [t for t in cfg["targets"] if t["name"] in keep]
+        over["targets"] = keep
+    if n_labels:
+        cfg["n_labels"] = over["n_labels"] = [int(n) for n in n_labels.split(",")]
+        for t in cfg["targets"]:
+            t.pop("n_labels", None)
+    if methods:
+        cfg["methods"] = over["methods"] = methods.split(",")
+        for t in cfg["targets"]:
+            t.pop("methods", None)
+    return over
+
+
 def bench_config(args) -> dict:
     import tomllib
 
@@ -248,20 +267,11 @@ def bench_config(args) -> dict:
             t.pop("n_labels", None)
     if args.repeats:
         cfg["repeats"] = args.repeats
-    if args.targets:  # overrides for exploratory runs on the same cohorts (recorded in the run's config)
-        keep = args.targets.split(",")
-        unknown = sorted(set(keep) - {t["name"] for t in cfg["targets"]})
+    if args.targets:
+        unknown = sorted(set(args.targets.split(",")) - {t["name"] for t in cfg["targets"]})
         if unknown:
             raise SystemExit(f"--targets: no target {', '.join(unknown)} in {args.config}")
-        cfg["targets"] = [t for t in cfg["targets"] if t["name"] in keep]
-    if args.n_labels:
-        cfg["n_labels"] = [int(n) for n in args.n_labels.split(",")]
-        for t in cfg["targets"]:
-            t.pop("n_labels", None)
-    if args.methods:
-        cfg["methods"] = args.methods.split(",")
-        for t in cfg["targets"]:
-            t.pop("methods", None)
+    override(cfg, args.targets, args.n_labels, args.methods)
     if args.suite:  # targets whose cohort was not prepared (an interrupted preparation) are left out, and said
         ready = {p.stem.removeprefix("cohort-") for p in args.out.glob("cohort-*.json")}
         cfg["missing_targets"] = [t["name"] for t in cfg["targets"] if t["data"]["dataset"] not in ready]

@@ -70,6 +70,8 @@ def main(argv=None) -> int:
     except (OSError, tomllib.TOMLDecodeError) as exc:
         print(f"error: cannot read the configuration {args.config}: {exc}", file=sys.stderr)
         return 2
+    from bench_label_efficiency import default_atlas, override
+
     over = {}
     if args.yaware_site:
         try:
@@ -80,25 +82,11 @@ def main(argv=None) -> int:
             return 2
         cfg["yaware_site"] = {**cfg.get("yaware_site", {}), **extra}
         over["yaware_site"] = cfg["yaware_site"]
-    if args.targets:
-        keep = args.targets.split(",")
-        cfg["targets"] = [t for t in cfg["targets"] if t["name"] in keep]
-        over["targets"] = keep
-    if args.n_labels:
-        cfg["n_labels"] = [int(n) for n in args.n_labels.split(",")]
-        for t in cfg["targets"]:
-            t.pop("n_labels", None)
-        over["n_labels"] = cfg["n_labels"]
-    if args.methods:
-        cfg["methods"] = args.methods.split(",")
-        for t in cfg["targets"]:
-            t.pop("methods", None)
-        over["methods"] = cfg["methods"]
+    over.update(override(cfg, args.targets, args.n_labels, args.methods))
     if args.repeats:
         cfg["repeats"] = over["repeats"] = args.repeats
     if args.seed is not None:
         cfg["seed"] = over["seed"] = args.seed
-    from bench_label_efficiency import default_atlas
 
     atlas = default_atlas()
     if atlas:

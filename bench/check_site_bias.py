@@ -75,7 +75,7 @@ def main(argv=None) -> int:
             x = np.stack([m.prepare(im)[0] for im in imgs]).astype(np.float32)
             with torch.no_grad():
                 f = enc(torch.from_numpy(x)).numpy()
-            fe = f - (f - er.mean) @ er.M.T
+            fe = er(f)
             r = {"raw": _cv_site_probe(f, site, 0)["balanced_accuracy"],
                  "leace": _cv_site_probe(fe, site, 0)["balanced_accuracy"]}
             res[f"{name}/seed{seed}"] = r
