@@ -72,7 +72,8 @@ METHODS = {"ig": ("captum", "captum.attr.IntegratedGradients"),
            "occlusion": ("monai", "monai.visualize.OcclusionSensitivity"),
            "gradcam": ("monai", "monai.visualize.GradCAM")}
 
-_DEFAULTS = {"ig": {"steps": 32, "baseline": 0.0, "internal_batch_size": 8, "smooth_samples": 0, "smooth_noise": 0.15},
+_DEFAULTS = {"ig": {"steps": 32, "baseline": 0.0, "internal_batch_size": 8, "smooth_samples": 0,
+                    "smooth_noise": 0.15},
              "occlusion": {"mask_size": 8, "overlap": 0.5, "baseline": 0.0, "n_batch": 16},
              "gradcam": {"layer": None}}
 
